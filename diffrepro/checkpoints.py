@@ -1,0 +1,57 @@
+"""Checkpoints as safetensors with a sha256 sidecar that is verified on every load."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from .io import atomic_path, sha256_file, write_text
+
+
+class ChecksumMismatch(RuntimeError):
+    pass
+
+
+def sidecar(path: str | os.PathLike) -> Path:
+    return Path(f"{path}.sha256")
+
+
+def save_checkpoint(path: str | os.PathLike, state_dict: dict[str, torch.Tensor],
+                    metadata: dict[str, str] | None = None) -> str:
+    """Write tensors atomically, then the sha256 sidecar; returns the digest."""
+    tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
+    digest = sha256_file(path)
+    write_text(sidecar(path), f"{digest}  {Path(path).name}\n")
+    return digest
+
+
+def recorded_sha256(path: str | os.PathLike) -> str:
+    side = sidecar(path)
+    if not side.exists():
+        raise FileNotFoundError(
+            f"{side} is missing: no recorded checksum for {path}. Rebuild the checkpoint with "
+            f"the workflow (delete {path} and rerun snakemake) so it is written with its checksum.")
+    return side.read_text().split()[0]
+
+
+def verify(path: str | os.PathLike, expected: str | None = None) -> str:
+    """Check the file against `expected` (or its sidecar); returns the digest."""
+    expected = expected or recorded_sha256(path)
+    actual = sha256_file(path)
+    if actual != expected:
+        raise ChecksumMismatch(
+            f"checksum mismatch for {path}: expected sha256 {expected}, found {actual}. "
+            f"The file is corrupt or was replaced; delete it and rerun snakemake to rebuild it.")
+    return actual
+
+
+def load_checkpoint(path: str | os.PathLike, expected_sha256: str | None = None
+                    ) -> dict[str, torch.Tensor]:
+    """Verify, then load tensors (safetensors never executes code from the file)."""
+    verify(path, expected_sha256)
+    return load_file(str(path))
