@@ -1,0 +1,1 @@
+"""Denoisers and metric networks."""

@@ -1,0 +1,30 @@
+import pytest
+import torch
+
+from diffrepro.diffusion.guidance import GuidedDenoiser
+from diffrepro.models.dit import DiTConfig, build_dit
+
+torch.set_num_threads(1)
+
+
+def tiny_dit(seed: int, hidden: int = 32, depth: int = 1) -> torch.nn.Module:
+    """A tiny DiT with random non-zero weights everywhere (DiT zero-inits its output layer,
+    which would make every sampler trivially agree)."""
+    torch.manual_seed(seed)
+    model = build_dit(DiTConfig(input_size=8, patch_size=2, in_channels=1, hidden_size=hidden,
+                                depth=depth, num_heads=2, num_classes=10))
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.normal_(0, 0.05)
+    return model.eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_models():
+    return {"small": tiny_dit(1, hidden=16), "large": tiny_dit(2, hidden=32, depth=2)}
+
+
+@pytest.fixture(scope="session")
+def tiny_denoisers(tiny_models):
+    return {role: GuidedDenoiser(m, cfg_scale=1.5) for role, m in tiny_models.items()}
