@@ -1,0 +1,92 @@
+"""The method plugin point: a registry of acceleration methods and baselines.
+
+A method is one module in methods/ or baselines/ that registers a function with
+`@register_method`. The function receives already-built guided denoisers (by role, e.g.
+"small" and "large"), a sampler, the fixed initial noise, labels and per-image
+generators, and a frozen setting; it returns images and what they cost. It never loads
+files, picks devices or writes outputs: the harness does, so every method is seeded,
+timed and scored the same way.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import pkgutil
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import torch
+
+from .diffusion.guidance import GuidedDenoiser
+from .diffusion.samplers import Sampler
+
+PLUGIN_PACKAGES = ("methods", "baselines")
+
+
+@dataclass
+class MethodOutput:
+    samples: torch.Tensor                          # model space, (N, C, H, W)
+    model_steps: Counter = field(default_factory=Counter)  # denoiser calls per model role
+
+    @property
+    def network_evaluations(self) -> int:
+        return sum(self.model_steps.values())
+
+
+MethodFn = Callable[[dict[str, GuidedDenoiser], Sampler, torch.Tensor, torch.Tensor,
+                     Sequence[torch.Generator], Any], MethodOutput]
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    name: str
+    run: MethodFn
+    setting_type: type
+    roles: tuple[str, ...]
+    summary: str
+
+    def make_setting(self, values: dict) -> Any:
+        """Build the frozen setting; its __post_init__ rejects out-of-range values."""
+        names = {f.name for f in dataclasses.fields(self.setting_type)}
+        unknown = set(values) - names
+        if unknown:
+            raise ValueError(f"method {self.name!r} has no setting {sorted(unknown)}; "
+                             f"its settings are {sorted(names)}")
+        return self.setting_type(**values)
+
+    def setting_id(self, setting: Any) -> str:
+        return setting.id() if hasattr(setting, "id") else "-".join(
+            f"{k}{v:g}" if isinstance(v, float) else f"{k}{v}"
+            for k, v in dataclasses.asdict(setting).items())
+
+
+_REGISTRY: dict[str, MethodSpec] = {}
+
+
+def register_method(name: str, *, setting: type, roles: Sequence[str], summary: str = ""):
+    """Decorator: make a method available to the workflow under `name`."""
+    def wrap(fn: MethodFn) -> MethodFn:
+        if name in _REGISTRY and _REGISTRY[name].run is not fn:
+            raise ValueError(f"method name {name!r} is registered twice")
+        _REGISTRY[name] = MethodSpec(name, fn, setting, tuple(roles), summary or (fn.__doc__ or "").strip())
+        return fn
+    return wrap
+
+
+def load_plugins() -> dict[str, MethodSpec]:
+    """Import every module in methods/ and baselines/ so their registrations run."""
+    for package_name in PLUGIN_PACKAGES:
+        package = importlib.import_module(package_name)
+        for info in pkgutil.iter_modules(package.__path__):
+            importlib.import_module(f"{package_name}.{info.name}")
+    return dict(_REGISTRY)
+
+
+def get_method(name: str) -> MethodSpec:
+    registry = load_plugins()
+    if name not in registry:
+        raise KeyError(f"unknown method {name!r}; available methods: {sorted(registry)} "
+                       f"(a method is a module in methods/ or baselines/ that calls register_method)")
+    return registry[name]

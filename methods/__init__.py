@@ -1,0 +1,1 @@
+"""Acceleration methods: one module each, registered with diffrepro.methods.register_method."""

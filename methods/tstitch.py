@@ -1,0 +1,39 @@
+"""T-Stitch (Pan et al., 2024, arXiv 2402.14167): a small model for the early, noisiest
+steps, the large model for the rest, with one hand-off of the latent as it is."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from diffrepro.diffusion.sampling import sample_loop
+from diffrepro.diffusion.schedule import NUM_TRAIN_TIMESTEPS
+from diffrepro.methods import MethodOutput, register_method
+
+
+@dataclass(frozen=True)
+class TStitchSetting:
+    ratio: float  # fraction of the trajectory (by original timestep) given to the small model
+
+    def __post_init__(self):
+        if not 0.0 <= self.ratio <= 1.0:
+            raise ValueError(f"tstitch ratio must be in [0, 1], got {self.ratio}")
+
+    def id(self) -> str:
+        return f"r{self.ratio:g}"
+
+
+def uses_small_model(t: int, ratio: float, num_timesteps: int = NUM_TRAIN_TIMESTEPS) -> bool:
+    """The released DiT rule: small model while t_orig / 1000 >= 1 - r (original timestep)."""
+    return t / num_timesteps >= 1 - ratio
+
+
+@register_method("tstitch", setting=TStitchSetting, roles=("small", "large"))
+def tstitch(models, sampler, noise, labels, generators, setting: TStitchSetting) -> MethodOutput:
+    """Trajectory stitching: small denoiser first, large denoiser from the switch on."""
+    small, large = models["small"], models["large"]
+
+    def pick(i: int, t: int):
+        return ("small", small) if uses_small_model(t, setting.ratio) else ("large", large)
+
+    samples, steps = sample_loop(sampler, pick, noise, labels, generators)
+    return MethodOutput(samples, steps)
