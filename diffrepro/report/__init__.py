@@ -1,0 +1,1 @@
+"""Reports: tables, plots and claims that put reproduced numbers beside the published ones."""
