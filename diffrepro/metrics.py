@@ -138,6 +138,31 @@ def fid_bootstrap_se(features: np.ndarray, ref_mu: np.ndarray, ref_sigma: np.nda
     return float(np.std(values, ddof=1))
 
 
+def paired_fid_difference_se(features: np.ndarray, baseline: np.ndarray, ref_mu: np.ndarray,
+                             ref_sigma: np.ndarray, *, reps: int = 50, seed: int = 0) -> float:
+    """Bootstrap standard error of FID(features) - FID(baseline) for paired samples.
+
+    Row i of both arrays must come from the same noise and label (as every setting of a
+    method does here), so each replicate resamples the same rows from both: the shared
+    noise cancels, and the error of the difference is far smaller than the two unpaired
+    errors combined.
+    """
+    features = np.asarray(features, dtype=np.float64)
+    baseline = np.asarray(baseline, dtype=np.float64)
+    if features.shape != baseline.shape:
+        raise ValueError(f"paired features need equal shapes, got {features.shape} and {baseline.shape}")
+    if reps < 2:
+        raise ValueError(f"need at least 2 bootstrap replicates, got {reps}")
+    rng = np.random.default_rng(seed)
+    n = features.shape[0]
+    diffs = []
+    for _ in range(reps):
+        rows = rng.integers(0, n, size=n)
+        diffs.append(frechet_distance(*feature_statistics(features[rows]), ref_mu, ref_sigma)
+                     - frechet_distance(*feature_statistics(baseline[rows]), ref_mu, ref_sigma))
+    return float(np.std(diffs, ddof=1))
+
+
 # ---------------------------------------------------------------------------------------
 # Inception Score and accuracy
 # ---------------------------------------------------------------------------------------
@@ -214,6 +239,13 @@ def score_samples(model: DigitsCNN, images_u8: np.ndarray, labels: np.ndarray, r
     if labels.shape != (len(images_u8),):
         raise ValueError(f"need one label per image: {len(images_u8)} images, labels {labels.shape}")
     features, probs = classifier_outputs(model, images_u8)
+    return score_features(features, probs, labels, ref_stats, is_splits=is_splits,
+                          bootstrap_reps=bootstrap_reps, seed=seed)
+
+
+def score_features(features: np.ndarray, probs: np.ndarray, labels: np.ndarray, ref_stats: dict,
+                   *, is_splits: int = 10, bootstrap_reps: int = 50, seed: int = 0) -> dict:
+    """All metrics from precomputed classifier features and softmax outputs."""
     mu, sigma = feature_statistics(features)
     is_mean, is_std = inception_score(probs, splits=is_splits)
     return {

@@ -223,3 +223,19 @@ def test_real_halves_much_closer_than_noise(trained, digits, tmp_path):
     assert real["num_samples"] == len(half_b)
     assert metrics.metric_labels()["fid"] == metrics.FID_LABEL
     assert "Inception" not in metrics.FID_LABEL
+
+
+def test_paired_difference_se_is_far_below_unpaired_for_shared_noise():
+    """Two settings that differ by a small shift of shared samples: the paired SE of the
+    FID difference must be much smaller than the unpaired SEs, and zero for identical sets."""
+    rng = np.random.default_rng(0)
+    ref = rng.normal(size=(2000, 8))
+    ref_mu, ref_sigma = metrics.feature_statistics(ref)
+    base = rng.normal(size=(400, 8)) + 0.5
+    shifted = base + 0.05 * rng.normal(size=base.shape)
+    paired = metrics.paired_fid_difference_se(shifted, base, ref_mu, ref_sigma, reps=40, seed=1)
+    unpaired = metrics.fid_bootstrap_se(shifted, ref_mu, ref_sigma, reps=40, seed=1)
+    assert paired < 0.25 * unpaired
+    assert metrics.paired_fid_difference_se(base, base, ref_mu, ref_sigma, reps=5) == 0.0
+    with pytest.raises(ValueError, match="equal shapes"):
+        metrics.paired_fid_difference_se(base[:10], base, ref_mu, ref_sigma)

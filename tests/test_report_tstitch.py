@@ -28,6 +28,7 @@ LABELS = {
     "inception_score": "IS (digits-CNN softmax)",
     "class_accuracy": "class accuracy (digits-CNN)",
 }
+SE_DIFF = 0.4  # paired SE of FID(r) - FID(0)
 NOTE = "embedded digits suite, DDIM-100, CFG 1.5, 1000 samples"
 
 
@@ -42,6 +43,7 @@ def make_record(ratio: float, fid: float) -> dict:
         "metrics": {
             "fid": fid,
             "fid_bootstrap_se": SE,
+            "fid_diff_se": 0.0 if ratio == 0 else SE_DIFF,
             "inception_score": 8.0 - ratio,
             "inception_score_std": 0.2,
             "class_accuracy": 0.95 - 0.1 * ratio,
@@ -182,12 +184,13 @@ def test_claims_hold_on_paper_like_shape(table: pd.DataFrame) -> None:
 
 
 def test_claim_40_percent_flips_with_fid_at_04(paper_df: pd.DataFrame) -> None:
-    # threshold = 10.0 + 2*sqrt(0.3² + 0.3²) ≈ 10.85
-    holds = claims(build_table(make_records(fid_at_04=10.8), paper_df))[0]
-    fails = claims(build_table(make_records(fid_at_04=10.9), paper_df))[0]
+    # threshold = FID(0) + 2 * paired SE = 10.0 + 2 * 0.4 = 10.8
+    holds = claims(build_table(make_records(fid_at_04=10.75), paper_df))[0]
+    fails = claims(build_table(make_records(fid_at_04=10.85), paper_df))[0]
     assert holds["verdict"] == "holds"
     assert fails["verdict"] == "does not hold"
-    assert "10.90" in fails["ours_value"] and "10.85" in fails["ours_value"]
+    assert "10.85" in fails["ours_value"] and "+0.85 ± 0.40" in fails["ours_value"]
+    assert "10.80" in fails["ours_value"]
 
 
 def test_claim_largest_ratio_and_sanity_flip(paper_df: pd.DataFrame) -> None:
@@ -210,7 +213,7 @@ def test_claim_speedup_flips(paper_df: pd.DataFrame) -> None:
 def test_claims_markdown_gives_numbers(table: pd.DataFrame) -> None:
     text = claims_markdown(table, NOTE)
     assert NOTE in text
-    for number in ("8.95", "9.20", "10.20", "10.85", "1.50×", "3.20"):
+    for number in ("8.95", "9.20", "10.20", "10.80", "1.50×", "3.20"):
         assert number in text
-    assert "2·sqrt(SE(0)² + SE(0.4)²)" in text
+    assert "FID(r) - FID(0) <= 2·SE_paired(r)" in text
     assert "publishes no SE" in text

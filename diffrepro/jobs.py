@@ -1,0 +1,276 @@
+"""The body of every workflow rule, as plain functions (importable and testable without
+Snakemake). workflow/scripts/*.py only unpack the `snakemake` object and call these."""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import time
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from . import metrics
+from .checkpoints import load_checkpoint
+from .data import real_digits_uint8, to_uint8_nhwc
+from .diffusion.guidance import GuidedDenoiser
+from .diffusion.samplers import make_sampler
+from .diffusion.sampling import initial_noise_and_labels
+from .io import read_json, write_json, write_npz
+from .methods import get_method
+from .models.dit import DiT, DiTConfig, build_dit
+from .provenance import provenance
+
+
+def configure_runtime(threads: int, allow_downloads: bool = False) -> None:
+    """Torch threads from the rule's `threads`; no hub downloads unless the user opted in."""
+    from threadpoolctl import threadpool_limits
+
+    torch.set_num_threads(max(1, int(threads)))
+    # numpy's BLAS threads fight torch's for the same cores (a 64x64 eigh ran ~50x slower).
+    threadpool_limits(1, user_api="blas")
+    if not allow_downloads:
+        os.environ["HF_HUB_OFFLINE"] = "1"
+
+
+# --------------------------------------------------------------------------------------
+# Models
+# --------------------------------------------------------------------------------------
+
+def load_dit(path: str | Path, model_config: dict) -> DiT:
+    model = build_dit(DiTConfig(**model_config))
+    model.load_state_dict(load_checkpoint(path), strict=True)
+    return model.eval().requires_grad_(False)
+
+
+def load_denoisers(checkpoints: dict[str, str], model_configs: dict[str, dict],
+                   sampling: dict) -> dict[str, GuidedDenoiser]:
+    return {role: GuidedDenoiser(load_dit(checkpoints[role], model_configs[role]),
+                                 sampling["cfg_scale"], sampling["guided_channels"])
+            for role in checkpoints}
+
+
+def image_shape(model_config: dict) -> tuple[int, int, int]:
+    return (model_config["in_channels"], model_config["input_size"], model_config["input_size"])
+
+
+# --------------------------------------------------------------------------------------
+# Sampling for scores
+# --------------------------------------------------------------------------------------
+
+def shard_range(num_samples: int, shard: int, num_shards: int) -> range:
+    if not 0 <= shard < num_shards:
+        raise ValueError(f"shard {shard} out of range for {num_shards} shards")
+    return range(shard * num_samples // num_shards, (shard + 1) * num_samples // num_shards)
+
+
+def generate(method: str, setting_values: dict, denoisers: dict[str, GuidedDenoiser],
+             sampling: dict, seed: int, indices: Sequence[int], shape, num_classes: int,
+             batch_size: int, log=print) -> tuple[np.ndarray, np.ndarray, dict]:
+    """uint8 NHWC images and labels for these image indices, batch by batch."""
+    spec = get_method(method)
+    setting = spec.make_setting(setting_values)
+    sampler = make_sampler(sampling["sampler"], sampling["steps"])
+    images, labels, steps = [], [], {}
+    began = time.perf_counter()
+    for start in range(0, len(indices), batch_size):
+        batch = list(indices[start:start + batch_size])
+        noise, y, generators = initial_noise_and_labels(seed, batch, shape, num_classes)
+        out = spec.run(denoisers, sampler, noise, y, generators, setting)
+        images.append(to_uint8_nhwc(out.samples))
+        labels.append(y.numpy())
+        steps = {role: out.model_steps.get(role, 0) for role in denoisers}
+        done = start + len(batch)
+        log(f"{method} {spec.setting_id(setting)}: {done}/{len(indices)} images, "
+            f"{done / (time.perf_counter() - began):.1f} images/s")
+    return np.concatenate(images), np.concatenate(labels), steps
+
+
+def sample_shard(*, method: str, setting_values: dict, checkpoints: dict[str, str],
+                 model_configs: dict[str, dict], sampling: dict, seed: int, num_samples: int,
+                 shard: int, num_shards: int, batch_size: int, output: str, log=print) -> None:
+    denoisers = load_denoisers(checkpoints, model_configs, sampling)
+    any_config = next(iter(model_configs.values()))
+    indices = shard_range(num_samples, shard, num_shards)
+    images, labels, steps = generate(method, setting_values, denoisers, sampling, seed, indices,
+                                     image_shape(any_config), any_config["num_classes"],
+                                     batch_size, log)
+    meta = {"method": method, "params": setting_values, "model_steps": steps, "seed": seed,
+            "sampling": sampling, "checkpoints": checkpoints}
+    write_npz(output, images=images, labels=labels, indices=np.asarray(indices, dtype=np.int64),
+              meta=np.asarray(json.dumps(meta, sort_keys=True)))
+
+
+def read_shards(paths: Sequence[str]) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Merge shards in image-index order; they must come from one method and setting."""
+    parts = [np.load(p) for p in paths]
+    metas = [json.loads(str(p["meta"])) for p in parts]
+    if any(m["params"] != metas[0]["params"] or m["method"] != metas[0]["method"] for m in metas):
+        raise ValueError(f"shards {list(paths)} come from different methods or settings")
+    indices = np.concatenate([p["indices"] for p in parts])
+    order = np.argsort(indices)
+    if not np.array_equal(indices[order], np.arange(len(indices))):
+        raise ValueError(f"shards {list(paths)} do not cover image indices 0..{len(indices) - 1} once each")
+    images = np.concatenate([p["images"] for p in parts])[order]
+    labels = np.concatenate([p["labels"] for p in parts])[order]
+    return images, labels, metas[0]
+
+
+# --------------------------------------------------------------------------------------
+# Timing (apart from sampling for scores)
+# --------------------------------------------------------------------------------------
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _timed(fn, device) -> float:
+    _sync(device)
+    began = time.perf_counter()
+    fn()
+    _sync(device)
+    return time.perf_counter() - began
+
+
+def time_setting(*, method: str, setting_values: dict, checkpoints: dict[str, str],
+                 model_configs: dict[str, dict], sampling: dict, seed: int, timing: dict,
+                 config: dict, output: str, log=print) -> dict:
+    """Median wall-clock of one batch (the paper's 8 images), and the ideal from per-step times.
+
+    The ideal is sum over models of (steps run by that model) x (median time of one guided
+    forward pass of it, same batch): what sampling would cost with zero loop overhead.
+    Per-step times and full runs are measured in the same process, interleaved, so a noisy
+    machine affects both alike.
+    """
+    device = torch.device("cpu")
+    denoisers = load_denoisers(checkpoints, model_configs, sampling)
+    spec = get_method(method)
+    setting = spec.make_setting(setting_values)
+    sampler = make_sampler(sampling["sampler"], sampling["steps"])
+    any_config = next(iter(model_configs.values()))
+    batch = list(range(timing["batch_size"]))
+
+    def fresh_inputs():
+        return initial_noise_and_labels(seed, batch, image_shape(any_config), any_config["num_classes"])
+
+    def run_once(inputs=None):
+        return spec.run(denoisers, sampler, *(inputs or fresh_inputs()), setting)
+
+    noise, y, _ = initial_noise_and_labels(seed, batch, image_shape(any_config), any_config["num_classes"])
+    middle_t = sampler.timesteps[len(sampler.timesteps) // 2]
+    forward = {role: [] for role in denoisers}
+    with torch.no_grad():
+        for _ in range(timing["warmup"]):
+            run_once()
+            for d in denoisers.values():
+                d(noise, middle_t, y)
+        runs, outputs = [], []
+        for _ in range(timing["repeats"]):
+            inputs = fresh_inputs()  # drawn outside the timed region
+            runs.append(_timed(lambda: outputs.append(run_once(inputs)), device))
+            for role, d in denoisers.items():
+                for _ in range(timing["forward_repeats"]):
+                    forward[role].append(_timed(lambda: d(noise, middle_t, y), device))
+
+    steps = {role: outputs[-1].model_steps.get(role, 0) for role in denoisers}
+    per_step = {role: statistics.median(v) for role, v in forward.items()}
+    ideal = sum(steps.get(role, 0) * per_step[role] for role in per_step)
+    median = statistics.median(runs)
+    result = {
+        "method": method, "setting": spec.setting_id(setting), "params": setting_values,
+        "batch_size": len(batch), "repeats": timing["repeats"], "warmup": timing["warmup"],
+        "times_s": runs, "median_s": median, "model_steps": steps,
+        "per_step_forward_s": per_step, "ideal_s": ideal, "overhead_fraction": median / ideal - 1,
+        "threads": torch.get_num_threads(), "device": str(device),
+        "provenance": provenance(config, seeds={"seed": seed}, files=checkpoints, device=device),
+    }
+    log(f"{method} {result['setting']}: median {median:.4f} s, ideal {ideal:.4f} s, "
+        f"overhead {100 * result['overhead_fraction']:+.2f}%")
+    write_json(output, result)
+    return result
+
+
+# --------------------------------------------------------------------------------------
+# Metric network and scores
+# --------------------------------------------------------------------------------------
+
+def train_classifier_job(*, classifier: dict, output: str, info_output: str, log=print) -> None:
+    from .models.classifier import save_classifier, train_digits_classifier
+
+    images, labels = real_digits_uint8()
+    model, info = train_digits_classifier(images, labels, **classifier)
+    log(f"digits CNN: held-out accuracy {info['heldout_accuracy']:.4f}")
+    save_classifier(model, output, info)
+    write_json(info_output, info)
+
+
+def reference_stats_job(*, classifier_path: str, output: str) -> None:
+    from .models.classifier import load_classifier
+
+    images, _ = real_digits_uint8()
+    stats = metrics.reference_statistics(load_classifier(classifier_path), images)
+    metrics.save_reference_statistics(output, stats)
+
+
+def score_setting(*, shards: Sequence[str], classifier_path: str, reference_path: str,
+                  scoring: dict, config: dict, output: str, features_output: str,
+                  log=print) -> dict:
+    from .models.classifier import load_classifier
+
+    images, labels, meta = read_shards(shards)
+    classifier = load_classifier(classifier_path)
+    ref = metrics.load_reference_statistics(reference_path)
+    features, probs = metrics.classifier_outputs(classifier, images)
+    scores = metrics.score_features(features, probs, labels, ref, is_splits=scoring["is_splits"],
+                                    bootstrap_reps=scoring["bootstrap_reps"], seed=scoring["seed"])
+    # Kept for paired comparisons between settings (same noise and labels row by row).
+    write_npz(features_output, features=features, labels=labels)
+    spec = get_method(meta["method"])
+    files = {"classifier": classifier_path, "reference_statistics": reference_path,
+             **{f"checkpoint:{role}": path for role, path in meta["checkpoints"].items()}}
+    result = {
+        "method": meta["method"], "setting": spec.setting_id(spec.make_setting(meta["params"])),
+        "params": meta["params"], "metrics": {k: v for k, v in scores.items() if k != "num_samples"},
+        "labels": metrics.metric_labels(), "num_samples": scores["num_samples"],
+        "model_steps": meta["model_steps"], "network_evaluations": sum(meta["model_steps"].values()),
+        "sampling": meta["sampling"],
+        "provenance": provenance(config, seeds={"sampling_seed": meta["seed"],
+                                                "scoring_seed": scoring["seed"]},
+                                 files=files, extra={"fid_implementation": metrics.FID_IMPLEMENTATION,
+                                                     "fid_mode": "digits-CNN penultimate features "
+                                                                 "vs. all 1797 real digits (uint8)",
+                                                     "num_samples": scores["num_samples"]}),
+    }
+    log(f"{result['method']} {result['setting']}: FID {scores['fid']:.3f} IS "
+        f"{scores['inception_score']:.3f} acc {scores['class_accuracy']:.3f}")
+    write_json(output, result)
+    return result
+
+
+def attach_paired_fid_se(records: list[dict], feature_paths: Sequence[str], reference_path: str,
+                         baseline_params: dict, *, reps: int, seed: int) -> None:
+    """Add metrics['fid_diff_se']: paired bootstrap SE of FID(setting) - FID(baseline)."""
+    ref = metrics.load_reference_statistics(reference_path)
+    features = [np.load(p)["features"] for p in feature_paths]
+    baseline = [f for f, r in zip(features, records) if r["params"] == baseline_params]
+    if len(baseline) != 1:
+        raise ValueError(f"need exactly one baseline setting {baseline_params} among the records")
+    for feats, record in zip(features, records):
+        record["metrics"]["fid_diff_se"] = metrics.paired_fid_difference_se(
+            feats, baseline[0], ref["mu"], ref["sigma"], reps=reps, seed=seed)
+
+
+def merge_records(score_paths: Sequence[str], timing_paths: Sequence[str]) -> list[dict]:
+    """One record per setting: the score file with the timing file under 'timing'."""
+    timings = {(t["method"], t["setting"]): t for t in map(read_json, timing_paths)}
+    records = []
+    for score in map(read_json, score_paths):
+        timing = timings.get((score["method"], score["setting"]))
+        if timing is None:
+            raise ValueError(f"no timing result for {score['method']} {score['setting']}")
+        records.append({**score, "timing": timing})
+    return records

@@ -1,0 +1,75 @@
+"""Invalid configs fail before any job, naming the key and the allowed values."""
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+from snakemake.exceptions import WorkflowError
+from snakemake.utils import validate
+
+from diffrepro.config import ConfigError, check_config, method_settings
+
+ROOT = Path(__file__).resolve().parents[1]
+SCHEMA = str(ROOT / "workflow/schemas/config.schema.yaml")
+
+
+@pytest.fixture
+def config():
+    return yaml.safe_load((ROOT / "config/default.yaml").read_text())
+
+
+def full_check(config):
+    validate(config, SCHEMA)
+    check_config(config)
+
+
+def test_shipped_configs_are_valid():
+    for name in ("default.yaml", "smoke.yaml"):
+        full_check(yaml.safe_load((ROOT / "config" / name).read_text()))
+
+
+@pytest.mark.parametrize("mutate, expected", [
+    (lambda c: c["sampling"].update(sampler="euler"),
+     r"'euler' is not one of \['ddim', 'ddpm'\][\s\S]*\['sampling'\]\['sampler'\]"),
+    (lambda c: c["methods"]["tstitch"]["grid"]["ratio"].append(1.5),
+     r"1.5 is greater than the maximum of 1[\s\S]*\['ratio'\]"),
+    (lambda c: c["methods"]["tstitch"]["grid"]["ratio"].append(-0.1),
+     r"-0.1 is less than the minimum of 0"),
+    (lambda c: c["sampling"].update(num_samples=-5),
+     r"-5 is less than the minimum of 1[\s\S]*\['sampling'\]\['num_samples'\]"),
+    (lambda c: c["sampling"].pop("steps"), r"'steps' is a required property"),
+    (lambda c: c.pop("timing"), r"'timing' is a required property"),
+])
+def test_schema_errors_name_key_and_allowed_values(config, mutate, expected):
+    bad = copy.deepcopy(config)
+    mutate(bad)
+    with pytest.raises(WorkflowError, match=expected):
+        full_check(bad)
+
+
+def test_unknown_method_lists_available_methods(config):
+    config["methods"]["fastest_ever"] = copy.deepcopy(config["methods"]["tstitch"])
+    with pytest.raises(ConfigError, match=r"methods.fastest_ever: unknown method .*'tstitch'"):
+        full_check(config)
+
+
+def test_model_roles_must_match_the_method(config):
+    config["methods"]["tstitch"]["models"] = {"small": "small", "huge": "large"}
+    with pytest.raises(ConfigError, match=r"needs models for roles \['large', 'small'\]"):
+        full_check(config)
+    config["methods"]["tstitch"]["models"] = {"small": "small", "large": "xl"}
+    with pytest.raises(ConfigError, match=r"model 'xl' is not defined under models"):
+        full_check(config)
+
+
+def test_table_must_name_a_published_table(config):
+    config["tables"]["tstitch"]["paper"] = "no_such_table"
+    with pytest.raises(ConfigError, match=r"tables.tstitch.paper: .*available tables"):
+        full_check(config)
+
+
+def test_grid_expands_to_setting_ids(config):
+    settings = method_settings(config, "tstitch")
+    assert list(settings)[:3] == ["r0", "r0.1", "r0.2"]
+    assert settings["r0.4"] == {"ratio": 0.4}

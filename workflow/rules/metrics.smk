@@ -1,0 +1,29 @@
+# The metric network of the embedded suite and the real data's feature statistics.
+rule train_classifier:
+    output:
+        checkpoint=f"{CHECKPOINTS}/digits_cnn.safetensors",
+        checksum=f"{CHECKPOINTS}/digits_cnn.safetensors.sha256",
+        info=f"{CHECKPOINTS}/digits_cnn.json",
+    params:
+        classifier=as_param(config["classifier"]),
+    threads: config["threads"]
+    conda:
+        "../../environment.yml"
+    log:
+        f"{LOGS}/train_classifier.log",
+    script:
+        "../scripts/train_classifier.py"
+
+
+rule reference_stats:
+    input:
+        classifier=f"{CHECKPOINTS}/digits_cnn.safetensors",
+    output:
+        f"{RESULTS}/reference/digits_stats.npz",
+    threads: config["threads"]
+    conda:
+        "../../environment.yml"
+    log:
+        f"{LOGS}/reference_stats.log",
+    script:
+        "../scripts/reference_stats.py"

@@ -1,0 +1,34 @@
+# Paper-vs-reproduced tables, claims and Pareto plots.
+rule table:
+    input:
+        unpack(table_inputs),
+    output:
+        csv=f"{REPORTS}/{{table}}_table.csv",
+        md=f"{REPORTS}/{{table}}_table.md",
+        claims=f"{REPORTS}/{{table}}_claims.md",
+    params:
+        paper_table=lambda w: config["tables"][w.table]["paper"],
+        setting_note=setting_note,
+        scoring=as_param(config["scoring"]),
+    conda:
+        "../../environment.yml"
+    log:
+        f"{LOGS}/table/{{table}}.log",
+    script:
+        "../scripts/table.py"
+
+
+rule plot:
+    input:
+        unpack(plot_inputs),
+    output:
+        png=f"{REPORTS}/{{table}}_pareto.png",
+        svg=f"{REPORTS}/{{table}}_pareto.svg",
+    params:
+        title=lambda w: f"{w.table}: {setting_note(w)}",
+    conda:
+        "../../environment.yml"
+    log:
+        f"{LOGS}/plot/{{table}}.log",
+    script:
+        "../scripts/plot.py"

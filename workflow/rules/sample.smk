@@ -1,0 +1,20 @@
+# Samples for scoring: one job per (method, setting, shard), per-image seeds.
+rule sample:
+    input:
+        unpack(method_checkpoints),
+    output:
+        f"{RESULTS}/samples/{{method}}/{{setting}}/shard-{{shard}}.npz",
+    params:
+        setting=setting_values,
+        model_configs=method_model_configs,
+        sampling=sampling_params(),
+        seed=config["seed"],
+        num_samples=config["sampling"]["num_samples"],
+        num_shards=config["sampling"]["num_shards"],
+    threads: config["threads"]
+    conda:
+        "../../environment.yml"
+    log:
+        f"{LOGS}/sample/{{method}}/{{setting}}/shard-{{shard}}.log",
+    script:
+        "../scripts/sample.py"

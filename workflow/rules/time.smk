@@ -1,0 +1,20 @@
+# Timing apart from sampling-for-FID: the paper's batch of 8, warm-up, median of repeats.
+# The job reserves every core so nothing runs beside it; torch uses config["threads"].
+rule time:
+    input:
+        unpack(method_checkpoints),
+    output:
+        f"{RESULTS}/timing/{{method}}/{{setting}}.json",
+    params:
+        setting=setting_values,
+        model_configs=method_model_configs,
+        sampling=sampling_params(),
+        seed=config["seed"],
+        timing=as_param(config["timing"]),
+    threads: workflow.cores
+    conda:
+        "../../environment.yml"
+    log:
+        f"{LOGS}/time/{{method}}/{{setting}}.log",
+    script:
+        "../scripts/time.py"

@@ -1,0 +1,13 @@
+"""Rule `plot`: see workflow/rules. The work is done in the diffrepro library."""
+
+import pandas as pd
+
+from diffrepro.io import read_json
+from diffrepro.report import tstitch
+from diffrepro.snakejob import job
+
+with job(snakemake, torch_threads=1):
+    table = pd.read_csv(snakemake.input.csv)
+    labels = tstitch.labels_from_records([read_json(p) for p in snakemake.input.scores])
+    tstitch.pareto_plot(table, snakemake.output.png, snakemake.output.svg, labels=labels,
+                        title=snakemake.params.title)

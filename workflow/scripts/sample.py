@@ -1,0 +1,15 @@
+"""Rule `sample`: see workflow/rules. The work is done in the diffrepro library."""
+
+import json
+
+from diffrepro.jobs import sample_shard
+from diffrepro.snakejob import job
+
+with job(snakemake) as log:
+    sample_shard(method=snakemake.wildcards.method, setting_values=json.loads(snakemake.params.setting),
+                 checkpoints=dict(snakemake.input), model_configs=json.loads(snakemake.params.model_configs),
+                 sampling=json.loads(snakemake.params.sampling), seed=snakemake.params.seed,
+                 num_samples=snakemake.params.num_samples, shard=int(snakemake.wildcards.shard),
+                 num_shards=snakemake.params.num_shards,
+                 batch_size=snakemake.config["sampling"]["batch_size"],
+                 output=snakemake.output[0], log=log)

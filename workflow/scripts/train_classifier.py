@@ -1,0 +1,10 @@
+"""Rule `train_classifier`: see workflow/rules. The work is done in the diffrepro library."""
+
+import json
+
+from diffrepro.jobs import train_classifier_job
+from diffrepro.snakejob import job
+
+with job(snakemake) as log:
+    train_classifier_job(classifier=json.loads(snakemake.params.classifier),
+                         output=snakemake.output.checkpoint, info_output=snakemake.output.info, log=log)
