@@ -86,6 +86,18 @@ def test_score_files_carry_provenance(smoke_run):
     assert "git" in prov and "device" in prov and "tf32_matmul" in prov
 
 
+def test_timing_files_record_the_measurement(smoke_run):
+    import json
+
+    timing = json.loads((smoke_run / "results/smoke/timing/tstitch/r0.4.json").read_text())
+    assert timing["batch_size"] == 8 and timing["threads"] == 1
+    assert timing["model_steps"] == {"small": 4, "large": 6}
+    assert len(timing["times_s"]) == len(timing["pair_ratios"]) == 2
+    assert timing["ideal_s"] > 0 and 0 < timing["loop_only_fraction"] < 1
+    lo, hi = timing["overhead_ci95"]
+    assert lo <= timing["overhead_fraction"] <= hi
+
+
 def test_second_run_has_nothing_to_do(smoke_run):
     result = snakemake(smoke_run, "-n", "reproduce_tstitch_table", "--configfile", "config/smoke.yaml")
     assert "Nothing to be done" in result.stdout + result.stderr
