@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import shutil
 import subprocess
 import sys
@@ -20,6 +19,8 @@ import time
 from pathlib import Path
 
 import yaml
+
+from diffrepro.snakejob import job_counts
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGET = "reproduce_tstitch_table"
@@ -33,15 +34,6 @@ def snakemake(*args: str) -> tuple[float, str]:
     if result.returncode != 0:
         sys.exit(f"snakemake {' '.join(args)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
     return elapsed, result.stdout + result.stderr
-
-
-def job_counts(output: str) -> dict[str, int]:
-    counts = {}
-    for line in output.split("Job stats:")[-1].splitlines():
-        match = re.match(r"^([a-z_]+)\s+(\d+)$", line.strip())
-        if match and match.group(1) != "total":
-            counts[match.group(1)] = int(match.group(2))
-    return counts
 
 
 def main() -> None:

@@ -44,9 +44,12 @@ def check_config(config: dict) -> None:
                               f"{sorted(registry)} (add a module to methods/ to define a new one)")
         _check_roles(registry[method], entry, config, where)
         try:
-            method_settings(config, method)
+            settings = method_settings(config, method)
         except (TypeError, ValueError) as err:
             raise ConfigError(f"config key {where}.grid: {err}") from err
+        if entry["baseline"] not in settings.values():
+            raise ConfigError(f"config key {where}.baseline: {entry['baseline']} is not a point of "
+                              f"the grid; choose one of {list(settings.values())}")
     for table, entry in config["tables"].items():
         if entry["method"] not in config["methods"]:
             raise ConfigError(f"config key tables.{table}.method: {entry['method']!r} is not "

@@ -136,10 +136,15 @@ def _timed(fn, device) -> float:
     return time.perf_counter() - began
 
 
-def time_setting(*, method: str, setting_values: dict, checkpoints: dict[str, str],
-                 model_configs: dict[str, dict], sampling: dict, seed: int, timing: dict,
-                 config: dict, output: str, log=print) -> dict:
-    """Median wall-clock of one batch (the paper's 8 images), and the loop's overhead.
+def time_setting(*, method: str, setting_values: dict, baseline_values: dict,
+                 checkpoints: dict[str, str], model_configs: dict[str, dict], sampling: dict,
+                 seed: int, timing: dict, config: dict, output: str, log=print) -> dict:
+    """Median wall-clock of one batch (the paper's 8 images), speed-up over the baseline
+    setting, and the loop's overhead.
+
+    The speed-up is the median over repeats of baseline time / setting time, the two runs
+    made one after the other in this process: across jobs this machine's speed drifts by
+    tens of percent, within a pair it barely does.
 
     The ideal time is sum over models of (steps run by that model) x (median time of one
     guided forward pass of it, same batch): sampling with zero loop overhead. This machine
@@ -151,9 +156,14 @@ def time_setting(*, method: str, setting_values: dict, checkpoints: dict[str, st
     denoisers = load_denoisers(checkpoints, model_configs, sampling)
     spec = get_method(method)
     setting = spec.make_setting(setting_values)
+    baseline = spec.make_setting(baseline_values)
     sampler = make_sampler(sampling["sampler"], sampling["steps"])
     any_config = next(iter(model_configs.values()))
     batch = list(range(timing["batch_size"]))
+
+    def timed_run(which) -> float:
+        inputs = fresh_inputs()  # drawn outside the timed region
+        return _timed(lambda: spec.run(denoisers, sampler, *inputs, which), device)
 
     def fresh_inputs():
         return initial_noise_and_labels(seed, batch, image_shape(any_config), any_config["num_classes"])
@@ -170,12 +180,13 @@ def time_setting(*, method: str, setting_values: dict, checkpoints: dict[str, st
             spec.run(denoisers, sampler, *fresh_inputs(), setting)
             for d in denoisers.values():
                 forward_times(d)
-        runs, pair_ratios, forward, outputs = [], [], {role: [] for role in denoisers}, []
+        out = spec.run(denoisers, sampler, *fresh_inputs(), setting)
+        steps = {role: out.model_steps.get(role, 0) for role in denoisers}
+        runs, pair_ratios, speedups, forward = [], [], [], {role: [] for role in denoisers}
         for _ in range(timing["repeats"]):
-            inputs = fresh_inputs()  # drawn outside the timed region
-            runs.append(_timed(lambda: outputs.append(spec.run(denoisers, sampler, *inputs, setting)),
-                               device))
-            steps = {role: outputs[-1].model_steps.get(role, 0) for role in denoisers}
+            runs.append(timed_run(setting))
+            if baseline != setting:
+                speedups.append(timed_run(baseline) / runs[-1])
             block = {role: forward_times(d) for role, d in denoisers.items()}
             for role, times in block.items():
                 forward[role].extend(times)
@@ -184,6 +195,7 @@ def time_setting(*, method: str, setting_values: dict, checkpoints: dict[str, st
         loop_s = _loop_only_time(spec, setting, sampler, denoisers, fresh_inputs, noise, middle_t, y,
                                  device, repeats=timing["forward_repeats"])
 
+    speedups = speedups or [1.0] * len(runs)  # the baseline itself
     per_step = {role: statistics.median(v) for role, v in forward.items()}
     ideal = sum(steps[role] * per_step[role] for role in per_step)
     median = statistics.median(runs)
@@ -195,6 +207,9 @@ def time_setting(*, method: str, setting_values: dict, checkpoints: dict[str, st
         "model_steps": steps, "per_step_forward_s": per_step, "ideal_s": ideal,
         "pair_ratios": pair_ratios, "overhead_fraction": statistics.median(pair_ratios) - 1,
         "overhead_ci95": [r - 1 for r in _median_ci(pair_ratios)],
+        "baseline": baseline_values, "speedup_pairs": speedups,
+        "speedup_vs_baseline": statistics.median(speedups),
+        "speedup_ci95": _median_ci(speedups),
         # The loop alone (method + sampler, network replaced by a constant): its share of
         # the ideal time, a low-noise view of the same overhead.
         "loop_only_s": loop_s, "loop_only_fraction": loop_s / ideal,
@@ -202,7 +217,8 @@ def time_setting(*, method: str, setting_values: dict, checkpoints: dict[str, st
         "threads": torch.get_num_threads(), "device": str(device),
         "provenance": provenance(config, seeds={"seed": seed}, files=checkpoints, device=device),
     }
-    log(f"{method} {result['setting']}: median {median:.4f} s, ideal {ideal:.4f} s, "
+    log(f"{method} {result['setting']}: median {median:.4f} s, ideal {ideal:.4f} s, speed-up "
+        f"{result['speedup_vs_baseline']:.3f}x vs {spec.setting_id(baseline)}, "
         f"overhead {100 * result['overhead_fraction']:+.2f}% (median of paired ratios)")
     write_json(output, result)
     return result

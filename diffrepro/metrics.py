@@ -119,6 +119,19 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray,
     return float(max(distance, 0.0))
 
 
+def fid_of_features(features: np.ndarray, ref_mu: np.ndarray, ref_sigma: np.ndarray) -> float:
+    return frechet_distance(*feature_statistics(features), ref_mu, ref_sigma)
+
+
+def _bootstrap_std(num_rows: int, statistic, *, reps: int, seed: int) -> float:
+    """Standard deviation of statistic(rows) over `reps` resamplings of rows with replacement."""
+    if reps < 2:
+        raise ValueError(f"need at least 2 bootstrap replicates, got {reps}")
+    rng = np.random.default_rng(seed)
+    values = [statistic(rng.integers(0, num_rows, size=num_rows)) for _ in range(reps)]
+    return float(np.std(values, ddof=1))
+
+
 def fid_bootstrap_se(features: np.ndarray, ref_mu: np.ndarray, ref_sigma: np.ndarray, *,
                      reps: int = 50, seed: int = 0) -> float:
     """Bootstrap standard error of the FID: resample generated features with replacement.
@@ -127,15 +140,8 @@ def fid_bootstrap_se(features: np.ndarray, ref_mu: np.ndarray, ref_sigma: np.nda
     finite generated set only.
     """
     features = np.asarray(features, dtype=np.float64)
-    if reps < 2:
-        raise ValueError(f"need at least 2 bootstrap replicates, got {reps}")
-    rng = np.random.default_rng(seed)
-    n = features.shape[0]
-    values = []
-    for _ in range(reps):
-        mu, sigma = feature_statistics(features[rng.integers(0, n, size=n)])
-        values.append(frechet_distance(mu, sigma, ref_mu, ref_sigma))
-    return float(np.std(values, ddof=1))
+    return _bootstrap_std(len(features), lambda rows: fid_of_features(features[rows], ref_mu, ref_sigma),
+                          reps=reps, seed=seed)
 
 
 def paired_fid_difference_se(features: np.ndarray, baseline: np.ndarray, ref_mu: np.ndarray,
@@ -151,16 +157,11 @@ def paired_fid_difference_se(features: np.ndarray, baseline: np.ndarray, ref_mu:
     baseline = np.asarray(baseline, dtype=np.float64)
     if features.shape != baseline.shape:
         raise ValueError(f"paired features need equal shapes, got {features.shape} and {baseline.shape}")
-    if reps < 2:
-        raise ValueError(f"need at least 2 bootstrap replicates, got {reps}")
-    rng = np.random.default_rng(seed)
-    n = features.shape[0]
-    diffs = []
-    for _ in range(reps):
-        rows = rng.integers(0, n, size=n)
-        diffs.append(frechet_distance(*feature_statistics(features[rows]), ref_mu, ref_sigma)
-                     - frechet_distance(*feature_statistics(baseline[rows]), ref_mu, ref_sigma))
-    return float(np.std(diffs, ddof=1))
+    return _bootstrap_std(
+        len(features),
+        lambda rows: (fid_of_features(features[rows], ref_mu, ref_sigma)
+                      - fid_of_features(baseline[rows], ref_mu, ref_sigma)),
+        reps=reps, seed=seed)
 
 
 # ---------------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import re
 import sys
 from pathlib import Path
 
@@ -28,3 +29,13 @@ def job(snakemake, torch_threads: int | None = None):
             traceback.print_exc(file=f)
             raise
     sys.stdout.flush()
+
+
+def job_counts(output: str) -> dict[str, int]:
+    """Jobs per rule from the 'Job stats' table Snakemake prints (a run or a dry run)."""
+    counts = {}
+    for line in output.split("Job stats:")[-1].splitlines():
+        match = re.match(r"^([a-z_]+)\s+(\d+)$", line.strip())
+        if match and match.group(1) != "total":
+            counts[match.group(1)] = int(match.group(2))
+    return counts

@@ -73,3 +73,9 @@ def test_grid_expands_to_setting_ids(config):
     settings = method_settings(config, "tstitch")
     assert list(settings)[:3] == ["r0", "r0.1", "r0.2"]
     assert settings["r0.4"] == {"ratio": 0.4}
+
+
+def test_baseline_must_be_a_point_of_the_grid(config):
+    config["methods"]["tstitch"]["baseline"] = {"ratio": 0.05}
+    with pytest.raises(ConfigError, match=r"methods.tstitch.baseline: .* is not a point of the grid"):
+        full_check(config)

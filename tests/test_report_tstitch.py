@@ -217,3 +217,12 @@ def test_claims_markdown_gives_numbers(table: pd.DataFrame) -> None:
         assert number in text
     assert "FID(r) - FID(0) <= 2·SE_paired(r)" in text
     assert "publishes no SE" in text
+
+
+def test_paired_speedup_from_timing_job_is_used_when_present(paper_df: pd.DataFrame) -> None:
+    records = copy.deepcopy(make_records())
+    for record in records:  # side-by-side measurement disagrees with the ratio of medians
+        record["timing"]["speedup_vs_baseline"] = 1.0 + record["params"]["ratio"]
+    table = build_table(records, paper_df)
+    assert table.loc[table["ratio"] == 0.4, "ours_speedup"].item() == pytest.approx(1.4)
+    assert table.loc[table["ratio"] == 0.0, "ours_speedup"].item() == pytest.approx(1.0)

@@ -15,6 +15,8 @@ import pandas as pd
 import pytest
 import yaml
 
+from diffrepro.snakejob import job_counts
+
 ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 COPIED = ["Snakefile", "config", "workflow", "reports/paper", "environment.yml"]
@@ -26,16 +28,6 @@ def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.Compl
     if check and result.returncode != 0:
         raise AssertionError(f"snakemake {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
     return result
-
-
-def job_counts(output: str) -> dict[str, int]:
-    """Parse Snakemake's 'Job stats' table."""
-    counts = {}
-    for line in output.split("Job stats:")[-1].splitlines():
-        match = re.match(r"^([a-z_]+)\s+(\d+)$", line.strip())
-        if match and match.group(1) != "total":
-            counts[match.group(1)] = int(match.group(2))
-    return counts
 
 
 @pytest.fixture(scope="module")
@@ -96,6 +88,8 @@ def test_timing_files_record_the_measurement(smoke_run):
     assert timing["ideal_s"] > 0 and 0 < timing["loop_only_fraction"] < 1
     lo, hi = timing["overhead_ci95"]
     assert lo <= timing["overhead_fraction"] <= hi
+    assert timing["baseline"] == {"ratio": 0.0} and len(timing["speedup_pairs"]) == 2
+    assert timing["speedup_vs_baseline"] > 0
 
 
 def test_second_run_has_nothing_to_do(smoke_run):

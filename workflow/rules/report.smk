@@ -10,6 +10,7 @@ rule table:
         paper_table=lambda w: config["tables"][w.table]["paper"],
         setting_note=setting_note,
         scoring=as_param(config["scoring"]),
+        baseline=lambda w: as_param(config["methods"][table_method(w)]["baseline"]),
     conda:
         "../../environment.yml"
     log:

@@ -7,6 +7,7 @@ rule time:
         f"{RESULTS}/timing/{{method}}/{{setting}}.json",
     params:
         setting=setting_values,
+        baseline=lambda w: as_param(config["methods"][w.method]["baseline"]),
         model_configs=method_model_configs,
         sampling=sampling_params(),
         seed=config["seed"],

@@ -10,9 +10,10 @@ from diffrepro.snakejob import job
 with job(snakemake, torch_threads=1):
     scoring = json.loads(snakemake.params.scoring)
     records = merge_records(snakemake.input.scores, snakemake.input.timings)
-    # T-Stitch's baseline is the large model alone (r = 0); every ratio shares its noise.
+    # Every setting shares the baseline's noise and labels (T-Stitch: r = 0, large only).
     attach_paired_fid_se(records, snakemake.input.features, snakemake.input.reference,
-                         {"ratio": 0.0}, reps=scoring["bootstrap_reps"], seed=scoring["seed"])
+                         json.loads(snakemake.params.baseline), reps=scoring["bootstrap_reps"],
+                         seed=scoring["seed"])
     published = paper.load_paper_table(snakemake.input.paper, snakemake.params.paper_table)
     table = tstitch.build_table(records, published)
     note = snakemake.params.setting_note
