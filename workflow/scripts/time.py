@@ -2,7 +2,7 @@
 
 import json
 
-from diffrepro.jobs import time_setting
+from diffrepro.timing import time_setting
 from diffrepro.snakejob import job
 
 # The rule reserves every core so that nothing runs beside the measurement; torch itself

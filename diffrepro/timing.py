@@ -1,0 +1,153 @@
+"""Timing apart from sampling-for-FID: the paper's batch, warm-up, device sync, repeats.
+
+Speed-ups and the loop overhead are measured as ratios of runs made side by side in one
+process: this machine's speed drifts between jobs by tens of percent, within a pair of
+consecutive runs it barely does.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from .diffusion.samplers import make_sampler
+from .diffusion.sampling import initial_noise_and_labels
+from .io import write_json
+from .jobs import image_shape, load_denoisers
+from .methods import get_method
+from .provenance import provenance
+
+
+# --------------------------------------------------------------------------------------
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _timed(fn, device) -> float:
+    _sync(device)
+    began = time.perf_counter()
+    fn()
+    _sync(device)
+    return time.perf_counter() - began
+
+
+def time_setting(*, method: str, setting_values: dict, baseline_values: dict,
+                 checkpoints: dict[str, str], model_configs: dict[str, dict], sampling: dict,
+                 seed: int, timing: dict, config: dict, output: str, log=print) -> dict:
+    """Median wall-clock of one batch (the paper's 8 images), speed-up over the baseline
+    setting, and the loop's overhead.
+
+    The speed-up is the median over repeats of baseline time / setting time, the two runs
+    made one after the other in this process: across jobs this machine's speed drifts by
+    tens of percent, within a pair it barely does.
+
+    The ideal time is sum over models of (steps run by that model) x (median time of one
+    guided forward pass of it, same batch): sampling with zero loop overhead. This machine
+    is noisy at the scale of one run, so each timed run is paired with forward passes
+    timed right after it, and the overhead is the median of the per-pair ratios
+    run / ideal - 1 (slow drifts cancel within a pair).
+    """
+    device = torch.device("cpu")
+    denoisers = load_denoisers(checkpoints, model_configs, sampling)
+    spec = get_method(method)
+    setting = spec.make_setting(setting_values)
+    baseline = spec.make_setting(baseline_values)
+    sampler = make_sampler(sampling["sampler"], sampling["steps"])
+    any_config = next(iter(model_configs.values()))
+    batch = list(range(timing["batch_size"]))
+
+    def timed_run(which) -> float:
+        inputs = fresh_inputs()  # drawn outside the timed region
+        return _timed(lambda: spec.run(denoisers, sampler, *inputs, which), device)
+
+    def fresh_inputs():
+        return initial_noise_and_labels(seed, batch, image_shape(any_config), any_config["num_classes"])
+
+    noise, y, _ = fresh_inputs()
+    middle_t = sampler.timesteps[len(sampler.timesteps) // 2]
+
+    def forward_times(denoiser) -> list[float]:
+        return [_timed(lambda: denoiser(noise, middle_t, y), device)
+                for _ in range(timing["forward_repeats"])]
+
+    with torch.no_grad():
+        for _ in range(timing["warmup"]):
+            spec.run(denoisers, sampler, *fresh_inputs(), setting)
+            for d in denoisers.values():
+                forward_times(d)
+        out = spec.run(denoisers, sampler, *fresh_inputs(), setting)
+        steps = {role: out.model_steps.get(role, 0) for role in denoisers}
+        runs, pair_ratios, speedups, forward = [], [], [], {role: [] for role in denoisers}
+        for _ in range(timing["repeats"]):
+            runs.append(timed_run(setting))
+            if baseline != setting:
+                speedups.append(timed_run(baseline) / runs[-1])
+            block = {role: forward_times(d) for role, d in denoisers.items()}
+            for role, times in block.items():
+                forward[role].extend(times)
+            pair_ideal = sum(steps[role] * statistics.median(block[role]) for role in block)
+            pair_ratios.append(runs[-1] / pair_ideal)
+        loop_s = _loop_only_time(spec, setting, sampler, denoisers, fresh_inputs, noise, middle_t, y,
+                                 device, repeats=timing["forward_repeats"])
+
+    speedups = speedups or [1.0] * len(runs)  # the baseline itself
+    per_step = {role: statistics.median(v) for role, v in forward.items()}
+    ideal = sum(steps[role] * per_step[role] for role in per_step)
+    median = statistics.median(runs)
+    total_steps = sum(steps.values())
+    result = {
+        "method": method, "setting": spec.setting_id(setting), "params": setting_values,
+        "batch_size": len(batch), "repeats": timing["repeats"], "warmup": timing["warmup"],
+        "forward_repeats": timing["forward_repeats"], "times_s": runs, "median_s": median,
+        "model_steps": steps, "per_step_forward_s": per_step, "ideal_s": ideal,
+        "pair_ratios": pair_ratios, "overhead_fraction": statistics.median(pair_ratios) - 1,
+        "overhead_ci95": [r - 1 for r in _median_ci(pair_ratios)],
+        "baseline": baseline_values, "speedup_pairs": speedups,
+        "speedup_vs_baseline": statistics.median(speedups),
+        "speedup_ci95": _median_ci(speedups),
+        # The loop alone (method + sampler, network replaced by a constant): its share of
+        # the ideal time, a low-noise view of the same overhead.
+        "loop_only_s": loop_s, "loop_only_fraction": loop_s / ideal,
+        "steps_total": total_steps,
+        "threads": torch.get_num_threads(), "device": str(device),
+        "provenance": provenance(config, seeds={"seed": seed}, files=checkpoints, device=device),
+    }
+    log(f"{method} {result['setting']}: median {median:.4f} s, ideal {ideal:.4f} s, speed-up "
+        f"{result['speedup_vs_baseline']:.3f}x vs {spec.setting_id(baseline)}, "
+        f"overhead {100 * result['overhead_fraction']:+.2f}% (median of paired ratios)")
+    write_json(output, result)
+    return result
+
+
+class _ConstantDenoiser:
+    """Stands in for a network: returns a fixed output, so a run times only the loop."""
+
+    def __init__(self, output: torch.Tensor):
+        self.output = output
+
+    def __call__(self, x, t, y):
+        return self.output
+
+
+def _loop_only_time(spec, setting, sampler, denoisers, fresh_inputs, noise, t, y, device,
+                    repeats: int) -> float:
+    stand_ins = {role: _ConstantDenoiser(d(noise, t, y)) for role, d in denoisers.items()}
+    times = []
+    for _ in range(repeats):
+        inputs = fresh_inputs()
+        times.append(_timed(lambda: spec.run(stand_ins, sampler, *inputs, setting), device))
+    return statistics.median(times)
+
+
+def _median_ci(values: Sequence[float], reps: int = 2000, seed: int = 0) -> list[float]:
+    """Bootstrap 95% interval of the median."""
+    rng = np.random.default_rng(seed)
+    data = np.asarray(values)
+    medians = np.median(rng.choice(data, size=(reps, len(data)), replace=True), axis=1)
+    return [float(np.percentile(medians, 2.5)), float(np.percentile(medians, 97.5))]
