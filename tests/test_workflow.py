@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -19,7 +20,7 @@ from diffrepro.snakejob import job_counts
 
 ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
-COPIED = ["Snakefile", "config", "workflow", "reports/paper", "environment.yml"]
+COPIED = ["Snakefile", "config", "workflow", "reports/paper", "environment.yml", "profiles"]
 
 
 def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -30,9 +31,7 @@ def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.Compl
     return result
 
 
-@pytest.fixture(scope="module")
-def workdir(tmp_path_factory) -> Path:
-    work = tmp_path_factory.mktemp("workflow")
+def copy_repository(work: Path) -> Path:
     for name in COPIED:
         src, dst = ROOT / name, work / name
         if src.is_dir():
@@ -41,6 +40,11 @@ def workdir(tmp_path_factory) -> Path:
             dst.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy(src, dst)
     return work
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory) -> Path:
+    return copy_repository(tmp_path_factory.mktemp("workflow"))
 
 
 @pytest.fixture(scope="module")
@@ -130,3 +134,41 @@ def test_every_reproduce_target_dry_runs(workdir, config_file):
         result = snakemake(workdir, "-n", target, "--configfile", config_file)
         output = result.stdout + result.stderr
         assert target in output or "Nothing to be done" in output
+
+
+@pytest.mark.parametrize("kill_signal", ["SIGTERM", "SIGKILL"])
+def test_killed_run_resumes(tmp_path, kill_signal):
+    """Kill the whole run once sampling has started; rerunning finishes the DAG.
+
+    SIGTERM (kill, a scheduler) lets Snakemake clean up, so a plain rerun resumes. After
+    SIGKILL (or a power loss) Snakemake's directory lock remains and `--unlock` comes first,
+    as Snakemake's own message says.
+    """
+    import os
+    import signal
+    import time
+
+    work = copy_repository(tmp_path)
+    args = [*SNAKEMAKE, "--cores", "2", "reproduce_tstitch_table", "--configfile", "config/smoke.yaml"]
+    run = subprocess.Popen(args, cwd=work, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                           start_new_session=True)
+    samples = work / "results/smoke/samples"
+    deadline = time.monotonic() + 600
+    while not any(samples.glob("*/*/shard-*.npz")) and run.poll() is None:
+        assert time.monotonic() < deadline, "sampling never started"
+        time.sleep(0.2)
+    assert run.poll() is None, "the run finished before it could be killed"
+    if kill_signal == "SIGTERM":
+        os.kill(run.pid, signal.SIGTERM)  # Snakemake stops its jobs itself
+    else:
+        os.killpg(run.pid, signal.SIGKILL)
+    run.wait(timeout=120)
+    assert not (work / "reports/smoke/tstitch_table.csv").exists()
+
+    if kill_signal == "SIGKILL":
+        snakemake(work, "--unlock", *args[3:])
+    snakemake(work, *args[3:])  # the default profile reruns incomplete outputs
+    table = pd.read_csv(work / "reports/smoke/tstitch_table.csv")
+    assert list(table["ratio"]) == [0.0, 0.4, 1.0] and table["ours_fid"].notna().all()
+    for shard in samples.glob("*/*/shard-*.npz"):
+        assert len(np.load(shard)["images"]) == 20
