@@ -52,8 +52,10 @@ def load_denoisers(checkpoints: dict[str, str], model_configs: dict[str, dict],
             for role in checkpoints}
 
 
-def image_shape(model_config: dict) -> tuple[int, int, int]:
-    return (model_config["in_channels"], model_config["input_size"], model_config["input_size"])
+def sample_geometry(model_configs: dict[str, dict]) -> tuple[tuple[int, int, int], int]:
+    """(image shape, number of classes) of the samples; every role's model shares them."""
+    config = next(iter(model_configs.values()))
+    return (config["in_channels"], config["input_size"], config["input_size"]), config["num_classes"]
 
 
 # --------------------------------------------------------------------------------------
@@ -81,7 +83,7 @@ def generate(method: str, setting_values: dict, denoisers: dict[str, GuidedDenoi
         out = spec.run(denoisers, sampler, noise, y, generators, setting)
         images.append(to_uint8_nhwc(out.samples))
         labels.append(y.numpy())
-        steps = {role: out.model_steps.get(role, 0) for role in denoisers}
+        steps = out.steps_by_role(denoisers)
         done = start + len(batch)
         log(f"{method} {spec.setting_id(setting)}: {done}/{len(indices)} images, "
             f"{done / (time.perf_counter() - began):.1f} images/s")
@@ -92,11 +94,9 @@ def sample_shard(*, method: str, setting_values: dict, checkpoints: dict[str, st
                  model_configs: dict[str, dict], sampling: dict, seed: int, num_samples: int,
                  shard: int, num_shards: int, batch_size: int, output: str, log=print) -> None:
     denoisers = load_denoisers(checkpoints, model_configs, sampling)
-    any_config = next(iter(model_configs.values()))
     indices = shard_range(num_samples, shard, num_shards)
     images, labels, steps = generate(method, setting_values, denoisers, sampling, seed, indices,
-                                     image_shape(any_config), any_config["num_classes"],
-                                     batch_size, log)
+                                     *sample_geometry(model_configs), batch_size, log)
     meta = {"method": method, "params": setting_values, "model_steps": steps, "seed": seed,
             "sampling": sampling, "checkpoints": checkpoints}
     write_npz(output, images=images, labels=labels, indices=np.asarray(indices, dtype=np.int64),

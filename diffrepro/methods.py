@@ -30,9 +30,9 @@ class MethodOutput:
     samples: torch.Tensor                          # model space, (N, C, H, W)
     model_steps: Counter = field(default_factory=Counter)  # denoiser calls per model role
 
-    @property
-    def network_evaluations(self) -> int:
-        return sum(self.model_steps.values())
+    def steps_by_role(self, roles) -> dict[str, int]:
+        """Denoiser calls for every role, 0 for a model the setting never ran."""
+        return {role: self.model_steps.get(role, 0) for role in roles}
 
 
 MethodFn = Callable[[dict[str, GuidedDenoiser], Sampler, torch.Tensor, torch.Tensor,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import re
-import sys
 from pathlib import Path
 
 
@@ -28,7 +27,6 @@ def job(snakemake, torch_threads: int | None = None):
             import traceback
             traceback.print_exc(file=f)
             raise
-    sys.stdout.flush()
 
 
 def job_counts(output: str) -> dict[str, int]:

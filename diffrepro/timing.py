@@ -17,7 +17,7 @@ import torch
 from .diffusion.samplers import make_sampler
 from .diffusion.sampling import initial_noise_and_labels
 from .io import write_json
-from .jobs import image_shape, load_denoisers
+from .jobs import load_denoisers, sample_geometry
 from .methods import get_method
 from .provenance import provenance
 
@@ -59,15 +59,17 @@ def time_setting(*, method: str, setting_values: dict, baseline_values: dict,
     setting = spec.make_setting(setting_values)
     baseline = spec.make_setting(baseline_values)
     sampler = make_sampler(sampling["sampler"], sampling["steps"])
-    any_config = next(iter(model_configs.values()))
+    shape, num_classes = sample_geometry(model_configs)
     batch = list(range(timing["batch_size"]))
 
-    def timed_run(which) -> float:
-        inputs = fresh_inputs()  # drawn outside the timed region
-        return _timed(lambda: spec.run(denoisers, sampler, *inputs, which), device)
-
     def fresh_inputs():
-        return initial_noise_and_labels(seed, batch, image_shape(any_config), any_config["num_classes"])
+        return initial_noise_and_labels(seed, batch, shape, num_classes)
+
+    def timed_run(which):
+        """(seconds, method output) of one run; its inputs are drawn outside the timing."""
+        inputs, outputs = fresh_inputs(), []
+        seconds = _timed(lambda: outputs.append(spec.run(denoisers, sampler, *inputs, which)), device)
+        return seconds, outputs[0]
 
     noise, y, _ = fresh_inputs()
     middle_t = sampler.timesteps[len(sampler.timesteps) // 2]
@@ -81,13 +83,13 @@ def time_setting(*, method: str, setting_values: dict, baseline_values: dict,
             spec.run(denoisers, sampler, *fresh_inputs(), setting)
             for d in denoisers.values():
                 forward_times(d)
-        out = spec.run(denoisers, sampler, *fresh_inputs(), setting)
-        steps = {role: out.model_steps.get(role, 0) for role in denoisers}
         runs, pair_ratios, speedups, forward = [], [], [], {role: [] for role in denoisers}
         for _ in range(timing["repeats"]):
-            runs.append(timed_run(setting))
+            seconds, out = timed_run(setting)
+            runs.append(seconds)
+            steps = out.steps_by_role(denoisers)
             if baseline != setting:
-                speedups.append(timed_run(baseline) / runs[-1])
+                speedups.append(timed_run(baseline)[0] / seconds)
             block = {role: forward_times(d) for role, d in denoisers.items()}
             for role, times in block.items():
                 forward[role].extend(times)
@@ -100,7 +102,6 @@ def time_setting(*, method: str, setting_values: dict, baseline_values: dict,
     per_step = {role: statistics.median(v) for role, v in forward.items()}
     ideal = sum(steps[role] * per_step[role] for role in per_step)
     median = statistics.median(runs)
-    total_steps = sum(steps.values())
     result = {
         "method": method, "setting": spec.setting_id(setting), "params": setting_values,
         "batch_size": len(batch), "repeats": timing["repeats"], "warmup": timing["warmup"],
@@ -114,7 +115,6 @@ def time_setting(*, method: str, setting_values: dict, baseline_values: dict,
         # The loop alone (method + sampler, network replaced by a constant): its share of
         # the ideal time, a low-noise view of the same overhead.
         "loop_only_s": loop_s, "loop_only_fraction": loop_s / ideal,
-        "steps_total": total_steps,
         "threads": torch.get_num_threads(), "device": str(device),
         "provenance": provenance(config, seeds={"seed": seed}, files=checkpoints, device=device),
     }
