@@ -17,6 +17,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
+import numpy as np
 import torch
 
 from .diffusion.guidance import GuidedDenoiser
@@ -29,6 +30,13 @@ PLUGIN_PACKAGES = ("methods", "baselines")
 class MethodOutput:
     samples: torch.Tensor                          # model space, (N, C, H, W)
     model_steps: Counter = field(default_factory=Counter)  # denoiser calls per model role
+    # Diagnostics, one value per image (e.g. a parallel sampler's iterations) ...
+    per_image: dict[str, np.ndarray] = field(default_factory=dict)
+    # ... and one row per image over iterations, NaN after the image stopped (e.g. residuals).
+    traces: dict[str, np.ndarray] = field(default_factory=dict)
+    # Every network call ran on the whole batch, so steps x one forward pass is the ideal
+    # time; parallel-in-time samplers batch a window of steps and set this False.
+    uniform_batch: bool = True
 
     def steps_by_role(self, roles) -> dict[str, int]:
         """Denoiser calls for every role, 0 for a model the setting never ran."""
@@ -46,6 +54,7 @@ class MethodSpec:
     setting_type: type
     roles: tuple[str, ...]
     summary: str
+    samplers: tuple[str, ...] | None = None  # samplers the method supports (None: any)
 
     def make_setting(self, values: dict) -> Any:
         """Build the frozen setting; its __post_init__ rejects out-of-range values."""
@@ -65,12 +74,19 @@ class MethodSpec:
 _REGISTRY: dict[str, MethodSpec] = {}
 
 
-def register_method(name: str, *, setting: type, roles: Sequence[str], summary: str = ""):
-    """Decorator: make a method available to the workflow under `name`."""
+def register_method(name: str, *, setting: type, roles: Sequence[str], summary: str = "",
+                    samplers: Sequence[str] | None = None):
+    """Decorator: make a method available to the workflow under `name`.
+
+    A setting may define `steps` (it then fixes the sampler's step count, overriding
+    sampling.steps) and `reference()` -> (method, setting values): the run it is measured
+    against (e.g. a parallel sampler against the sequential one with the same steps).
+    """
     def wrap(fn: MethodFn) -> MethodFn:
         if name in _REGISTRY and _REGISTRY[name].run is not fn:
             raise ValueError(f"method name {name!r} is registered twice")
-        _REGISTRY[name] = MethodSpec(name, fn, setting, tuple(roles), summary or (fn.__doc__ or "").strip())
+        _REGISTRY[name] = MethodSpec(name, fn, setting, tuple(roles), summary or (fn.__doc__ or "").strip(),
+                                     tuple(samplers) if samplers is not None else None)
         return fn
     return wrap
 

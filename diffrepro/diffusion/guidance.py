@@ -26,11 +26,13 @@ class GuidedDenoiser:
     def batch_multiplier(self) -> int:
         return 2 if self.cfg_scale != 1.0 else 1
 
-    def __call__(self, x: torch.Tensor, t: int, y: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, t: int | torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """t: one timestep for the batch, or one per row (parallel-in-time samplers)."""
         n = x.shape[0]
+        t = torch.as_tensor(t, device=x.device).expand(n)
         if self.batch_multiplier == 1:
-            return self.model(x, torch.full((n,), t, device=x.device), y)
-        out = self.model(torch.cat([x, x]), torch.full((2 * n,), t, device=x.device),
+            return self.model(x, t, y)
+        out = self.model(torch.cat([x, x]), torch.cat([t, t]),
                          torch.cat([y, torch.full_like(y, self.null_label)]))
         g = min(self.guided_channels, x.shape[1])
         cond, uncond = out[:n], out[n:]

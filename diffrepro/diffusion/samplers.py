@@ -41,10 +41,13 @@ class DDIMSampler:
         self.eta = eta
         abar = alphas_cumprod(num_train_timesteps)
         self._coefficients = []
+        self.posterior_std = []  # the DDPM (eta = 1) noise scale of each step
         for i, t in enumerate(self.timesteps):
             a = abar[t]
             a_prev = abar[self.timesteps[i + 1]] if i + 1 < len(self.timesteps) else 1.0
-            sigma = eta * math.sqrt((1 - a_prev) / (1 - a)) * math.sqrt(1 - a / a_prev)
+            posterior_std = math.sqrt((1 - a_prev) / (1 - a)) * math.sqrt(1 - a / a_prev)
+            self.posterior_std.append(posterior_std)
+            sigma = eta * posterior_std
             self._coefficients.append((
                 math.sqrt(1.0 / a),          # x0 = c_x * x - c_eps * eps
                 math.sqrt(1.0 / a - 1.0),
@@ -52,6 +55,12 @@ class DDIMSampler:
                 math.sqrt(max(1 - a_prev - sigma**2, 0.0)),
                 sigma,
             ))
+
+    def affine_coefficients(self, i: int) -> tuple[float, float, float]:
+        """(a, b, c) with x_prev = a * x + b * eps + c * z: the step as an affine map, the
+        form parallel-in-time solvers need."""
+        c_x, c_eps, c_x0, c_dir, sigma = self._coefficients[i]
+        return c_x0 * c_x, c_dir - c_x0 * c_eps, sigma
 
     def step(self, i, model_output, x, generators=None):
         c_x, c_eps, c_x0, c_dir, sigma = self._coefficients[i]

@@ -1,0 +1,49 @@
+"""ParaDiGMS (Shih et al., NeurIPS 2023, arXiv 2305.16317): sliding-window Picard iteration,
+the parallel-sampling baseline ParaTAA compares against."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from diffrepro.diffusion.parallel import PicardSolver, Trajectory, solve_in_lockstep, summarize
+from diffrepro.methods import MethodOutput, register_method
+
+
+@dataclass(frozen=True)
+class PicardSetting:
+    steps: int               # DDIM steps of the trajectory being solved
+    window: int              # ParaDiGMS' "parallel": steps per batched call
+    tolerance: float = 0.1   # change RMS <= tolerance x noise std (ParaDiGMS' default 0.1)
+    max_iterations: int = 0  # 0: the number of steps
+
+    def __post_init__(self):
+        if self.steps < 1 or self.window < 1 or self.tolerance < 0 or self.max_iterations < 0:
+            raise ValueError(f"picard: need steps >= 1, window >= 1, tolerance >= 0 and "
+                             f"max_iterations >= 0; got {self}")
+
+    @property
+    def iteration_cap(self) -> int:
+        return self.max_iterations or self.steps
+
+    def reference(self) -> tuple[str, dict]:
+        return "sequential", {"steps": self.steps}
+
+    def id(self) -> str:
+        return f"n{self.steps}-w{self.window}-tol{self.tolerance:g}-it{self.iteration_cap}"
+
+
+@register_method("picard", setting=PicardSetting, roles=("model",), samplers=("ddim",))
+def picard(models, sampler, noise, labels, generators, setting: PicardSetting) -> MethodOutput:
+    """ParaDiGMS: parallel Picard iteration over a sliding window of DDIM steps."""
+    trajectory = Trajectory.from_sampler(sampler)
+    if trajectory.steps != setting.steps:
+        raise ValueError(f"picard setting has {setting.steps} steps, the sampler {trajectory.steps}")
+    solvers = [PicardSolver(trajectory, noise[k], trajectory.draw_noise(noise.shape[1:], generators[k]),
+                            window=setting.window, tolerance=setting.tolerance,
+                            max_iterations=setting.iteration_cap)
+               for k in range(len(noise))]
+    calls = solve_in_lockstep(solvers, models["model"], labels)
+    samples, per_image, traces = summarize(solvers)
+    return MethodOutput(samples, {"model": calls}, per_image, traces, uniform_batch=False)
