@@ -32,3 +32,8 @@ rule reproduce_all:
 rule reproduce_tstitch_table:
     input:
         table_outputs("tstitch"),
+
+
+rule reproduce_parataa_table:
+    input:
+        table_outputs("parataa"),

@@ -19,6 +19,9 @@ class SequentialSetting:
         if self.steps < 1:
             raise ValueError(f"sequential: steps must be >= 1, got {self.steps}")
 
+    def reference(self) -> tuple[str, dict]:
+        return "sequential", {"steps": self.steps}  # itself: the reference of the others
+
     def id(self) -> str:
         return f"n{self.steps}"
 

@@ -11,27 +11,60 @@ from __future__ import annotations
 import itertools
 
 from .methods import MethodSpec, load_plugins
-from .report.paper import TSTITCH_YAML, load_paper_table
+from .report.paper import PAPER_DIR, load_paper_table
+
+TABLE_KINDS = ("tstitch", "parataa")
 
 
 class ConfigError(ValueError):
     pass
 
 
+def grid_points(grid: dict | list[dict]):
+    """Every point of a grid: the cartesian product of a mapping of lists, or the union of
+    the products of a list of such mappings (for settings that go together, e.g. a window
+    equal to the step count)."""
+    for block in (grid if isinstance(grid, list) else [grid]):
+        keys = list(block)
+        for combo in itertools.product(*(block[k] for k in keys)):
+            yield dict(zip(keys, combo))
+
+
 def method_settings(config: dict, method: str) -> dict[str, dict]:
-    """setting id -> setting values, for every point of the method's grid (cartesian product)."""
+    """setting id -> setting values, for every point of the method's grid."""
     spec = load_plugins()[method]
-    grid = config["methods"][method]["grid"]
-    keys = list(grid)
     settings = {}
-    for combo in itertools.product(*(grid[k] for k in keys)):
-        values = dict(zip(keys, combo))
+    for values in grid_points(config["methods"][method]["grid"]):
         setting_id = spec.setting_id(spec.make_setting(values))
         if setting_id in settings:
             raise ConfigError(f"config key methods.{method}.grid: settings {settings[setting_id]} "
                               f"and {values} both map to {setting_id!r}; remove the duplicate")
         settings[setting_id] = values
     return settings
+
+
+def method_num_samples(config: dict, method: str) -> int:
+    return config["methods"][method].get("num_samples", config["sampling"]["num_samples"])
+
+
+def method_timing(config: dict, method: str) -> dict:
+    return {**config["timing"], **config["methods"][method].get("timing", {})}
+
+
+def reference_run(config: dict, method: str, setting_values: dict) -> dict:
+    """{"method", "params"} of the run a setting is measured against (see jobs.reference_run)."""
+    from .jobs import reference_run as run_of
+
+    return run_of(method, setting_values, config["methods"][method].get("baseline"))
+
+
+def table_kind(entry: dict) -> str:
+    return entry.get("kind", "tstitch")
+
+
+def table_methods(entry: dict) -> list[str]:
+    """The methods whose settings a table reports."""
+    return list(entry["methods"]) if table_kind(entry) == "parataa" else [entry["method"]]
 
 
 def check_config(config: dict) -> None:
@@ -42,22 +75,65 @@ def check_config(config: dict) -> None:
         if method not in registry:
             raise ConfigError(f"config key {where}: unknown method {method!r}; available methods: "
                               f"{sorted(registry)} (add a module to methods/ to define a new one)")
-        _check_roles(registry[method], entry, config, where)
+        spec = registry[method]
+        _check_roles(spec, entry, config, where)
+        if spec.samplers is not None and config["sampling"]["sampler"] not in spec.samplers:
+            raise ConfigError(f"config key sampling.sampler: method {method!r} supports "
+                              f"{list(spec.samplers)}, not {config['sampling']['sampler']!r}; "
+                              f"set sampling.sampler to one of them or remove methods.{method}")
         try:
             settings = method_settings(config, method)
         except (TypeError, ValueError) as err:
             raise ConfigError(f"config key {where}.grid: {err}") from err
-        if entry["baseline"] not in settings.values():
+        if "baseline" in entry and entry["baseline"] not in settings.values():
             raise ConfigError(f"config key {where}.baseline: {entry['baseline']} is not a point of "
                               f"the grid; choose one of {list(settings.values())}")
+        for values in settings.values():
+            _check_reference(config, method, values, where)
     for table, entry in config["tables"].items():
-        if entry["method"] not in config["methods"]:
-            raise ConfigError(f"config key tables.{table}.method: {entry['method']!r} is not "
-                              f"configured under methods; configured: {sorted(config['methods'])}")
-        try:
-            load_paper_table(TSTITCH_YAML, entry["paper"])
-        except KeyError as err:
-            raise ConfigError(f"config key tables.{table}.paper: {err.args[0]}") from err
+        _check_table(config, table, entry)
+
+
+def _check_reference(config: dict, method: str, values: dict, where: str) -> None:
+    try:
+        run = reference_run(config, method, values)
+    except ValueError as err:
+        raise ConfigError(f"config key {where}.baseline: {err}") from err
+    ref = run["method"]
+    if ref == method:
+        return
+    if ref not in config["methods"]:
+        raise ConfigError(f"config key {where}: setting {values} is measured against method {ref!r} "
+                          f"{run['params']}; add methods.{ref} with that setting in its grid")
+    if run["params"] not in method_settings(config, ref).values():
+        raise ConfigError(f"config key methods.{ref}.grid: {method} setting {values} is measured "
+                          f"against {ref} {run['params']}; add it to methods.{ref}.grid")
+    if config["methods"][ref]["models"] != config["methods"][method]["models"]:
+        raise ConfigError(f"config key {where}.models: must equal methods.{ref}.models, the run its "
+                          f"settings are measured against")
+    if method_num_samples(config, ref) != method_num_samples(config, method):
+        raise ConfigError(f"config key {where}.num_samples: must equal methods.{ref}'s "
+                          f"({method_num_samples(config, ref)}): samples are compared image by image")
+
+
+def _check_table(config: dict, table: str, entry: dict) -> None:
+    kind = table_kind(entry)
+    needed = "methods" if kind == "parataa" else "method"
+    if needed not in entry:
+        raise ConfigError(f"config key tables.{table}: a {kind} table needs '{needed}'")
+    for method in table_methods(entry):
+        if method not in config["methods"]:
+            raise ConfigError(f"config key tables.{table}: method {method!r} is not configured "
+                              f"under methods; configured: {sorted(config['methods'])}")
+        for values in method_settings(config, method).values():
+            ref = reference_run(config, method, values)["method"]
+            if ref not in table_methods(entry):
+                raise ConfigError(f"config key tables.{table}.methods: {method} is measured against "
+                                  f"{ref}; list {ref} in the table too")
+    try:
+        load_paper_table(PAPER_DIR / f"{kind}.yaml", entry["paper"])
+    except KeyError as err:
+        raise ConfigError(f"config key tables.{table}.paper: {err.args[0]}") from err
 
 
 def _check_roles(spec: MethodSpec, entry: dict, config: dict, where: str) -> None:

@@ -3,6 +3,7 @@ Snakemake). workflow/scripts/*.py only unpack the `snakemake` object and call th
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -68,14 +69,33 @@ def shard_range(num_samples: int, shard: int, num_shards: int) -> range:
     return range(shard * num_samples // num_shards, (shard + 1) * num_samples // num_shards)
 
 
+def sampler_for(setting, sampling: dict):
+    """The configured sampler, at the setting's own step count if it has one."""
+    return make_sampler(sampling["sampler"], getattr(setting, "steps", sampling["steps"]))
+
+
+def reference_run(method: str, setting_values: dict, baseline_values: dict | None) -> dict:
+    """{"method", "params"} of the run a setting is measured against: the one its setting
+    names (a parallel sampler: the sequential sampler with its steps), else the method's
+    configured baseline setting."""
+    setting = get_method(method).make_setting(setting_values)
+    if hasattr(setting, "reference"):
+        ref_method, ref_values = setting.reference()
+        return {"method": ref_method, "params": ref_values}
+    if baseline_values is None:
+        raise ValueError(f"method {method!r} has no baseline: set methods.{method}.baseline")
+    return {"method": method, "params": baseline_values}
+
+
 def generate(method: str, setting_values: dict, denoisers: dict[str, GuidedDenoiser],
              sampling: dict, seed: int, indices: Sequence[int], shape, num_classes: int,
-             batch_size: int, log=print) -> tuple[np.ndarray, np.ndarray, dict]:
-    """uint8 NHWC images and labels for these image indices, batch by batch."""
+             batch_size: int, log=print) -> tuple[np.ndarray, np.ndarray, dict, dict]:
+    """uint8 NHWC images and labels for these image indices, batch by batch, and the
+    method's extras: float samples and its per-image diagnostics and traces."""
     spec = get_method(method)
     setting = spec.make_setting(setting_values)
-    sampler = make_sampler(sampling["sampler"], sampling["steps"])
-    images, labels, steps = [], [], {}
+    sampler = sampler_for(setting, sampling)
+    images, labels, steps, outputs = [], [], {}, []
     began = time.perf_counter()
     for start in range(0, len(indices), batch_size):
         batch = list(indices[start:start + batch_size])
@@ -83,11 +103,29 @@ def generate(method: str, setting_values: dict, denoisers: dict[str, GuidedDenoi
         out = spec.run(denoisers, sampler, noise, y, generators, setting)
         images.append(to_uint8_nhwc(out.samples))
         labels.append(y.numpy())
+        outputs.append(out)
         steps = out.steps_by_role(denoisers)
         done = start + len(batch)
         log(f"{method} {spec.setting_id(setting)}: {done}/{len(indices)} images, "
             f"{done / (time.perf_counter() - began):.1f} images/s")
-    return np.concatenate(images), np.concatenate(labels), steps
+    return np.concatenate(images), np.concatenate(labels), steps, _merge_extras(outputs)
+
+
+def _merge_extras(outputs) -> dict[str, np.ndarray]:
+    """samples (float32, model space), per_image__<name> and trace__<name> over all batches."""
+    extras = {"samples": np.concatenate([o.samples.numpy() for o in outputs]).astype(np.float32)}
+    for name in outputs[0].per_image:
+        extras[f"per_image__{name}"] = np.concatenate([o.per_image[name] for o in outputs])
+    for name in outputs[0].traces:
+        extras[f"trace__{name}"] = _stack_ragged([o.traces[name] for o in outputs])
+    return extras
+
+
+def _stack_ragged(blocks: Sequence[np.ndarray]) -> np.ndarray:
+    """Stack (images, length) arrays of different lengths, NaN-padding the short ones."""
+    longest = max(b.shape[1] for b in blocks)
+    return np.concatenate([np.pad(b.astype(np.float64), ((0, 0), (0, longest - b.shape[1])),
+                                  constant_values=np.nan) for b in blocks])
 
 
 def sample_shard(*, method: str, setting_values: dict, checkpoints: dict[str, str],
@@ -95,12 +133,12 @@ def sample_shard(*, method: str, setting_values: dict, checkpoints: dict[str, st
                  shard: int, num_shards: int, batch_size: int, output: str, log=print) -> None:
     denoisers = load_denoisers(checkpoints, model_configs, sampling)
     indices = shard_range(num_samples, shard, num_shards)
-    images, labels, steps = generate(method, setting_values, denoisers, sampling, seed, indices,
-                                     *sample_geometry(model_configs), batch_size, log)
+    images, labels, steps, extras = generate(method, setting_values, denoisers, sampling, seed,
+                                             indices, *sample_geometry(model_configs), batch_size, log)
     meta = {"method": method, "params": setting_values, "model_steps": steps, "seed": seed,
             "sampling": sampling, "checkpoints": checkpoints}
     write_npz(output, images=images, labels=labels, indices=np.asarray(indices, dtype=np.int64),
-              meta=np.asarray(json.dumps(meta, sort_keys=True)))
+              meta=np.asarray(json.dumps(meta, sort_keys=True)), **extras)
 
 
 def read_shards(paths: Sequence[str]) -> tuple[np.ndarray, np.ndarray, dict]:
@@ -116,6 +154,52 @@ def read_shards(paths: Sequence[str]) -> tuple[np.ndarray, np.ndarray, dict]:
     images = np.concatenate([p["images"] for p in parts])[order]
     labels = np.concatenate([p["labels"] for p in parts])[order]
     return images, labels, metas[0]
+
+
+def read_shard_extras(paths: Sequence[str]) -> dict[str, np.ndarray]:
+    """The shards' float samples, per-image diagnostics and traces, in image-index order."""
+    parts = [np.load(p) for p in paths]
+    order = np.argsort(np.concatenate([p["indices"] for p in parts]))
+    keys = [k for k in parts[0].files if k == "samples" or k.startswith(("per_image__", "trace__"))]
+    return {k: (_stack_ragged([p[k] for p in parts]) if k.startswith("trace__")
+                else np.concatenate([p[k] for p in parts]))[order] for k in keys}
+
+
+def _stats(values: np.ndarray) -> dict[str, float]:
+    return {"mean": float(np.mean(values)), "median": float(np.median(values)),
+            "min": float(np.min(values)), "max": float(np.max(values))}
+
+
+def parallel_summary(extras: dict[str, np.ndarray], steps: int) -> dict | None:
+    """Iterations, network evaluations and convergence of a method that reports them."""
+    if "per_image__parallel_iterations" not in extras:
+        return None
+    return {"steps": steps,
+            "iterations": _stats(extras["per_image__parallel_iterations"]),
+            "network_evaluations": _stats(extras["per_image__network_evaluations"]),
+            "converged_fraction": float(np.mean(extras["per_image__converged"]))}
+
+
+def convergence_summary(trace: np.ndarray) -> dict:
+    """Per parallel iteration, the median over images of the largest per-step residual;
+    only while at least half of the images are still iterating (after that, a median over
+    the remaining ones would describe a different population)."""
+    running = np.sum(~np.isnan(trace), axis=0)
+    keep = running * 2 >= len(trace)
+    with np.errstate(all="ignore"):
+        median = np.nanmedian(trace[:, keep], axis=0) if keep.any() else np.array([])
+    return {"median_residual": [float(v) for v in median],
+            "images_running": [int(v) for v in running[keep]]}
+
+
+def deviation_from(samples: np.ndarray, reference: np.ndarray) -> dict[str, float]:
+    """Final samples against the reference run's, image by image (same noise and labels)."""
+    if samples.shape != reference.shape:
+        raise ValueError(f"cannot compare samples of shape {samples.shape} with the reference's "
+                         f"{reference.shape}: both runs must use the same num_samples")
+    diff = np.abs(samples.astype(np.float64) - reference.astype(np.float64))
+    return {"max_abs": float(diff.max()), "mean_abs": float(diff.mean()),
+            "rms": float(np.sqrt(np.mean(diff ** 2)))}
 
 
 # --------------------------------------------------------------------------------------
@@ -142,6 +226,7 @@ def reference_stats_job(*, classifier_path: str, output: str) -> None:
 
 def score_setting(*, shards: Sequence[str], classifier_path: str, reference_path: str,
                   scoring: dict, config: dict, output: str, features_output: str,
+                  reference_run: dict | None = None, reference_shards: Sequence[str] = (),
                   log=print) -> dict:
     from .models.classifier import load_classifier
 
@@ -158,7 +243,8 @@ def score_setting(*, shards: Sequence[str], classifier_path: str, reference_path
              **{f"checkpoint:{role}": path for role, path in meta["checkpoints"].items()}}
     result = {
         "method": meta["method"], "setting": spec.setting_id(spec.make_setting(meta["params"])),
-        "params": meta["params"], "metrics": {k: v for k, v in scores.items() if k != "num_samples"},
+        "params": dataclasses.asdict(spec.make_setting(meta["params"])),
+        "metrics": {k: v for k, v in scores.items() if k != "num_samples"},
         "labels": metrics.metric_labels(), "num_samples": scores["num_samples"],
         "model_steps": meta["model_steps"], "network_evaluations": sum(meta["model_steps"].values()),
         "sampling": meta["sampling"],
@@ -169,6 +255,22 @@ def score_setting(*, shards: Sequence[str], classifier_path: str, reference_path
                                                                  "vs. all 1797 real digits (uint8)",
                                                      "num_samples": scores["num_samples"]}),
     }
+    setting = spec.make_setting(meta["params"])
+    extras = read_shard_extras(shards)
+    parallel = parallel_summary(extras, len(sampler_for(setting, meta["sampling"]).timesteps))
+    if parallel is not None:
+        result["parallel"] = parallel
+    if "trace__residual" in extras:
+        result["convergence"] = convergence_summary(extras["trace__residual"])
+    if reference_run is not None:
+        ref_spec = get_method(reference_run["method"])
+        result["reference"] = {**reference_run, "setting": ref_spec.setting_id(
+            ref_spec.make_setting(reference_run["params"]))}
+        ref_key = (reference_run["method"], result["reference"]["setting"])
+        itself = ref_key == (meta["method"], result["setting"])
+        if itself or reference_shards:
+            reference_samples = extras if itself else read_shard_extras(reference_shards)
+            result["deviation"] = deviation_from(extras["samples"], reference_samples["samples"])
     log(f"{result['method']} {result['setting']}: FID {scores['fid']:.3f} IS "
         f"{scores['inception_score']:.3f} acc {scores['class_accuracy']:.3f}")
     write_json(output, result)
@@ -176,16 +278,20 @@ def score_setting(*, shards: Sequence[str], classifier_path: str, reference_path
 
 
 def attach_paired_fid_se(records: list[dict], feature_paths: Sequence[str], reference_path: str,
-                         baseline_params: dict, *, reps: int, seed: int) -> None:
-    """Add metrics['fid_diff_se']: paired bootstrap SE of FID(setting) - FID(baseline)."""
+                         *, reps: int, seed: int) -> None:
+    """Add metrics['fid_diff_se']: paired bootstrap SE of FID(setting) - FID(its reference),
+    the run named by the record's 'reference' (same noise and labels row by row)."""
     ref = metrics.load_reference_statistics(reference_path)
-    features = [np.load(p)["features"] for p in feature_paths]
-    baseline = [f for f, r in zip(features, records) if r["params"] == baseline_params]
-    if len(baseline) != 1:
-        raise ValueError(f"need exactly one baseline setting {baseline_params} among the records")
-    for feats, record in zip(features, records):
+    features = {(r["method"], r["setting"]): np.load(p)["features"]
+                for p, r in zip(feature_paths, records)}
+    for record in records:
+        key = (record["reference"]["method"], record["reference"]["setting"])
+        if key not in features:
+            raise ValueError(f"{record['method']} {record['setting']}: its reference {key[0]} "
+                             f"{key[1]} is not among the table's settings; add it to the grid")
         record["metrics"]["fid_diff_se"] = metrics.paired_fid_difference_se(
-            feats, baseline[0], ref["mu"], ref["sigma"], reps=reps, seed=seed)
+            features[(record["method"], record["setting"])], features[key], ref["mu"], ref["sigma"],
+            reps=reps, seed=seed)
 
 
 def merge_records(score_paths: Sequence[str], timing_paths: Sequence[str]) -> list[dict]:

@@ -52,7 +52,7 @@ def make_record(method: str, setting: str, steps: int, *, iterations: float = 0.
         "setting": setting,
         "params": params,
         "num_samples": 1000,
-        "metrics": {"fid": fid, "fid_se": 0.3, "inception_score": 8.0, "class_accuracy": 0.95,
+        "metrics": {"fid": fid, "fid_bootstrap_se": 0.3, "inception_score": 8.0, "class_accuracy": 0.95,
                     "fid_diff_se": 0.0 if sequential else fid_diff_se},
         "labels": dict(LABELS),
         "reference": {"method": "sequential", "setting": f"n{steps}", "params": {"steps": steps}},

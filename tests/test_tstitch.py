@@ -58,8 +58,8 @@ def test_noise_and_labels_depend_only_on_seed_and_index():
 def test_samples_do_not_depend_on_batch_size(tiny_denoisers, sampler):
     sampling = {"sampler": sampler, "steps": 10}
     args = ("tstitch", {"ratio": 0.5}, tiny_denoisers, sampling, 11, range(6), (1, 8, 8), 10)
-    one_batch, labels_a, _ = generate(*args, batch_size=6, log=lambda m: None)
-    small_batches, labels_b, _ = generate(*args, batch_size=2, log=lambda m: None)
+    one_batch, labels_a, _, _ = generate(*args, batch_size=6, log=lambda m: None)
+    small_batches, labels_b, _, _ = generate(*args, batch_size=2, log=lambda m: None)
     assert np.array_equal(labels_a, labels_b)
     assert np.array_equal(one_batch, small_batches)
 

@@ -229,13 +229,15 @@ class ParaTAASolver(_WindowedSolver):
         flat_r = d_r.flatten(2)
         gram = torch.einsum("jod,kod->ojk", flat_r, flat_r).cumsum(0)  # sum over steps <= o
         rhs = torch.einsum("jod,od->oj", flat_r, residual.flatten(1)).cumsum(0)
-        for o in range(first_corrected, n):
-            j = int(available[o])
-            if j == 0:
+        # Solve all outputs that use j differences at once (a batch of j x j systems).
+        for j in range(1, d_x.shape[0] + 1):
+            rows = torch.nonzero(available[first_corrected:] == j).flatten() + first_corrected
+            if len(rows) == 0:
                 continue
-            gamma = torch.linalg.solve(gram[o, :j, :j] + self.ridge * torch.eye(j, dtype=torch.float64),
-                                       rhs[o, :j])
-            correction[o] = torch.einsum("j,j...->...", gamma, d_x[:j, o] + d_r[:j, o])
+            system = gram[rows, :j, :j] + self.ridge * torch.eye(j, dtype=torch.float64)
+            gamma = torch.linalg.solve(system, rhs[rows, :j])                   # (rows, j)
+            steps = (d_x[:j, rows] + d_r[:j, rows]).flatten(2)                  # (j, rows, D)
+            correction[rows] = torch.einsum("rj,jrd->rd", gamma, steps).view_as(correction[rows])
         return correction
 
 

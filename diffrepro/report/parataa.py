@@ -79,7 +79,7 @@ def _row(record: Mapping[str, Any], by_key: Mapping[tuple[str, str], Mapping[str
         "step_reduction": steps / iterations, "nfe_mean": nfe, "nfe_per_step": nfe / steps,
         "max_abs_dev": float(record["deviation"]["max_abs"]),
         "mean_abs_dev": float(record["deviation"]["mean_abs"]),
-        "fid": float(metrics["fid"]), "fid_se": _num(metrics.get("fid_se")),
+        "fid": float(metrics["fid"]), "fid_se": _num(metrics.get("fid_bootstrap_se")),
         "fid_diff": float(metrics["fid"]) - float(ref["metrics"]["fid"]),
         **{k: _num(metrics.get(k)) for k in ("fid_diff_se", "inception_score", "class_accuracy")},
         "time_s": float(timing["median_s"]), "reference_time_s": float(ref["timing"]["median_s"]),

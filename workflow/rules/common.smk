@@ -1,13 +1,25 @@
 import json
 
+from diffrepro.config import (method_num_samples, method_timing, reference_run, table_kind,
+                              table_methods)
 # Paths and parameter helpers shared by the rule files.
 SUITE = config["suite"]
 CHECKPOINTS = f"resources/checkpoints/{SUITE}"
 RESULTS = f"results/{SUITE}"
 REPORTS = f"reports/{SUITE}"
 LOGS = f"logs/{SUITE}"
-PAPER_YAML = "reports/paper/tstitch.yaml"
 SETTINGS = {method: method_settings(config, method) for method in config["methods"]}
+# The run each setting is measured against: {"method", "params"} (check_config made sure
+# it is configured), and its setting id.
+REFERENCES = {
+    method: {sid: reference_run(config, method, values) for sid, values in settings.items()}
+    for method, settings in SETTINGS.items()
+}
+
+
+def reference_id(method, setting):
+    run = REFERENCES[method][setting]
+    return run["method"], next(s for s, v in SETTINGS[run["method"]].items() if v == run["params"])
 
 
 wildcard_constraints:
@@ -54,36 +66,52 @@ def sampling_params():
     return as_param({k: s[k] for k in ("sampler", "steps", "cfg_scale", "guided_channels")})
 
 
-def shard_paths(wildcards):
+def shards_of(method, setting):
     n = config["sampling"]["num_shards"]
-    return [
-        f"{RESULTS}/samples/{wildcards.method}/{wildcards.setting}/shard-{k}.npz"
-        for k in range(n)
-    ]
+    return [f"{RESULTS}/samples/{method}/{setting}/shard-{k}.npz" for k in range(n)]
+
+
+def score_inputs(wildcards):
+    """The setting's shards and, to compare image by image, its reference run's."""
+    ref_method, ref_setting = reference_id(wildcards.method, wildcards.setting)
+    inputs = {
+        "shards": shards_of(wildcards.method, wildcards.setting),
+        "classifier": f"{CHECKPOINTS}/digits_cnn.safetensors",
+        "reference": f"{RESULTS}/reference/digits_stats.npz",
+    }
+    if (ref_method, ref_setting) != (wildcards.method, wildcards.setting):
+        inputs["reference_shards"] = shards_of(ref_method, ref_setting)
+    return inputs
 
 
 def table_outputs(name):
-    return [
+    outputs = [
         f"{REPORTS}/{name}_table.csv",
         f"{REPORTS}/{name}_table.md",
         f"{REPORTS}/{name}_claims.md",
         f"{REPORTS}/{name}_pareto.png",
         f"{REPORTS}/{name}_pareto.svg",
     ]
+    if table_kind(config["tables"][name]) == "parataa":
+        outputs += [f"{REPORTS}/{name}_convergence.png", f"{REPORTS}/{name}_convergence.svg"]
+    return outputs
 
 
-def table_method(wildcards):
-    return config["tables"][wildcards.table]["method"]
+def table_settings(wildcards):
+    """(method, setting id) of every row of the table."""
+    methods = table_methods(config["tables"][wildcards.table])
+    return [(m, s) for m in methods for s in SETTINGS[m]]
 
 
 def table_inputs(wildcards):
-    method = table_method(wildcards)
+    rows = table_settings(wildcards)
+    kind = table_kind(config["tables"][wildcards.table])
     return {
-        "scores": [f"{RESULTS}/scores/{method}/{s}.json" for s in SETTINGS[method]],
-        "timings": [f"{RESULTS}/timing/{method}/{s}.json" for s in SETTINGS[method]],
-        "features": [f"{RESULTS}/scores/{method}/{s}.features.npz" for s in SETTINGS[method]],
+        "scores": [f"{RESULTS}/scores/{m}/{s}.json" for m, s in rows],
+        "timings": [f"{RESULTS}/timing/{m}/{s}.json" for m, s in rows],
+        "features": [f"{RESULTS}/scores/{m}/{s}.features.npz" for m, s in rows],
         "reference": f"{RESULTS}/reference/digits_stats.npz",
-        "paper": PAPER_YAML,
+        "paper": f"reports/paper/{kind}.yaml",
     }
 
 
@@ -96,9 +124,14 @@ def plot_inputs(wildcards):
 
 def setting_note(wildcards):
     s = config["sampling"]
-    roles = config["methods"][table_method(wildcards)]["models"]
+    entry = config["tables"][wildcards.table]
+    method = table_methods(entry)[-1]
+    roles = config["methods"][method]["models"]
     models = ", ".join(f"{role}={model}" for role, model in roles.items())
+    steps = "" if table_kind(entry) == "parataa" else f"-{s['steps']}"
+    timing = method_timing(config, method)
     return (
-        f"suite {SUITE}: {s['sampler'].upper()}-{s['steps']}, CFG {s['cfg_scale']}, "
-        f"{s['num_samples']} samples per setting, models {models}"
+        f"suite {SUITE}: {s['sampler'].upper()}{steps}, CFG {s['cfg_scale']}, "
+        f"{method_num_samples(config, method)} samples per setting, models {models}; "
+        f"timing: batch of {timing['batch_size']}, median of {timing['repeats']}"
     )

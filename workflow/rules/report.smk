@@ -7,10 +7,10 @@ rule table:
         md=f"{REPORTS}/{{table}}_table.md",
         claims=f"{REPORTS}/{{table}}_claims.md",
     params:
+        kind=lambda w: table_kind(config["tables"][w.table]),
         paper_table=lambda w: config["tables"][w.table]["paper"],
         setting_note=setting_note,
         scoring=as_param(config["scoring"]),
-        baseline=lambda w: as_param(config["methods"][table_method(w)]["baseline"]),
     conda:
         "../../environment.yml"
     log:
@@ -26,6 +26,7 @@ rule plot:
         png=f"{REPORTS}/{{table}}_pareto.png",
         svg=f"{REPORTS}/{{table}}_pareto.svg",
     params:
+        kind=lambda w: table_kind(config["tables"][w.table]),
         title=lambda w: f"{w.table}: {setting_note(w)}",
     conda:
         "../../environment.yml"
@@ -33,3 +34,20 @@ rule plot:
         f"{LOGS}/plot/{{table}}.log",
     script:
         "../scripts/plot.py"
+
+
+# Parallel samplers: residual against parallel iteration, per method and memory size.
+rule convergence_plot:
+    input:
+        scores=lambda w: table_inputs(w)["scores"],
+    output:
+        png=f"{REPORTS}/{{table}}_convergence.png",
+        svg=f"{REPORTS}/{{table}}_convergence.svg",
+    params:
+        title=lambda w: f"{w.table}: {setting_note(w)}",
+    conda:
+        "../../environment.yml"
+    log:
+        f"{LOGS}/convergence_plot/{{table}}.log",
+    script:
+        "../scripts/convergence_plot.py"

@@ -9,7 +9,7 @@ rule sample:
         model_configs=method_model_configs,
         sampling=sampling_params(),
         seed=config["seed"],
-        num_samples=config["sampling"]["num_samples"],
+        num_samples=lambda w: method_num_samples(config, w.method),
         num_shards=config["sampling"]["num_shards"],
     threads: config["threads"]
     conda:

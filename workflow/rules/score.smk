@@ -1,14 +1,13 @@
 # FID / IS / class accuracy of one setting's samples, with provenance.
 rule score:
     input:
-        shards=shard_paths,
-        classifier=f"{CHECKPOINTS}/digits_cnn.safetensors",
-        reference=f"{RESULTS}/reference/digits_stats.npz",
+        unpack(score_inputs),
     output:
         scores=f"{RESULTS}/scores/{{method}}/{{setting}}.json",
         features=f"{RESULTS}/scores/{{method}}/{{setting}}.features.npz",
     params:
         scoring=as_param(config["scoring"]),
+        reference_run=lambda w: as_param(REFERENCES[w.method][w.setting]),
     threads: config["threads"]
     conda:
         "../../environment.yml"

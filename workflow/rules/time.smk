@@ -7,11 +7,11 @@ rule time:
         f"{RESULTS}/timing/{{method}}/{{setting}}.json",
     params:
         setting=setting_values,
-        baseline=lambda w: as_param(config["methods"][w.method]["baseline"]),
+        baseline=lambda w: as_param(REFERENCES[w.method][w.setting]),
         model_configs=method_model_configs,
         sampling=sampling_params(),
         seed=config["seed"],
-        timing=as_param(config["timing"]),
+        timing=lambda w: as_param(method_timing(config, w.method)),
     threads: workflow.cores
     conda:
         "../../environment.yml"

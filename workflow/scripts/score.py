@@ -9,4 +9,6 @@ with job(snakemake) as log:
     score_setting(shards=list(snakemake.input.shards), classifier_path=snakemake.input.classifier,
                   reference_path=snakemake.input.reference, scoring=json.loads(snakemake.params.scoring),
                   config=snakemake.config, output=snakemake.output.scores,
-                  features_output=snakemake.output.features, log=log)
+                  features_output=snakemake.output.features,
+                  reference_run=json.loads(snakemake.params.reference_run),
+                  reference_shards=list(snakemake.input.get("reference_shards", [])), log=log)

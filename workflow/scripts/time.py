@@ -10,7 +10,7 @@ from diffrepro.snakejob import job
 timing = json.loads(snakemake.params.timing)
 with job(snakemake, torch_threads=min(timing["threads"], snakemake.threads)) as log:
     time_setting(method=snakemake.wildcards.method, setting_values=json.loads(snakemake.params.setting),
-                 baseline_values=json.loads(snakemake.params.baseline),
+                 baseline=json.loads(snakemake.params.baseline),
                  checkpoints=dict(snakemake.input), model_configs=json.loads(snakemake.params.model_configs),
                  sampling=json.loads(snakemake.params.sampling), seed=snakemake.params.seed,
                  timing=timing, config=snakemake.config,
