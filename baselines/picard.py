@@ -19,8 +19,8 @@ class PicardSetting:
     max_iterations: int = 0  # 0: the number of steps
 
     def __post_init__(self):
-        if self.steps < 1 or self.window < 1 or self.tolerance < 0 or self.max_iterations < 0:
-            raise ValueError(f"picard: need steps >= 1, window >= 1, tolerance >= 0 and "
+        if not 1 <= self.window <= self.steps or self.tolerance < 0 or self.max_iterations < 0:
+            raise ValueError(f"picard: need 1 <= window <= steps, tolerance >= 0 and "
                              f"max_iterations >= 0; got {self}")
 
     @property

@@ -26,7 +26,7 @@ class ParaTAASetting:
     def __post_init__(self):
         problems = [msg for bad, msg in [
             (self.steps < 1, f"steps must be >= 1, got {self.steps}"),
-            (self.window < 1, f"window must be >= 1, got {self.window}"),
+            (not 1 <= self.window <= self.steps, f"window must be in 1..steps, got {self.window}"),
             (not 1 <= self.order <= max(self.window, 1), f"order must be in 1..window, got {self.order}"),
             (self.memory < 1, f"memory must be >= 1 (1 = plain fixed point), got {self.memory}"),
             (self.tolerance < 0 or self.relative_tolerance < 0, "tolerances must be >= 0"),

@@ -79,3 +79,47 @@ def test_baseline_must_be_a_point_of_the_grid(config):
     config["methods"]["tstitch"]["baseline"] = {"ratio": 0.05}
     with pytest.raises(ConfigError, match=r"methods.tstitch.baseline: .* is not a point of the grid"):
         full_check(config)
+
+
+def test_grid_may_be_a_list_of_products(config):
+    settings = method_settings(config, "parataa")
+    assert "n25-w25-k25-m1-tol0.001-rtol0.001-it25" in settings
+    assert settings["n100-w100-k100-m2-tol0.001-rtol0.001-it100-warm"]["warm_start"] is True
+    assert not any(k.startswith("n25-w100") for k in settings)  # blocks do not mix
+    assert len(settings) == 12
+
+
+def test_a_window_longer_than_the_trajectory_is_rejected(config):
+    config["methods"]["parataa"]["grid"][0]["window"] = [50]
+    with pytest.raises(ConfigError, match=r"window must be in 1..steps, got 50"):
+        full_check(config)
+
+
+def test_parallel_methods_need_their_sequential_reference(config):
+    config["methods"]["sequential"]["grid"]["steps"] = [25, 50]
+    with pytest.raises(ConfigError, match=r"add it to methods.sequential.grid"):
+        full_check(config)
+    del config["methods"]["sequential"]
+    with pytest.raises(ConfigError, match=r"add methods.sequential with that setting"):
+        full_check(config)
+
+
+def test_parallel_methods_compare_equal_sample_counts(config):
+    config["methods"]["parataa"]["num_samples"] = 100
+    with pytest.raises(ConfigError, match=r"methods.parataa.num_samples: must equal"):
+        full_check(config)
+
+
+def test_parallel_methods_reject_a_sampler_they_cannot_solve(config):
+    config["sampling"]["sampler"] = "ddpm"
+    with pytest.raises(ConfigError, match=r"method 'picard' supports \['ddim'\], not 'ddpm'"):
+        full_check(config)
+
+
+def test_a_parataa_table_needs_its_methods_and_their_references(config):
+    del config["tables"]["parataa"]["methods"]
+    with pytest.raises(ConfigError, match=r"a parataa table needs 'methods'"):
+        full_check(config)
+    config["tables"]["parataa"]["methods"] = ["parataa"]
+    with pytest.raises(ConfigError, match=r"list sequential in the table too"):
+        full_check(config)

@@ -49,7 +49,7 @@ def workdir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def smoke_run(workdir):
-    snakemake(workdir, "--cores", "2", "reproduce_tstitch_table", "--configfile", "config/smoke.yaml")
+    snakemake(workdir, "--cores", "2", "reproduce_all", "--configfile", "config/smoke.yaml")
     return workdir
 
 
@@ -92,12 +92,43 @@ def test_timing_files_record_the_measurement(smoke_run):
     assert timing["ideal_s"] > 0 and 0 < timing["loop_only_fraction"] < 1
     lo, hi = timing["overhead_ci95"]
     assert lo <= timing["overhead_fraction"] <= hi
-    assert timing["baseline"] == {"ratio": 0.0} and len(timing["speedup_pairs"]) == 2
+    assert timing["baseline"] == {"method": "tstitch", "params": {"ratio": 0.0}}
+    assert len(timing["speedup_pairs"]) == 2
     assert timing["speedup_vs_baseline"] > 0
 
 
+def test_parataa_table_compares_parallel_samplers_with_the_sequential_one(smoke_run):
+    import json
+
+    reports = smoke_run / "reports/smoke"
+    table = pd.read_csv(reports / "parataa_table.csv")
+    assert sorted(table["method"]) == ["parataa"] * 4 + ["picard", "sequential"]
+    assert (table["steps"] == 6).all() and (table["iterations_mean"] <= 6).all()
+    assert (table["nfe_mean"] >= table["iterations_mean"]).all()
+    parallel = table[table["method"] != "sequential"]
+    assert (parallel["converged_fraction"] == 1).all()
+    # converged solutions are the sequential samples up to the tolerance, image by image
+    assert (parallel["max_abs_dev"] < 0.05).all()
+    sequential = table[table["method"] == "sequential"].iloc[0]
+    assert sequential["max_abs_dev"] == 0 and sequential["speedup"] == 1
+    score = json.loads((smoke_run / "results/smoke/scores/parataa/"
+                                    "n6-w6-k6-m2-tol0.001-rtol0.001-it6.json").read_text())
+    assert score["reference"] == {"method": "sequential", "params": {"steps": 6}, "setting": "n6"}
+    assert score["num_samples"] == 12 and len(score["convergence"]["median_residual"]) >= 1
+    timing = json.loads((smoke_run / "results/smoke/timing/parataa/"
+                                     "n6-w6-k6-m2-tol0.001-rtol0.001-it6.json").read_text())
+    assert timing["batch_size"] == 1 and timing["forward_s"]["window"] == 6
+    assert timing["baseline"] == {"method": "sequential", "params": {"steps": 6}}
+    assert "overhead_fraction" not in timing  # windows are not whole-batch steps
+    claims = (reports / "parataa_claims.md").read_text()
+    assert "4-14" in claims and "Wall-clock gain on this device" in claims
+    assert "Warm start needs fewer iterations" in claims and "no warm-start" not in claims
+    for plot in ("parataa_pareto.png", "parataa_convergence.png", "parataa_convergence.svg"):
+        assert (reports / plot).stat().st_size > 1000
+
+
 def test_second_run_has_nothing_to_do(smoke_run):
-    result = snakemake(smoke_run, "-n", "reproduce_tstitch_table", "--configfile", "config/smoke.yaml")
+    result = snakemake(smoke_run, "-n", "reproduce_all", "--configfile", "config/smoke.yaml")
     assert "Nothing to be done" in result.stdout + result.stderr
 
 
