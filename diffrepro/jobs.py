@@ -198,8 +198,11 @@ def deviation_from(samples: np.ndarray, reference: np.ndarray) -> dict[str, floa
         raise ValueError(f"cannot compare samples of shape {samples.shape} with the reference's "
                          f"{reference.shape}: both runs must use the same num_samples")
     diff = np.abs(samples.astype(np.float64) - reference.astype(np.float64))
+    per_image = diff.reshape(len(diff), -1).max(axis=1)
     return {"max_abs": float(diff.max()), "mean_abs": float(diff.mean()),
-            "rms": float(np.sqrt(np.mean(diff ** 2)))}
+            "rms": float(np.sqrt(np.mean(diff ** 2))),
+            # a pixel off by more than 5% of the [-1, 1] range: a visibly different image
+            "images_off_fraction": float(np.mean(per_image > 0.1))}
 
 
 # --------------------------------------------------------------------------------------

@@ -35,7 +35,7 @@ def make_record(method: str, setting: str, steps: int, *, iterations: float = 0.
                 memory: int = 2, warm: bool = False, window: int = 25, order: int = 4,
                 fid: float = SEQ_FID, fid_diff_se: float = 0.2, speedup: float = 1.5,
                 ci: tuple[float, float] = (1.3, 1.7), converged: float = 1.0,
-                dev: float = 1e-3) -> dict:
+                dev: float = 1e-3, off: float = 0.0) -> dict:
     """One record in the report's input schema; `iterations` 0 means sequential (= steps)."""
     sequential = method == "sequential"
     iterations = float(steps) if sequential else iterations
@@ -61,7 +61,8 @@ def make_record(method: str, setting: str, steps: int, *, iterations: float = 0.
                                              for k, v in stats.items()},
                      "converged_fraction": 1.0 if sequential else converged},
         "deviation": {"max_abs": 0.0 if sequential else dev,
-                      "mean_abs": 0.0 if sequential else dev / 10},
+                      "mean_abs": 0.0 if sequential else dev / 10,
+                      "images_off_fraction": 0.0 if sequential else off},
         "convergence": {} if sequential else {
             "median_residual": [10.0 ** -(i / 2) for i in range(math.ceil(iterations))]},
         "timing": {
@@ -208,8 +209,9 @@ def test_claims_on_default_records(table: pd.DataFrame) -> None:
     assert "taa25 5.00 vs fp25 9.00" in by_key(found, "taa_vs_fixed_point")[0]["ours_value"]
     assert by_key(found, "taa_vs_picard")[0]["verdict"] == "holds"
     assert "44 iterations" in by_key(found, "taa_vs_picard")[0]["paper_value"]
-    converges = by_key(found, "converges")[0]
+    converges = by_key(found, "converges_parataa")[0]
     assert converges["verdict"] == "holds" and "0.004 (taa100)" in converges["ours_value"]
+    assert by_key(found, "converges_picard")[0]["verdict"] == "holds"
     wall = by_key(found, "wall_clock")
     assert [c["verdict"] for c in wall] == ["holds", "does not hold on this device"]
     assert "costs 10.00 times a batch of 8" in wall[1]["note"]
@@ -231,12 +233,29 @@ def test_claims_flip_when_numbers_flip() -> None:
         p100={"converged": 0.9, **slow},
     ))
     found = claims(flipped)
-    for key in ("step_reduction", "taa_vs_fixed_point", "taa_vs_picard", "converges",
+    for key in ("step_reduction", "taa_vs_fixed_point", "taa_vs_picard", "converges_picard",
                 "warm_start"):
         assert {c["verdict"] for c in by_key(found, key)} == {"does not hold"}, key
     assert "below" in by_key(found, "step_reduction")[0]["ours_value"]
-    assert "6/7 settings converged" in by_key(found, "converges")[0]["ours_value"]
+    assert "1/2 settings converged" in by_key(found, "converges_picard")[0]["ours_value"]
     assert {c["verdict"] for c in by_key(found, "wall_clock")} == {"does not hold on this device"}
+
+
+def test_a_visibly_different_image_breaks_convergence() -> None:
+    found = claims(build_table(make_records(p25={"off": 0.02, "dev": 2.5})))
+    picard = by_key(found, "converges_picard")[0]
+    assert picard["verdict"] == "does not hold" and "2.0% of images off by > 0.1 in p25" in picard["ours_value"]
+    assert by_key(found, "converges_parataa")[0]["verdict"] == "holds"
+
+
+def test_taa_is_compared_with_a_picard_setting_at_least_as_exact() -> None:
+    records = make_records(p100={"iterations": 5.0, "dev": 0.5})  # fewer iterations, looser
+    records.append(make_record("picard", "p100tight", 100, iterations=12.0, dev=1e-3))
+    found = claims(build_table(records))
+    versus = by_key(found, "taa_vs_picard")[0]
+    assert "taa100 8.00 vs p100tight 12.00" in versus["ours_value"] and versus["verdict"] == "holds"
+    loose_only = claims(build_table(make_records(p100={"iterations": 5.0, "dev": 0.5})))
+    assert by_key(loose_only, "taa_vs_picard")[0]["verdict"] == "does not hold"  # the closest one
 
 
 def test_step_reduction_above_range() -> None:
@@ -250,7 +269,8 @@ def test_claims_without_parataa_cannot_be_checked() -> None:
     found = claims(build_table(records))
     for key in ("step_reduction", "taa_vs_fixed_point", "taa_vs_picard", "warm_start"):
         assert [c["verdict"] for c in by_key(found, key)] == [NOT_CONFIGURED], key
-    assert by_key(found, "converges")[0]["verdict"] == "holds"  # Picard alone can be judged
+    assert by_key(found, "converges_picard")[0]["verdict"] == "holds"  # Picard alone can be judged
+    assert by_key(found, "converges_parataa")[0]["verdict"] == NOT_CONFIGURED
 
 
 def test_claims_markdown_gives_numbers(table: pd.DataFrame) -> None:

@@ -11,5 +11,7 @@ with job(snakemake) as log:
                  sampling=json.loads(snakemake.params.sampling), seed=snakemake.params.seed,
                  num_samples=snakemake.params.num_samples, shard=int(snakemake.wildcards.shard),
                  num_shards=snakemake.params.num_shards,
-                 batch_size=snakemake.config["sampling"]["batch_size"],
+                 # not a param: the batch size does not change the samples (noise is per image)
+                 batch_size=snakemake.config["methods"][snakemake.wildcards.method].get(
+                     "batch_size", snakemake.config["sampling"]["batch_size"]),
                  output=snakemake.output[0], log=log)
