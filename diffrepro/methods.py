@@ -37,6 +37,9 @@ class MethodOutput:
     # Every network call ran on the whole batch, so steps x one forward pass is the ideal
     # time; parallel-in-time samplers batch a window of steps and set this False.
     uniform_batch: bool = True
+    # Seconds spent on inputs the paper treats as given (ParaTAA's warm-start trajectory);
+    # timing subtracts them.
+    given_s: float = 0.0
 
     def steps_by_role(self, roles) -> dict[str, int]:
         """Denoiser calls for every role, 0 for a model the setting never ran."""

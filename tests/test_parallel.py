@@ -122,3 +122,9 @@ def test_setting_ids_and_references_name_the_sequential_run():
     picard = get_method("picard").make_setting({"steps": 25, "window": 10})
     assert picard.reference() == ("sequential", {"steps": 25})
     assert get_method("sequential").setting_id(get_method("sequential").make_setting({"steps": 25})) == "n25"
+
+
+def test_warm_start_reports_the_given_trajectory_time_so_timing_excludes_it(denoiser):
+    base = {"steps": STEPS, "window": STEPS, "order": STEPS, "memory": 2}
+    assert run("parataa", denoiser, base).given_s == 0.0
+    assert run("parataa", denoiser, {**base, "warm_start": True}).given_s > 0.0

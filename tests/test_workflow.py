@@ -121,7 +121,7 @@ def test_parataa_table_compares_parallel_samplers_with_the_sequential_one(smoke_
     assert timing["baseline"] == {"method": "sequential", "params": {"steps": 6}}
     assert "overhead_fraction" not in timing  # windows are not whole-batch steps
     claims = (reports / "parataa_claims.md").read_text()
-    assert "4-14" in claims and "Wall-clock gain on this device" in claims
+    assert "4-14" in claims and "wall-clock gain on this device" in claims
     assert "Warm start needs fewer iterations" in claims and "no warm-start" not in claims
     for plot in ("parataa_pareto.png", "parataa_convergence.png", "parataa_convergence.svg"):
         assert (reports / plot).stat().st_size > 1000

@@ -342,26 +342,35 @@ def _claims_converge(df: pd.DataFrame, runs: pd.DataFrame) -> list[dict]:
 
 
 def _claims_wall_clock(df: pd.DataFrame, runs: pd.DataFrame) -> list[dict]:
-    title, paper = "Wall-clock gain on this device", _paper_runs(runs, "picard")
-    rule = "best parallel speed-up per steps; holds iff > 1 and its 95% CI lower bound > 1"
-    par = df[df["method"] != "sequential"]
-    if par.empty:
-        return [_claim("wall_clock", title, paper, "no parallel setting", NOT_CONFIGURED, rule)]
+    """Per parallel method and step count: its best measured speed-up over sequential."""
+    rule = ("per method and steps, its best speed-up over sequential (median of paired runs); "
+            "holds iff > 1 and its 95% CI lower bound > 1")
     out = []
-    for steps, group in par.groupby("steps"):
-        b = group.loc[group["speedup"].idxmax()]
-        ours = (f"{b['speedup']:.2f}× [{_fmt(b['speedup_ci_lo'], '.2f')}, "
-                f"{_fmt(b['speedup_ci_hi'], '.2f')}] ({METHOD_NAMES[b['method']]} {b['setting']}: "
-                f"{b['time_s']:.3g} s vs sequential {b['reference_time_s']:.3g} s)")
-        note = "no forward-pass timing of a window-sized batch"
-        if not pd.isna(b["window_cost_ratio"]):
-            x, y, batch = b["window_cost_ratio"], b["step_reduction"], b["batch_size"]
-            note = (f"a window-sized batch ({_fmt(b['cost_window'], 'g')}×{batch} images) costs "
-                    f"{x:.2f} times a batch of {batch}; the iteration reduction of {y:.2f}× "
-                    f"would give {y:.2f}/{x:.2f} = {y / x:.2f}×")
-        ok = b["speedup"] > 1 and b["speedup_ci_lo"] > 1
-        out.append(_claim("wall_clock", f"{title} ({steps} steps)", paper, ours,
-                          "holds" if ok else "does not hold on this device", rule, note))
+    for method in ("parataa", "picard"):
+        title = f"{METHOD_NAMES[method]}: wall-clock gain on this device"
+        paper = ("not in the recorded numbers" if method == "parataa"
+                 else _paper_runs(runs, "picard"))
+        par = df[df["method"] == method]
+        if par.empty:
+            out.append(_claim(f"wall_clock_{method}", title, paper, f"no {METHOD_NAMES[method]} "
+                              "setting", NOT_CONFIGURED, rule))
+            continue
+        for steps, group in par.groupby("steps"):
+            b = group.loc[group["speedup"].idxmax()]
+            ours = (f"{b['speedup']:.2f}× [{_fmt(b['speedup_ci_lo'], '.2f')}, "
+                    f"{_fmt(b['speedup_ci_hi'], '.2f')}] ({b['setting']}: {b['time_s']:.3g} s vs "
+                    f"sequential {b['reference_time_s']:.3g} s; {b['nfe_per_step']:.2f} network "
+                    f"evaluations per step)")
+            note = "no forward-pass timing of a window-sized batch"
+            if not pd.isna(b["window_cost_ratio"]):
+                x, y, batch = b["window_cost_ratio"], b["step_reduction"], b["batch_size"]
+                note = (f"a full window ({_fmt(b['cost_window'], 'g')}×{batch} images) costs "
+                        f"{x:.2f} times a batch of {batch}; the iteration reduction of {y:.2f}× "
+                        f"at full-window cost would give {y:.2f}/{x:.2f} = {y / x:.2f}× (windows "
+                        f"shrink as steps finish, so the measured speed-up can exceed this)")
+            ok = b["speedup"] > 1 and b["speedup_ci_lo"] > 1
+            out.append(_claim(f"wall_clock_{method}", f"{title} ({steps} steps)", paper, ours,
+                              "holds" if ok else "does not hold on this device", rule, note))
     return out
 
 
