@@ -497,22 +497,26 @@ def _truthy(value: Any) -> bool:
 
 def pareto_plot(df: pd.DataFrame, png_path: str | os.PathLike, svg_path: str | os.PathLike, *,
                 title: str, labels: Mapping[str, str]) -> None:
-    """Left: FID against parallel iterations (sequential at x = steps). Right: deviation from it."""
+    """Left: FID minus sequential FID against parallel iterations (sequential at x = steps).
+    Right: deviation of each image from its sequential sample."""
     markers = dict(zip(sorted(df["steps"].unique()), "os^Dvp*h"))
     with matplotlib.rc_context({"svg.hashsalt": "diffrepro"}):
         fig, (left, right) = plt.subplots(1, 2, figsize=(12, 5))
         for (method, steps), g in df.groupby(["method", "steps"], sort=False):
             style = dict(color=METHOD_COLORS[method], marker=markers[steps], ls="none", ms=6,
                          label=f"{METHOD_NAMES[method]}, {steps} steps")
-            left.errorbar(g["iterations_mean"], g["fid"], yerr=g["fid_se"], capsize=3, **style)
+            # FID minus the same-steps sequential FID with its paired SE: at a few hundred
+            # samples the absolute FID's own error bar would hide every difference.
+            left.errorbar(g["iterations_mean"], g["fid_diff"], yerr=g["fid_diff_se"], capsize=3,
+                          **style)
             dev = g[g["max_abs_dev"] > 0]  # sequential rows are the reference: deviation 0
             if not dev.empty:
                 right.plot(dev["iterations_mean"], dev["max_abs_dev"], **style)
-            for ax, frame, column in ((left, g, "fid"), (right, dev, "max_abs_dev")):
-                for x, y, (_, row) in zip(frame["iterations_mean"], frame[column], frame.iterrows()):
-                    ax.annotate(_point_label(row), (x, y), xytext=(4, 4), textcoords="offset points",
-                                fontsize=7)
-        left.set(ylabel=f"{_label(labels, 'fid')} ± SE")
+            for x, y, (_, row) in zip(dev["iterations_mean"], dev["max_abs_dev"], dev.iterrows()):
+                right.annotate(_point_label(row), (x, y), xytext=(4, 4), textcoords="offset points",
+                               fontsize=7)
+        left.axhline(0.0, color="0.5", lw=0.8)
+        left.set(ylabel=f"Δ {_label(labels, 'fid')} vs sequential (same steps) ± paired SE")
         left.set_title("quality vs parallel iterations", fontsize=10)
         right.set(yscale="log", ylabel="max abs. deviation from sequential (data range [-1, 1])")
         right.set_title("deviation from the sequential sample (same noise)", fontsize=10)
