@@ -7,12 +7,12 @@ from dataclasses import dataclass
 
 import torch
 
-from diffrepro.diffusion.parallel import PicardSolver, Trajectory, solve_in_lockstep, summarize
+from diffrepro.diffusion.parallel import PicardSolver, SolvesSequentialDDIM, solve_in_lockstep, summarize
 from diffrepro.methods import MethodOutput, register_method
 
 
 @dataclass(frozen=True)
-class PicardSetting:
+class PicardSetting(SolvesSequentialDDIM):
     steps: int               # DDIM steps of the trajectory being solved
     window: int              # ParaDiGMS' "parallel": steps per batched call
     tolerance: float = 0.1   # change RMS <= tolerance x noise std (ParaDiGMS' default 0.1)
@@ -23,13 +23,6 @@ class PicardSetting:
             raise ValueError(f"picard: need 1 <= window <= steps, tolerance >= 0 and "
                              f"max_iterations >= 0; got {self}")
 
-    @property
-    def iteration_cap(self) -> int:
-        return self.max_iterations or self.steps
-
-    def reference(self) -> tuple[str, dict]:
-        return "sequential", {"steps": self.steps}
-
     def id(self) -> str:
         return f"n{self.steps}-w{self.window}-tol{self.tolerance:g}-it{self.iteration_cap}"
 
@@ -37,9 +30,7 @@ class PicardSetting:
 @register_method("picard", setting=PicardSetting, roles=("model",), samplers=("ddim",))
 def picard(models, sampler, noise, labels, generators, setting: PicardSetting) -> MethodOutput:
     """ParaDiGMS: parallel Picard iteration over a sliding window of DDIM steps."""
-    trajectory = Trajectory.from_sampler(sampler)
-    if trajectory.steps != setting.steps:
-        raise ValueError(f"picard setting has {setting.steps} steps, the sampler {trajectory.steps}")
+    trajectory = setting.trajectory(sampler)
     solvers = [PicardSolver(trajectory, noise[k], trajectory.draw_noise(noise.shape[1:], generators[k]),
                             window=setting.window, tolerance=setting.tolerance,
                             max_iterations=setting.iteration_cap)

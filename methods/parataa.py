@@ -8,13 +8,13 @@ from dataclasses import dataclass
 
 import torch
 
-from diffrepro.diffusion.parallel import (ParaTAASolver, Trajectory, sequential_trajectories,
-                                          solve_in_lockstep, summarize)
+from diffrepro.diffusion.parallel import (ParaTAASolver, SolvesSequentialDDIM,
+                                          sequential_trajectories, solve_in_lockstep, summarize)
 from diffrepro.methods import MethodOutput, register_method
 
 
 @dataclass(frozen=True)
-class ParaTAASetting:
+class ParaTAASetting(SolvesSequentialDDIM):
     steps: int                        # DDIM steps of the trajectory being solved
     window: int                       # steps evaluated per parallel iteration (one batch)
     order: int = 1                    # steps unrolled per update (k)
@@ -36,13 +36,6 @@ class ParaTAASetting:
         if problems:
             raise ValueError("parataa: " + "; ".join(problems))
 
-    @property
-    def iteration_cap(self) -> int:
-        return self.max_iterations or self.steps
-
-    def reference(self) -> tuple[str, dict]:
-        return "sequential", {"steps": self.steps}
-
     def id(self) -> str:
         return (f"n{self.steps}-w{self.window}-k{self.order}-m{self.memory}-tol{self.tolerance:g}"
                 f"-rtol{self.relative_tolerance:g}-it{self.iteration_cap}"
@@ -53,9 +46,7 @@ class ParaTAASetting:
 def parataa(models, sampler, noise, labels, generators, setting: ParaTAASetting) -> MethodOutput:
     """ParaTAA: parallel fixed-point DDIM with Triangular Anderson Acceleration."""
     denoiser = models["model"]
-    trajectory = Trajectory.from_sampler(sampler)
-    if trajectory.steps != setting.steps:
-        raise ValueError(f"parataa setting has {setting.steps} steps, the sampler {trajectory.steps}")
+    trajectory = setting.trajectory(sampler)
     noises = torch.stack([trajectory.draw_noise(noise.shape[1:], g) for g in generators])
     initial, given_s = [None] * len(noise), 0.0
     if setting.warm_start:
