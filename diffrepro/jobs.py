@@ -69,9 +69,14 @@ def shard_range(num_samples: int, shard: int, num_shards: int) -> range:
     return range(shard * num_samples // num_shards, (shard + 1) * num_samples // num_shards)
 
 
+def steps_for(setting, sampling: dict) -> int:
+    """The sampler's step count: the setting's own if it has one, else the config's."""
+    return getattr(setting, "steps", sampling["steps"])
+
+
 def sampler_for(setting, sampling: dict):
-    """The configured sampler, at the setting's own step count if it has one."""
-    return make_sampler(sampling["sampler"], getattr(setting, "steps", sampling["steps"]))
+    """The configured sampler, at the setting's step count."""
+    return make_sampler(sampling["sampler"], steps_for(setting, sampling))
 
 
 def reference_run(method: str, setting_values: dict, baseline_values: dict | None) -> dict:
@@ -244,9 +249,10 @@ def score_setting(*, shards: Sequence[str], classifier_path: str, reference_path
     spec = get_method(meta["method"])
     files = {"classifier": classifier_path, "reference_statistics": reference_path,
              **{f"checkpoint:{role}": path for role, path in meta["checkpoints"].items()}}
+    setting = spec.make_setting(meta["params"])
     result = {
-        "method": meta["method"], "setting": spec.setting_id(spec.make_setting(meta["params"])),
-        "params": dataclasses.asdict(spec.make_setting(meta["params"])),
+        "method": meta["method"], "setting": spec.setting_id(setting),
+        "params": dataclasses.asdict(setting),
         "metrics": {k: v for k, v in scores.items() if k != "num_samples"},
         "labels": metrics.metric_labels(), "num_samples": scores["num_samples"],
         "model_steps": meta["model_steps"], "network_evaluations": sum(meta["model_steps"].values()),
@@ -258,9 +264,8 @@ def score_setting(*, shards: Sequence[str], classifier_path: str, reference_path
                                                                  "vs. all 1797 real digits (uint8)",
                                                      "num_samples": scores["num_samples"]}),
     }
-    setting = spec.make_setting(meta["params"])
     extras = read_shard_extras(shards)
-    parallel = parallel_summary(extras, len(sampler_for(setting, meta["sampling"]).timesteps))
+    parallel = parallel_summary(extras, steps_for(setting, meta["sampling"]))
     if parallel is not None:
         result["parallel"] = parallel
     if "trace__residual" in extras:

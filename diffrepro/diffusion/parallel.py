@@ -27,6 +27,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Protocol, Sequence
 
+import numpy as np
 import torch
 
 from .guidance import GuidedDenoiser
@@ -325,8 +326,6 @@ def solve_in_lockstep(solvers: Sequence[Solver], denoiser: GuidedDenoiser, label
 
 def summarize(solvers: Sequence[_WindowedSolver]) -> tuple[torch.Tensor, dict, dict]:
     """Final samples, per-image diagnostics and per-image residual traces (NaN-padded)."""
-    import numpy as np
-
     longest = max(len(s.residual_trace) for s in solvers)
     trace = np.full((len(solvers), longest), np.nan)
     for k, s in enumerate(solvers):
