@@ -5,9 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
-from diffrepro.diffusion.parallel import PicardSolver, SolvesSequentialDDIM, solve_in_lockstep, summarize
+from diffrepro.diffusion.parallel_setting import SolvesSequentialDDIM
 from diffrepro.methods import MethodOutput, register_method
 
 
@@ -30,6 +28,8 @@ class PicardSetting(SolvesSequentialDDIM):
 @register_method("picard", setting=PicardSetting, roles=("model",), samplers=("ddim",))
 def picard(models, sampler, noise, labels, generators, setting: PicardSetting) -> MethodOutput:
     """ParaDiGMS: parallel Picard iteration over a sliding window of DDIM steps."""
+    from diffrepro.diffusion.parallel import PicardSolver, solve_in_lockstep, summarize  # torch
+
     trajectory = setting.trajectory(sampler)
     solvers = [PicardSolver(trajectory, noise[k], trajectory.draw_noise(noise.shape[1:], generators[k]),
                             window=setting.window, tolerance=setting.tolerance,

@@ -7,7 +7,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from diffrepro.diffusion.sampling import sample_loop
 from diffrepro.methods import MethodOutput, register_method
 
 
@@ -29,6 +28,8 @@ class SequentialSetting:
 @register_method("sequential", setting=SequentialSetting, roles=("model",))
 def sequential(models, sampler, noise, labels, generators, setting: SequentialSetting) -> MethodOutput:
     """Sequential sampling with one model: one network call per step."""
+    from diffrepro.diffusion.sampling import sample_loop  # torch: not at import (see methods/)
+
     samples, steps = sample_loop(sampler, lambda i, t: ("model", models["model"]), noise, labels,
                                  generators)
     n = len(sampler.timesteps)

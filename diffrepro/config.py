@@ -47,13 +47,17 @@ def method_num_samples(config: dict, method: str) -> int:
     return config["methods"][method].get("num_samples", config["sampling"]["num_samples"])
 
 
+def method_num_shards(config: dict, method: str) -> int:
+    return config["methods"][method].get("num_shards", config["sampling"]["num_shards"])
+
+
 def method_timing(config: dict, method: str) -> dict:
     return {**config["timing"], **config["methods"][method].get("timing", {})}
 
 
 def reference_run(config: dict, method: str, setting_values: dict) -> dict:
-    """{"method", "params"} of the run a setting is measured against (see jobs.reference_run)."""
-    from .jobs import reference_run as run_of
+    """{"method", "params"} of the run a setting is measured against (methods.reference_run)."""
+    from .methods import reference_run as run_of
 
     return run_of(method, setting_values, config["methods"][method].get("baseline"))
 

@@ -79,19 +79,6 @@ def sampler_for(setting, sampling: dict):
     return make_sampler(sampling["sampler"], steps_for(setting, sampling))
 
 
-def reference_run(method: str, setting_values: dict, baseline_values: dict | None) -> dict:
-    """{"method", "params"} of the run a setting is measured against: the one its setting
-    names (a parallel sampler: the sequential sampler with its steps), else the method's
-    configured baseline setting."""
-    setting = get_method(method).make_setting(setting_values)
-    if hasattr(setting, "reference"):
-        ref_method, ref_values = setting.reference()
-        return {"method": ref_method, "params": ref_values}
-    if baseline_values is None:
-        raise ValueError(f"method {method!r} has no baseline: set methods.{method}.baseline")
-    return {"method": method, "params": baseline_values}
-
-
 def generate(method: str, setting_values: dict, denoisers: dict[str, GuidedDenoiser],
              sampling: dict, seed: int, indices: Sequence[int], shape, num_classes: int,
              batch_size: int, log=print) -> tuple[np.ndarray, np.ndarray, dict, dict]:

@@ -15,13 +15,15 @@ import importlib
 import pkgutil
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
-import torch
 
-from .diffusion.guidance import GuidedDenoiser
-from .diffusion.samplers import Sampler
+if TYPE_CHECKING:  # the workflow imports every plugin to read its config: no torch there
+    import torch
+
+    from .diffusion.guidance import GuidedDenoiser
+    from .diffusion.samplers import Sampler
 
 PLUGIN_PACKAGES = ("methods", "baselines")
 
@@ -46,8 +48,9 @@ class MethodOutput:
         return {role: self.model_steps.get(role, 0) for role in roles}
 
 
-MethodFn = Callable[[dict[str, GuidedDenoiser], Sampler, torch.Tensor, torch.Tensor,
-                     Sequence[torch.Generator], Any], MethodOutput]
+# (models by role, sampler, noise, labels, per-image generators, setting) -> MethodOutput
+MethodFn = Callable[["dict[str, GuidedDenoiser]", "Sampler", "torch.Tensor", "torch.Tensor",
+                     "Sequence[torch.Generator]", Any], MethodOutput]
 
 
 @dataclass(frozen=True)
@@ -109,3 +112,16 @@ def get_method(name: str) -> MethodSpec:
         raise KeyError(f"unknown method {name!r}; available methods: {sorted(registry)} "
                        f"(a method is a module in methods/ or baselines/ that calls register_method)")
     return registry[name]
+
+
+def reference_run(method: str, setting_values: dict, baseline_values: dict | None) -> dict:
+    """{"method", "params"} of the run a setting is measured against: the one its setting
+    names (a parallel sampler: the sequential sampler with its steps), else the method's
+    configured baseline setting."""
+    setting = get_method(method).make_setting(setting_values)
+    if hasattr(setting, "reference"):
+        ref_method, ref_values = setting.reference()
+        return {"method": ref_method, "params": ref_values}
+    if baseline_values is None:
+        raise ValueError(f"method {method!r} has no baseline: set methods.{method}.baseline")
+    return {"method": method, "params": baseline_values}

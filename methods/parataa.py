@@ -6,10 +6,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-import torch
-
-from diffrepro.diffusion.parallel import (ParaTAASolver, SolvesSequentialDDIM,
-                                          sequential_trajectories, solve_in_lockstep, summarize)
+from diffrepro.diffusion.parallel_setting import SolvesSequentialDDIM
 from diffrepro.methods import MethodOutput, register_method
 
 
@@ -45,6 +42,13 @@ class ParaTAASetting(SolvesSequentialDDIM):
 @register_method("parataa", setting=ParaTAASetting, roles=("model",), samplers=("ddim",))
 def parataa(models, sampler, noise, labels, generators, setting: ParaTAASetting) -> MethodOutput:
     """ParaTAA: parallel fixed-point DDIM with Triangular Anderson Acceleration."""
+    # torch-using imports here, not at the top: the workflow imports this module to read
+    # its config, and must not pay for torch there
+    import torch
+
+    from diffrepro.diffusion.parallel import (ParaTAASolver, sequential_trajectories,
+                                              solve_in_lockstep, summarize)
+
     denoiser = models["model"]
     trajectory = setting.trajectory(sampler)
     noises = torch.stack([trajectory.draw_noise(noise.shape[1:], g) for g in generators])

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from diffrepro.diffusion.sampling import sample_loop
 from diffrepro.diffusion.schedule import NUM_TRAIN_TIMESTEPS
 from diffrepro.methods import MethodOutput, register_method
 
@@ -30,6 +29,10 @@ def uses_small_model(t: int, ratio: float, num_timesteps: int = NUM_TRAIN_TIMEST
 @register_method("tstitch", setting=TStitchSetting, roles=("small", "large"))
 def tstitch(models, sampler, noise, labels, generators, setting: TStitchSetting) -> MethodOutput:
     """Trajectory stitching: small denoiser first, large denoiser from the switch on."""
+    # torch comes with the sampling loop: imported here, not at the top, because the
+    # workflow imports every plugin to read its config (README, "Add a method")
+    from diffrepro.diffusion.sampling import sample_loop
+
     small, large = models["small"], models["large"]
 
     def pick(i: int, t: int):

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from diffrepro.diffusion.parallel import (ParaTAASolver, PicardSolver, Trajectory,
+from diffrepro.diffusion.parallel import (ParaTAASolver, Trajectory,
                                           sequential_trajectories, solve_in_lockstep)
 from diffrepro.diffusion.samplers import DDIMSampler, DDPMSampler
 from diffrepro.diffusion.sampling import initial_noise_and_labels, sample_loop

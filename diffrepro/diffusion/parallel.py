@@ -289,24 +289,6 @@ class PicardSolver(_WindowedSolver):
 # Driver
 # --------------------------------------------------------------------------------------
 
-class SolvesSequentialDDIM:
-    """Mixin for the (frozen dataclass) settings of a parallel DDIM solver with fields
-    `steps` and `max_iterations`: measured against the sequential sampler, same steps."""
-
-    @property
-    def iteration_cap(self) -> int:
-        return self.max_iterations or self.steps  # N iterations always suffice
-
-    def reference(self) -> tuple[str, dict]:
-        return "sequential", {"steps": self.steps}
-
-    def trajectory(self, sampler: DDIMSampler) -> Trajectory:
-        trajectory = Trajectory.from_sampler(sampler)
-        if trajectory.steps != self.steps:
-            raise ValueError(f"the setting has {self.steps} steps, the sampler {trajectory.steps}")
-        return trajectory
-
-
 @torch.no_grad()
 def solve_in_lockstep(solvers: Sequence[Solver], denoiser: GuidedDenoiser, labels: torch.Tensor) -> int:
     """Iterate every unfinished solver together: all their windows go through the network
