@@ -8,6 +8,15 @@ min_version("9.0")
 configfile: "config/default.yaml"
 
 
+report: "workflow/report/workflow.rst"
+
+
+# `gpu` counts per submitted job: locally the whole run is one job (profiles/default allows
+# one GPU job at a time); on a cluster each SLURM job gets its own GPUs.
+resource_scopes:
+    gpu="local",
+
+
 validate(config, "workflow/schemas/config.schema.yaml")
 
 from diffrepro.config import check_config, method_settings
@@ -21,6 +30,26 @@ include: "workflow/rules/sample.smk"
 include: "workflow/rules/time.smk"
 include: "workflow/rules/score.smk"
 include: "workflow/rules/report.smk"
+
+
+# On a cluster, every partition the jobs ask for must exist before anything is submitted.
+onstart:
+    if workflow.executor_plugin is not None and workflow.executor_plugin.name == "slurm":
+        from diffrepro.cluster import check_slurm_partitions
+
+        check_slurm_partitions(workflow.dag.needrun_jobs())
+
+
+# Tables, plots and targets take seconds: on a cluster they run beside Snakemake itself
+# rather than wait in the queue.
+localrules:
+    table,
+    table_page,
+    plot,
+    convergence_plot,
+    reproduce_all,
+    reproduce_tstitch_table,
+    reproduce_parataa_table,
 
 
 rule reproduce_all:

@@ -8,15 +8,17 @@ from pathlib import Path
 
 
 @contextlib.contextmanager
-def job(snakemake, torch_threads: int | None = None):
-    """Redirect output to the rule's log and configure torch; yields a `log` function."""
-    from .jobs import configure_runtime
-
+def job(snakemake, torch_threads: int | None = None, uses_torch: bool = True):
+    """Redirect output to the rule's log and configure torch; yields a `log` function.
+    `uses_torch=False` skips torch entirely (importing it takes seconds)."""
     log_path = Path(snakemake.log[0])
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "w") as f, contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
-        configure_runtime(torch_threads or snakemake.threads,
-                          snakemake.config.get("allow_downloads", False))
+        if uses_torch:
+            from .jobs import configure_runtime
+
+            configure_runtime(torch_threads or snakemake.threads,
+                              snakemake.config.get("allow_downloads", False))
 
         def log(message: str) -> None:
             print(message, flush=True)

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -28,3 +30,19 @@ def tiny_models():
 @pytest.fixture(scope="session")
 def tiny_denoisers(tiny_models):
     return {role: GuidedDenoiser(m, cfg_scale=1.5) for role, m in tiny_models.items()}
+
+
+# The smoke DAG, run once per session and shared by the workflow, cluster and report tests.
+@pytest.fixture(scope="session")
+def workdir(tmp_path_factory) -> Path:
+    from workflow_run import copy_repository
+
+    return copy_repository(tmp_path_factory.mktemp("workflow"))
+
+
+@pytest.fixture(scope="session")
+def smoke_run(workdir):
+    from workflow_run import SMOKE, snakemake
+
+    snakemake(workdir, "--cores", "2", "reproduce_all", *SMOKE)
+    return workdir

@@ -123,3 +123,25 @@ def test_a_parataa_table_needs_its_methods_and_their_references(config):
     config["tables"]["parataa"]["methods"] = ["parataa"]
     with pytest.raises(ConfigError, match=r"list sequential in the table too"):
         full_check(config)
+
+
+def test_a_method_may_override_the_shard_count():
+    from diffrepro.config import method_num_shards
+
+    config = yaml.safe_load((ROOT / "config/smoke.yaml").read_text())
+    assert method_num_shards(config, "tstitch") == config["sampling"]["num_shards"] == 2
+    assert method_num_shards(config, "parataa") == 1
+
+
+def test_reading_the_config_imports_no_torch():
+    """Snakemake imports every plugin to read the config (twice per cluster job); torch
+    would add seconds to each start."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from diffrepro.config import check_config, load_plugins; "
+            "load_plugins(); import yaml; check_config(yaml.safe_load(open('config/default.yaml'))); "
+            "print(sorted(m for m in ('torch', 'torchvision', 'timm', 'diffusers') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip() == "[]"

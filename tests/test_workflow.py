@@ -5,11 +5,10 @@ are never touched, and checks: the table and plot exist with the expected rows; 
 second run has nothing to do; changing one ratio reruns only that ratio and the reports.
 """
 
+import json
 import re
 import shutil
 import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -17,40 +16,7 @@ import pytest
 import yaml
 
 from diffrepro.snakejob import job_counts
-
-ROOT = Path(__file__).resolve().parents[1]
-SNAKEMAKE = [sys.executable, "-m", "snakemake"]
-COPIED = ["Snakefile", "config", "workflow", "reports/paper", "environment.yml", "profiles"]
-
-
-def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    result = subprocess.run([*SNAKEMAKE, *args], cwd=workdir, capture_output=True, text=True,
-                            timeout=900)
-    if check and result.returncode != 0:
-        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
-    return result
-
-
-def copy_repository(work: Path) -> Path:
-    for name in COPIED:
-        src, dst = ROOT / name, work / name
-        if src.is_dir():
-            shutil.copytree(src, dst)
-        else:
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy(src, dst)
-    return work
-
-
-@pytest.fixture(scope="module")
-def workdir(tmp_path_factory) -> Path:
-    return copy_repository(tmp_path_factory.mktemp("workflow"))
-
-
-@pytest.fixture(scope="module")
-def smoke_run(workdir):
-    snakemake(workdir, "--cores", "2", "reproduce_all", "--configfile", "config/smoke.yaml")
-    return workdir
+from workflow_run import ROOT, SNAKEMAKE, copy_repository, snakemake
 
 
 def test_smoke_dag_produces_table_plot_and_claims(smoke_run):
@@ -139,7 +105,7 @@ def test_changing_one_ratio_reruns_only_that_ratio_and_reports(smoke_run):
     changed.write_text(yaml.safe_dump(config))
     result = snakemake(smoke_run, "-n", "reproduce_tstitch_table", "--configfile", str(changed))
     counts = job_counts(result.stdout)
-    assert counts == {"sample": 2, "time": 1, "score": 1, "table": 1, "plot": 1,
+    assert counts == {"sample": 2, "time": 1, "score": 1, "table": 1, "table_page": 1, "plot": 1,
                       "reproduce_tstitch_table": 1}, counts
     assert "r0.7" in result.stdout and "r0.4/" not in result.stdout
 
@@ -161,45 +127,68 @@ def test_invalid_config_fails_before_any_job(workdir):
 def test_every_reproduce_target_dry_runs(workdir, config_file):
     targets = re.findall(r"^rule (reproduce_\w+):", (ROOT / "Snakefile").read_text(), re.M)
     assert "reproduce_all" in targets and "reproduce_tstitch_table" in targets
-    for target in targets:
-        result = snakemake(workdir, "-n", target, "--configfile", config_file)
-        output = result.stdout + result.stderr
-        assert target in output or "Nothing to be done" in output
+    # one dry run for all targets: each parse of the Snakefile costs seconds
+    result = snakemake(workdir, "-n", *targets, "--configfile", config_file)
+    output = result.stdout + result.stderr
+    planned = job_counts(result.stdout)
+    assert "Nothing to be done" in output or all(planned.get(t) == 1 for t in targets), planned
 
 
-@pytest.mark.parametrize("kill_signal", ["SIGTERM", "SIGKILL"])
-def test_killed_run_resumes(tmp_path, kill_signal):
-    """Kill the whole run once sampling has started; rerunning finishes the DAG.
+def test_killed_run_resumes(tmp_path):
+    """Kill a run with SIGTERM once sampling has started, resume it, kill the resumed run
+    with SIGKILL a few shards later, and resume again: the job graph finishes.
 
     SIGTERM (kill, a scheduler) lets Snakemake clean up, so a plain rerun resumes. After
     SIGKILL (or a power loss) Snakemake's directory lock remains and `--unlock` comes first,
-    as Snakemake's own message says.
+    as Snakemake's own message says. The target is one setting's score (8 jobs), not the
+    whole table, to keep the suite short.
     """
     import os
     import signal
     import time
 
     work = copy_repository(tmp_path)
-    args = [*SNAKEMAKE, "--cores", "2", "reproduce_tstitch_table", "--configfile", "config/smoke.yaml"]
-    run = subprocess.Popen(args, cwd=work, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                           start_new_session=True)
+    target = "results/smoke/scores/tstitch/r0.4.json"  # r0.4 and its reference r0: 4 shards
+    args = ["--cores", "2", target, "--configfile", "config/smoke.yaml"]
     samples = work / "results/smoke/samples"
-    deadline = time.monotonic() + 600
-    while not any(samples.glob("*/*/shard-*.npz")) and run.poll() is None:
-        assert time.monotonic() < deadline, "sampling never started"
-        time.sleep(0.2)
-    assert run.poll() is None, "the run finished before it could be killed"
-    if kill_signal == "SIGTERM":
-        os.kill(run.pid, signal.SIGTERM)  # Snakemake stops its jobs itself
-    else:
-        os.killpg(run.pid, signal.SIGKILL)
-    run.wait(timeout=120)
-    assert not (work / "reports/smoke/tstitch_table.csv").exists()
 
-    if kill_signal == "SIGKILL":
-        snakemake(work, "--unlock", *args[3:])
-    snakemake(work, *args[3:])  # the default profile reruns incomplete outputs
-    table = pd.read_csv(work / "reports/smoke/tstitch_table.csv")
-    assert list(table["ratio"]) == [0.0, 0.4, 1.0] and table["ours_fid"].notna().all()
-    for shard in samples.glob("*/*/shard-*.npz"):
-        assert len(np.load(shard)["images"]) == 20
+    def start_and_kill_after(shards: int, kill) -> None:
+        run = subprocess.Popen([*SNAKEMAKE, *args], cwd=work, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.monotonic() + 600
+        while len(list(samples.glob("*/*/shard-*.npz"))) < shards and run.poll() is None:
+            assert time.monotonic() < deadline, f"{shards} shards never appeared"
+            time.sleep(0.1)
+        assert run.poll() is None, f"the run finished before {shards} shards were written"
+        kill(run.pid)
+        run.wait(timeout=120)
+        assert not (work / target).exists()
+
+    start_and_kill_after(1, lambda pid: os.kill(pid, signal.SIGTERM))
+    start_and_kill_after(3, lambda pid: os.killpg(pid, signal.SIGKILL))
+    snakemake(work, "--unlock", *args)
+    snakemake(work, *args)  # the default profile reruns incomplete outputs
+    score = json.loads((work / target).read_text())
+    assert score["num_samples"] == 40 and score["metrics"]["fid"] >= 0
+    shards = sorted(samples.glob("*/*/shard-*.npz"))
+    assert len(shards) == 4 and all(len(np.load(s)["images"]) == 20 for s in shards)
+
+
+def test_results_from_elsewhere_are_reused_after_touch(smoke_run, tmp_path):
+    """A fresh clone given the result files of another run (a cluster's, copied over) has no
+    Snakemake metadata and arbitrary modification times; `--touch` marks the files up to
+    date without running a job, after which nothing is to be done."""
+    fresh = copy_repository(tmp_path)
+    for name in ("results", "resources", "reports/smoke"):
+        shutil.copytree(smoke_run / name, fresh / name, copy_function=shutil.copy)
+    for checkpoint in (fresh / "resources").rglob("*.safetensors"):
+        checkpoint.touch()  # copied last: everything downstream now looks out of date
+    table = (fresh / "reports/smoke/tstitch_table.csv").read_bytes()
+
+    planned = snakemake(fresh, "-n", "reproduce_all", "--configfile", "config/smoke.yaml")
+    assert job_counts(planned.stdout).get("sample", 0) > 0
+    snakemake(fresh, "--touch", "--cores", "1", "reproduce_all", "--configfile", "config/smoke.yaml")
+    again = snakemake(fresh, "-n", "reproduce_all", "--configfile", "config/smoke.yaml")
+    assert "Nothing to be done" in again.stdout + again.stderr
+    assert (fresh / "reports/smoke/tstitch_table.csv").read_bytes() == table
+    assert not any(log.stat().st_size for log in (fresh / "logs").rglob("*.log"))  # no job ran

@@ -1,7 +1,9 @@
 import json
 
-from diffrepro.config import (method_num_samples, method_timing, reference_run, table_kind,
-                              table_methods)
+import yaml
+
+from diffrepro.config import (method_num_samples, method_num_shards, method_timing,
+                              reference_run, table_kind, table_methods)
 # Paths and parameter helpers shared by the rule files.
 SUITE = config["suite"]
 CHECKPOINTS = f"resources/checkpoints/{SUITE}"
@@ -36,6 +38,30 @@ def as_param(value):
     return json.dumps(value, sort_keys=True)
 
 
+# What one job asks a scheduler for: built-in defaults, then the config's `resources.default`,
+# then its entry for the rule. profiles/slurm submits these as sbatch options; a local run
+# only counts `gpu` (profiles/default allows one GPU job at a time).
+DEFAULT_JOB_RESOURCES = {"mem_mb": 4000, "runtime": 60, "gpu": 0}
+
+
+def job_resources(rule):
+    configured = config.get("resources", {})
+    return {
+        **DEFAULT_JOB_RESOURCES,
+        **configured.get("default", {}),
+        **configured.get(rule, {}),
+        "cpus_per_task": lambda wildcards, threads: threads,
+    }
+
+
+def timing_threads():
+    """Cores a timing job reserves. Locally all of them, so nothing runs beside it; on a
+    cluster it asks for the job's own threads, and the profile asks for a whole node
+    (--exclusive). Called per job: while the Snakefile is parsed the executor is not known
+    yet. (Inside the SLURM job the value is the node's cores; time.py uses timing.threads.)"""
+    return workflow.cores if workflow.local_exec else config["threads"]
+
+
 def checkpoint_path(model):
     return f"{CHECKPOINTS}/{model}.safetensors"
 
@@ -67,7 +93,7 @@ def sampling_params():
 
 
 def shards_of(method, setting):
-    n = config["sampling"]["num_shards"]
+    n = method_num_shards(config, method)
     return [f"{RESULTS}/samples/{method}/{setting}/shard-{k}.npz" for k in range(n)]
 
 
@@ -89,12 +115,22 @@ def table_outputs(name):
         f"{REPORTS}/{name}_table.csv",
         f"{REPORTS}/{name}_table.md",
         f"{REPORTS}/{name}_claims.md",
+        f"{REPORTS}/{name}_table.html",
         f"{REPORTS}/{name}_pareto.png",
         f"{REPORTS}/{name}_pareto.svg",
     ]
     if table_kind(config["tables"][name]) == "parataa":
         outputs += [f"{REPORTS}/{name}_convergence.png", f"{REPORTS}/{name}_convergence.svg"]
     return outputs
+
+
+def report_category(wildcards):
+    """The HTML report groups results by paper: the short name of the paper the table
+    reproduces (the title in reports/paper/<kind>.yaml up to its colon)."""
+    kind = table_kind(config["tables"][wildcards.table])
+    with open(f"reports/paper/{kind}.yaml") as f:
+        title = yaml.safe_load(f)["paper"]
+    return title.split(":")[0].strip()
 
 
 def table_settings(wildcards):

@@ -7,6 +7,8 @@ rule train_classifier:
     params:
         classifier=as_param(config["classifier"]),
     threads: config["threads"]
+    resources:
+        **job_resources("train_classifier"),
     conda:
         "../../environment.yml"
     log:
@@ -21,6 +23,8 @@ rule reference_stats:
     output:
         f"{RESULTS}/reference/digits_stats.npz",
     threads: config["threads"]
+    resources:
+        **job_resources("reference_stats"),
     conda:
         "../../environment.yml"
     log:

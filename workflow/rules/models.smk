@@ -8,6 +8,8 @@ rule train_denoiser:
         model_config=lambda w: as_param(config["models"][w.model]["config"]),
         train=lambda w: as_param(config["models"][w.model]["train"]),
     threads: config["threads"]
+    resources:
+        **job_resources("train_denoiser"),
     conda:
         "../../environment.yml"
     log:

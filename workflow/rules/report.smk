@@ -19,11 +19,32 @@ rule table:
         "../scripts/table.py"
 
 
+# The table and its claims as one HTML page: the report shows HTML inline, not Markdown.
+rule table_page:
+    input:
+        table=f"{REPORTS}/{{table}}_table.md",
+        claims=f"{REPORTS}/{{table}}_claims.md",
+    output:
+        report(f"{REPORTS}/{{table}}_table.html", caption="../report/table.rst",
+               category=report_category, subcategory="Tables",
+               labels={"table": "{table}", "content": "paper vs ours, claims"}),
+    params:
+        title=lambda w: f"{w.table}: paper vs ours",
+    conda:
+        "../../environment.yml"
+    log:
+        f"{LOGS}/table_page/{{table}}.log",
+    script:
+        "../scripts/table_page.py"
+
+
 rule plot:
     input:
         unpack(plot_inputs),
     output:
-        png=f"{REPORTS}/{{table}}_pareto.png",
+        png=report(f"{REPORTS}/{{table}}_pareto.png", caption="../report/pareto.rst",
+                   category=report_category, subcategory="Pareto plots",
+                   labels={"table": "{table}", "plot": "Pareto"}),
         svg=f"{REPORTS}/{{table}}_pareto.svg",
     params:
         kind=lambda w: table_kind(config["tables"][w.table]),
@@ -41,7 +62,9 @@ rule convergence_plot:
     input:
         scores=lambda w: table_inputs(w)["scores"],
     output:
-        png=f"{REPORTS}/{{table}}_convergence.png",
+        png=report(f"{REPORTS}/{{table}}_convergence.png", caption="../report/convergence.rst",
+                   category=report_category, subcategory="Convergence",
+                   labels={"table": "{table}", "plot": "convergence"}),
         svg=f"{REPORTS}/{{table}}_convergence.svg",
     params:
         title=lambda w: f"{w.table}: {setting_note(w)}",

@@ -10,8 +10,10 @@ rule sample:
         sampling=sampling_params(),
         seed=config["seed"],
         num_samples=lambda w: method_num_samples(config, w.method),
-        num_shards=config["sampling"]["num_shards"],
+        num_shards=lambda w: method_num_shards(config, w.method),
     threads: config["threads"]
+    resources:
+        **job_resources("sample"),
     conda:
         "../../environment.yml"
     log:

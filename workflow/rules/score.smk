@@ -9,6 +9,8 @@ rule score:
         scoring=as_param(config["scoring"]),
         reference_run=lambda w: as_param(REFERENCES[w.method][w.setting]),
     threads: config["threads"]
+    resources:
+        **job_resources("score"),
     conda:
         "../../environment.yml"
     log:

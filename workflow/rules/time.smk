@@ -1,5 +1,6 @@
 # Timing apart from sampling-for-FID: the paper's batch of 8, warm-up, median of repeats.
-# The job reserves every core so nothing runs beside it; torch uses config["threads"].
+# Locally the job reserves every core so nothing runs beside it (on a cluster the profile
+# gives it a whole node); torch uses config["timing"]["threads"].
 rule time:
     input:
         unpack(method_checkpoints),
@@ -12,7 +13,9 @@ rule time:
         sampling=sampling_params(),
         seed=config["seed"],
         timing=lambda w: as_param(method_timing(config, w.method)),
-    threads: workflow.cores
+    threads: lambda wildcards: timing_threads()
+    resources:
+        **job_resources("time"),
     conda:
         "../../environment.yml"
     log:
