@@ -226,3 +226,10 @@ def test_paired_speedup_from_timing_job_is_used_when_present(paper_df: pd.DataFr
     table = build_table(records, paper_df)
     assert table.loc[table["ratio"] == 0.4, "ours_speedup"].item() == pytest.approx(1.4)
     assert table.loc[table["ratio"] == 0.0, "ours_speedup"].item() == pytest.approx(1.0)
+
+
+def test_the_report_groups_by_the_papers_short_names():
+    from diffrepro.report.paper import PAPER_DIR, paper_short_name
+
+    assert paper_short_name(PAPER_DIR / "tstitch.yaml") == "T-Stitch"
+    assert paper_short_name(PAPER_DIR / "parataa.yaml") == "ParaTAA"

@@ -26,6 +26,11 @@ def _load_yaml(path: str | os.PathLike) -> dict[str, Any]:
     return doc
 
 
+def paper_short_name(path: str | os.PathLike) -> str:
+    """The paper's name as the report groups by it: its title up to the colon ("T-Stitch")."""
+    return _load_yaml(path)["paper"].split(":")[0].strip()
+
+
 def _table_entry(path: str | os.PathLike, name: str) -> dict[str, Any]:
     tables = _load_yaml(path)["tables"]
     if name not in tables:

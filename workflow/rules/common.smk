@@ -1,9 +1,8 @@
 import json
 
-import yaml
-
 from diffrepro.config import (method_num_samples, method_num_shards, method_timing,
                               reference_run, table_kind, table_methods)
+from diffrepro.report.paper import paper_short_name
 # Paths and parameter helpers shared by the rule files.
 SUITE = config["suite"]
 CHECKPOINTS = f"resources/checkpoints/{SUITE}"
@@ -126,11 +125,9 @@ def table_outputs(name):
 
 def report_category(wildcards):
     """The HTML report groups results by paper: the short name of the paper the table
-    reproduces (the title in reports/paper/<kind>.yaml up to its colon)."""
+    reproduces."""
     kind = table_kind(config["tables"][wildcards.table])
-    with open(f"reports/paper/{kind}.yaml") as f:
-        title = yaml.safe_load(f)["paper"]
-    return title.split(":")[0].strip()
+    return paper_short_name(f"reports/paper/{kind}.yaml")
 
 
 def table_settings(wildcards):
