@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 
 from .methods import MethodSpec, load_plugins
+from .methods import reference_run as _reference_run_of
 from .report.paper import PAPER_DIR, load_paper_table
 
 TABLE_KINDS = ("tstitch", "parataa")
@@ -57,9 +58,7 @@ def method_timing(config: dict, method: str) -> dict:
 
 def reference_run(config: dict, method: str, setting_values: dict) -> dict:
     """{"method", "params"} of the run a setting is measured against (methods.reference_run)."""
-    from .methods import reference_run as run_of
-
-    return run_of(method, setting_values, config["methods"][method].get("baseline"))
+    return _reference_run_of(method, setting_values, config["methods"][method].get("baseline"))
 
 
 def table_kind(entry: dict) -> str:

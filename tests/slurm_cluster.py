@@ -28,8 +28,7 @@ PARTITION = "debug"
 
 def unavailable_reason() -> str | None:
     """Why a test cluster cannot run here, or None."""
-    missing = [tool for tool in DAEMONS
-               if not shutil.which(tool, path=os.environ.get("PATH", "") + ":/usr/sbin:/sbin")]
+    missing = [tool for tool in DAEMONS if not _sbin(tool)]
     if missing:
         return (f"SLURM/munge not installed (missing {', '.join(missing)}); "
                 "run `bash scripts/install_test_cluster.sh` (Debian: apt-get install slurm-wlm munge)")
@@ -56,7 +55,8 @@ def _memory_mb() -> int:
     raise RuntimeError("no MemTotal in /proc/meminfo")
 
 
-def _sbin(tool: str) -> str:
+def _sbin(tool: str) -> str | None:
+    """The tool's path; daemons live in sbin, which a non-login PATH may lack."""
     return shutil.which(tool, path=os.environ.get("PATH", "") + ":/usr/sbin:/sbin")
 
 
