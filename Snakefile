@@ -1,4 +1,5 @@
-# diffrepro: checkpoints -> samples -> timing -> scores -> tables and Pareto plots.
+# diffrepro: checkpoints -> samples -> timing -> scores -> tables and Pareto plots; and
+# training-method runs -> checkpoint scores -> training curves and speed-up tables.
 # Thin on purpose: config and its validation, the rule files, and the reproduce_* targets.
 from snakemake.utils import min_version, validate
 
@@ -30,6 +31,7 @@ include: "workflow/rules/sample.smk"
 include: "workflow/rules/time.smk"
 include: "workflow/rules/score.smk"
 include: "workflow/rules/report.smk"
+include: "workflow/rules/train.smk"
 
 
 # On a cluster, every partition the jobs ask for must exist before anything is submitted.
@@ -50,6 +52,10 @@ localrules:
     reproduce_all,
     reproduce_tstitch_table,
     reproduce_parataa_table,
+    reproduce_speedit_curve,
+    reproduce_immiscible_table,
+    training_table,
+    training_plots,
 
 
 rule reproduce_all:
@@ -66,3 +72,13 @@ rule reproduce_tstitch_table:
 rule reproduce_parataa_table:
     input:
         table_outputs("parataa"),
+
+
+rule reproduce_speedit_curve:
+    input:
+        table_outputs("speedit"),
+
+
+rule reproduce_immiscible_table:
+    input:
+        table_outputs("immiscible"),

@@ -14,7 +14,9 @@ from .methods import MethodSpec, load_plugins
 from .methods import reference_run as _reference_run_of
 from .report.paper import PAPER_DIR, load_paper_table
 
-TABLE_KINDS = ("tstitch", "parataa")
+TABLE_KINDS = ("tstitch", "parataa", "speedit", "immiscible")
+# Tables of training methods (metric against iterations) rather than of sampling settings.
+TRAINING_TABLE_KINDS = ("speedit", "immiscible")
 
 
 class ConfigError(ValueError):
@@ -65,9 +67,15 @@ def table_kind(entry: dict) -> str:
     return entry.get("kind", "tstitch")
 
 
+def is_training_table(entry: dict) -> bool:
+    return table_kind(entry) in TRAINING_TABLE_KINDS
+
+
 def table_methods(entry: dict) -> list[str]:
-    """The methods whose settings a table reports."""
-    return list(entry["methods"]) if table_kind(entry) == "parataa" else [entry["method"]]
+    """The methods whose settings (or, for a training table, whose training runs) a table reports."""
+    if table_kind(entry) == "tstitch":
+        return [entry["method"]]
+    return list(entry["methods"])
 
 
 def check_config(config: dict) -> None:
@@ -93,8 +101,49 @@ def check_config(config: dict) -> None:
                               f"the grid; choose one of {list(settings.values())}")
         for values in settings.values():
             _check_reference(config, method, values, where)
+    if "training" in config:
+        _check_training(config["training"])
     for table, entry in config["tables"].items():
-        _check_table(config, table, entry)
+        if is_training_table(entry):
+            _check_training_table(config, table, entry)
+        else:
+            _check_table(config, table, entry)
+
+
+def _check_training(training: dict) -> None:
+    from .training_methods import check_components
+
+    for name, components in training["methods"].items():
+        try:
+            check_components(components)
+        except (TypeError, ValueError) as err:
+            raise ConfigError(f"config key training.methods.{name}: {err}") from err
+    iterations = training["train"]["iterations"]
+    snapshots = training["snapshots"]
+    if max(snapshots) != iterations or sorted(snapshots) != list(snapshots):
+        raise ConfigError(f"config key training.snapshots: {snapshots} must be ascending and end at "
+                          f"training.train.iterations ({iterations}), the run's final weights")
+
+
+def _check_training_table(config: dict, table: str, entry: dict) -> None:
+    where = f"tables.{table}"
+    if "training" not in config:
+        raise ConfigError(f"config key {where}: a {table_kind(entry)} table needs a training section")
+    for key in ("methods", "baseline"):
+        if key not in entry:
+            raise ConfigError(f"config key {where}: a {table_kind(entry)} table needs '{key}'")
+    configured = config["training"]["methods"]
+    for method in entry["methods"]:
+        if method not in configured:
+            raise ConfigError(f"config key {where}.methods: {method!r} is not under training.methods; "
+                              f"configured: {sorted(configured)}")
+    if entry["baseline"] not in entry["methods"]:
+        raise ConfigError(f"config key {where}.baseline: {entry['baseline']!r} must be one of the "
+                          f"table's methods {entry['methods']}")
+    try:
+        load_paper_table(PAPER_DIR / f"{table_kind(entry)}.yaml", entry["paper"])
+    except KeyError as err:
+        raise ConfigError(f"config key {where}.paper: {err.args[0]}") from err
 
 
 def _check_reference(config: dict, method: str, values: dict, where: str) -> None:

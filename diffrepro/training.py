@@ -1,5 +1,9 @@
 """Seeded, resumable training of the embedded suite's DiT denoisers.
 
+How timesteps are drawn, noise is paired and the MSE is weighted comes from a training
+method (diffrepro.training_methods); the default is plain DDPM. `snapshots` saves the EMA
+weights at fixed iterations, for metric-against-iterations curves.
+
 Progress is saved every `checkpoint_every` iterations to a resume file (model, EMA,
 optimizer and random-generator state), so a killed job continues where it stopped and
 ends with the same weights as an uninterrupted run. The final EMA weights are written
@@ -12,6 +16,7 @@ import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Mapping
 
 import torch
 
@@ -19,6 +24,7 @@ from .checkpoints import save_checkpoint
 from .diffusion.losses import HybridLoss
 from .io import atomic_path
 from .models.dit import DiTConfig, build_dit
+from .training_methods import TrainingMethod, build_training_method
 
 
 @dataclass(frozen=True)
@@ -39,10 +45,13 @@ def resume_path(output: str | Path) -> Path:
 
 def train_dit(model_config: DiTConfig, train: TrainConfig, images: torch.Tensor,
               labels: torch.Tensor, output: str | Path, log=print,
-              stop_after: int | None = None) -> dict:
+              stop_after: int | None = None, method: TrainingMethod | None = None,
+              snapshots: Mapping[int, str | Path] | None = None) -> dict:
     """Train, write the EMA weights to `output`, return a summary.
 
-    `stop_after` ends the run early without writing the output (used by the resume test).
+    `method` defaults to plain DDPM; `snapshots` maps iterations to paths for the EMA
+    weights at that iteration. `stop_after` ends the run early without writing the output
+    (used by the resume tests).
     """
     generator = torch.Generator().manual_seed(train.seed)
     torch.manual_seed(train.seed)  # weight init draws from the global generator
@@ -52,6 +61,12 @@ def train_dit(model_config: DiTConfig, train: TrainConfig, images: torch.Tensor,
     ema.requires_grad_(False)
     optimizer = torch.optim.AdamW(model.parameters(), lr=train.lr, weight_decay=0.0)
     loss_fn = HybridLoss()
+    method = method or build_training_method([], loss_fn.alphas_cumprod)
+    mse_weights = torch.from_numpy(method.weighting.weights).float()
+    snapshots = dict(snapshots or {})
+    bad = [it for it in snapshots if not 1 <= it <= train.iterations]
+    if bad:
+        raise ValueError(f"snapshot iterations {bad} outside 1..{train.iterations}")
     start, history = 0, []
 
     resume = resume_path(output)
@@ -70,10 +85,10 @@ def train_dit(model_config: DiTConfig, train: TrainConfig, images: torch.Tensor,
         index = torch.randint(len(images), (train.batch_size,), generator=generator)
         x0, y = images[index], labels[index]
         y = model.y_embedder.drop_labels(y, generator)
-        t = torch.randint(loss_fn.num_timesteps, (train.batch_size,), generator=generator)
-        noise = torch.randn(x0.shape, generator=generator)
+        t = method.timesteps.sample(train.batch_size, generator)
+        noise = method.pairing.pair(x0, generator)
         x_t = loss_fn.q_sample(x0, t, noise)
-        loss, parts = loss_fn(model(x_t, t, y), x0, x_t, t, noise)
+        loss, parts = loss_fn(model(x_t, t, y), x0, x_t, t, noise, mse_weights[t])
 
         for group in optimizer.param_groups:
             group["lr"] = train.lr * min(1.0, (it + 1) / max(train.warmup, 1))
@@ -91,7 +106,9 @@ def train_dit(model_config: DiTConfig, train: TrainConfig, images: torch.Tensor,
             history.append({"iteration": done, "loss": loss.item(), **parts})
             log(f"iter {done}/{train.iterations} loss {loss.item():.4f} "
                 f"mse {parts['mse']:.4f} vb {parts['vb']:.4f}")
-        if done % train.checkpoint_every == 0 or done == train.iterations:
+        if done in snapshots:
+            save_checkpoint(snapshots[done], ema.state_dict(), _metadata(model_config, train, done))
+        if done % train.checkpoint_every == 0 or done == train.iterations or done in snapshots:
             _save_resume(resume, done, model, ema, optimizer, generator, history)
         if stop_after is not None and done >= stop_after:
             return {"stopped_at": done}
@@ -100,13 +117,17 @@ def train_dit(model_config: DiTConfig, train: TrainConfig, images: torch.Tensor,
         "model_config": model_config.to_dict(), "train_config": asdict(train),
         "parameters": sum(p.numel() for p in ema.parameters()),
         "final_loss": history[-1]["loss"] if history else None, "history": history,
-        "seconds_this_run": time.perf_counter() - began,
+        "seconds_this_run": time.perf_counter() - began, "method": method.describe(),
     }
-    metadata = {"model_config": json.dumps(model_config.to_dict()),
-                "train_config": json.dumps(asdict(train))}
-    summary["sha256"] = save_checkpoint(output, ema.state_dict(), metadata)
+    summary["sha256"] = save_checkpoint(output, ema.state_dict(),
+                                        _metadata(model_config, train, train.iterations))
     resume.unlink(missing_ok=True)
     return summary
+
+
+def _metadata(model_config: DiTConfig, train: TrainConfig, iteration: int) -> dict[str, str]:
+    return {"model_config": json.dumps(model_config.to_dict()),
+            "train_config": json.dumps(asdict(train)), "iteration": str(iteration)}
 
 
 def _save_resume(path: Path, iteration: int, model, ema, optimizer, generator, history) -> None:

@@ -145,3 +145,25 @@ def test_reading_the_config_imports_no_torch():
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
                          check=True).stdout
     assert out.strip() == "[]"
+
+
+@pytest.mark.parametrize("mutate, expected", [
+    (lambda c: c["training"]["methods"].update(bad=["speed_v1", "p2"]),
+     r"training.methods.bad: components 'speed_v1' and 'p2' both define the weighting part"),
+    (lambda c: c["training"]["methods"].update(bad=["speeed"]),
+     r"training.methods.bad: unknown training component 'speeed'; available: .*speed_v1"),
+    (lambda c: c["training"]["methods"].update(bad=[{"speed_v3": {"tau": 0}}]),
+     r"training.methods.bad: speed_v3 needs 0 < tau <= 1000"),
+    (lambda c: c["training"].update(snapshots=[250, 500]),
+     r"training.snapshots: \[250, 500\] must be ascending and end at training.train.iterations \(2000\)"),
+    (lambda c: c["tables"]["speedit"]["methods"].append("adam_magic"),
+     r"tables.speedit.methods: 'adam_magic' is not under training.methods"),
+    (lambda c: c["tables"]["immiscible"].update(baseline="p2"),
+     r"tables.immiscible.baseline: 'p2' must be one of the table's methods"),
+    (lambda c: c["tables"]["speedit"].update(paper="speedit_nope"),
+     r"tables.speedit.paper: no table 'speedit_nope' in .*speedit.yaml; available tables: speedit_curve"),
+])
+def test_training_config_errors_name_the_key(config, mutate, expected):
+    mutate(config)
+    with pytest.raises(ConfigError, match=expected):
+        full_check(config)

@@ -49,6 +49,10 @@ def test_report_is_self_contained_and_grouped_by_paper(report):
         ("ParaTAA", "Tables", "parataa_table.html"),
         ("ParaTAA", "Pareto plots", "parataa_pareto.png"),
         ("ParaTAA", "Convergence", "parataa_convergence.png"),
+        *((paper, sub, f"{table}_{name}")
+          for paper, table in (("SpeeD / SpeeDiT", "speedit"), ("Immiscible Diffusion", "immiscible"))
+          for sub, name in (("Tables", "table.html"), ("Training curves", "curves.png"),
+                            ("Training curves", "schedules.png"), ("Training curves", "cost.png"))),
     }
     assert "Paper-vs-reproduced table for" in html and "Pareto plot of" in html  # captions
 

@@ -93,6 +93,35 @@ def test_parataa_table_compares_parallel_samplers_with_the_sequential_one(smoke_
         assert (reports / plot).stat().st_size > 1000
 
 
+def test_training_tables_curves_and_scores(smoke_run):
+    """Every training method trained per seed, scored at every snapshot, tabled and plotted."""
+    config = yaml.safe_load((smoke_run / "config/smoke.yaml").read_text())
+    training, reports = config["training"], smoke_run / "reports/smoke"
+    for table_name in ("speedit", "immiscible"):
+        entry = config["tables"][table_name]
+        table = pd.read_csv(reports / f"{table_name}_table.csv")
+        assert list(table["method"]) == entry["methods"]
+        assert (table["seeds"] == len(training["seeds"])).all()
+        assert table["fid_final_mean"].notna().all() and (table["iteration_ms"] > 0).all()
+        assert table.set_index("method").loc["uniform", "speedup"] == 1.0
+        for part in ("curves", "schedules", "cost"):
+            assert (reports / f"{table_name}_{part}.png").stat().st_size > 10_000
+        assert "paper" in (reports / f"{table_name}_table.md").read_text()
+        assert "Limits of this test" in (reports / f"{table_name}_claims.md").read_text()
+    speed_row = pd.read_csv(reports / "speedit_table.csv").set_index("method").loc["speed_v1"]
+    assert speed_row["paper_speedup"] == 3.3
+    for method in training["methods"]:
+        score = json.loads((smoke_run / f"results/smoke/training/scores/{method}.json").read_text())
+        pairs = {(r["seed"], r["iteration"]) for r in score["rows"]}
+        assert pairs == {(s, i) for s in training["seeds"] for i in training["snapshots"]}
+        assert all(len(r["validation_loss_by_bin"]) == training["validation"]["bins"] for r in score["rows"])
+        hashed = score["provenance"]["file_sha256"]
+        assert sum(k.startswith("checkpoint:") for k in hashed) == len(pairs)
+        assert score["provenance"]["num_samples"] == training["evaluation"]["num_samples"]
+    timing = json.loads((smoke_run / "results/smoke/training/timing.json").read_text())
+    assert set(timing["methods"]) == set(training["methods"])
+
+
 def test_second_run_has_nothing_to_do(smoke_run):
     result = snakemake(smoke_run, "-n", "reproduce_all", "--configfile", "config/smoke.yaml")
     assert "Nothing to be done" in result.stdout + result.stderr

@@ -22,6 +22,7 @@ class HybridLoss:
         post_var = torch.from_numpy(betas) * (1 - abar_prev) / (1 - abar)
         as_f32 = lambda v: v.float()
         self.num_timesteps = num_timesteps
+        self.alphas_cumprod = abar.numpy()
         self.sqrt_abar = as_f32(abar.sqrt())
         self.sqrt_one_minus_abar = as_f32((1 - abar).sqrt())
         self.log_betas = as_f32(torch.from_numpy(betas).log())
@@ -34,7 +35,10 @@ class HybridLoss:
         return _b(self.sqrt_abar, t) * x0 + _b(self.sqrt_one_minus_abar, t) * noise
 
     def __call__(self, model_output: torch.Tensor, x0: torch.Tensor, x_t: torch.Tensor,
-                 t: torch.Tensor, noise: torch.Tensor) -> tuple[torch.Tensor, dict]:
+                 t: torch.Tensor, noise: torch.Tensor, mse_weights: torch.Tensor | None = None
+                 ) -> tuple[torch.Tensor, dict]:
+        """`mse_weights` (one per sample) weight the epsilon-MSE only, as the P2 and SpeeD
+        code do; the variance's VLB term stays unweighted."""
         c = x0.shape[1]
         eps, var_interp = model_output[:, :c], model_output[:, c:]
         mse = ((eps - noise) ** 2).mean(dim=(1, 2, 3))
@@ -51,7 +55,8 @@ class HybridLoss:
         nll = -discretized_gaussian_log_likelihood(x0, model_mean, 0.5 * model_log_var)
         nll = nll.mean(dim=(1, 2, 3)) / math.log(2.0)
         vb = torch.where(t == 0, nll, kl)
-        loss = (mse + vb).mean()
+        weighted = mse if mse_weights is None else mse_weights.to(mse) * mse
+        loss = (weighted + vb).mean()
         return loss, {"mse": mse.mean().item(), "vb": vb.mean().item()}
 
 

@@ -1,7 +1,7 @@
 import json
 
-from diffrepro.config import (method_num_samples, method_num_shards, method_timing,
-                              reference_run, table_kind, table_methods)
+from diffrepro.config import (is_training_table, method_num_samples, method_num_shards,
+                              method_timing, reference_run, table_kind, table_methods)
 from diffrepro.report.paper import paper_short_name
 # Paths and parameter helpers shared by the rule files.
 SUITE = config["suite"]
@@ -29,6 +29,7 @@ wildcard_constraints:
     setting="[A-Za-z0-9_.+-]+",
     shard="[0-9]+",
     table="[A-Za-z0-9_]+",
+    seed="[0-9]+",
 
 
 def as_param(value):
@@ -109,7 +110,19 @@ def score_inputs(wildcards):
     return inputs
 
 
+def names_pattern(names):
+    """A wildcard constraint matching exactly these names (none: a pattern nothing matches)."""
+    return "|".join(names) if names else "(?!)"
+
+
+# Tables of sampling settings (rule `table`) and of training runs (rule `training_table`).
+SAMPLE_TABLES = [t for t, e in config["tables"].items() if not is_training_table(e)]
+TRAINING_TABLES = [t for t, e in config["tables"].items() if is_training_table(e)]
+
+
 def table_outputs(name):
+    if is_training_table(config["tables"][name]):
+        return training_table_outputs(name)
     outputs = [
         f"{REPORTS}/{name}_table.csv",
         f"{REPORTS}/{name}_table.md",
@@ -168,3 +181,69 @@ def setting_note(wildcards):
         f"{method_num_samples(config, method)} samples per setting, models {models}; "
         f"timing: batch of {timing['batch_size']}, median of {timing['repeats']}"
     )
+
+
+# --------------------------------------------------------------------------------------
+# Training-method runs (SpeeD, Immiscible and baselines): workflow/rules/train.smk
+# --------------------------------------------------------------------------------------
+TRAINING = config.get("training", {})
+TRAINING_CHECKPOINTS = f"{CHECKPOINTS}/training"
+
+
+def training_snapshot(method, seed, iteration):
+    return f"{TRAINING_CHECKPOINTS}/{method}/seed{seed}/iter{int(iteration):07d}.safetensors"
+
+
+def training_threads():
+    return TRAINING.get("threads", config["threads"])
+
+
+def training_method_components(wildcards):
+    try:
+        return as_param(TRAINING["methods"][wildcards.method])
+    except KeyError:
+        raise ValueError(f"training method {wildcards.method!r} is not under training.methods; "
+                         f"configured: {sorted(TRAINING.get('methods', {}))}")
+
+
+def training_score_inputs(wildcards):
+    return {
+        "checkpoints": [training_snapshot(wildcards.method, seed, it)
+                        for seed in TRAINING["seeds"] for it in TRAINING["snapshots"]],
+        "classifier": f"{CHECKPOINTS}/digits_cnn.safetensors",
+        "reference": f"{RESULTS}/reference/digits_stats.npz",
+    }
+
+
+def training_table_inputs(wildcards):
+    entry = config["tables"][wildcards.table]
+    return {
+        "scores": [f"{RESULTS}/training/scores/{m}.json" for m in entry["methods"]],
+        "timing": f"{RESULTS}/training/timing.json",
+        "paper": f"reports/paper/{table_kind(entry)}.yaml",
+    }
+
+
+def training_table_outputs(name):
+    return [f"{REPORTS}/{name}_{part}" for part in (
+        "table.csv", "table.md", "claims.md", "table.html", "curves.png", "curves.svg",
+        "schedules.png", "schedules.svg", "cost.png", "cost.svg")]
+
+
+def training_setting_note(wildcards):
+    t = TRAINING
+    e = t["evaluation"]
+    m = t["model"]
+    return (f"suite {SUITE}: DiT (hidden {m['hidden_size']}, depth {m['depth']}) trained from "
+            f"scratch per method and seed ({len(t['seeds'])} seeds), {t['train']['iterations']} "
+            f"iterations of batch {t['train']['batch_size']}, lr {t['train']['lr']}, EMA weights "
+            f"scored at iterations {t['snapshots']} with {e['num_samples']} samples "
+            f"({e['sampler'].upper()}-{e['steps']}, CFG {e['cfg_scale']}); held-out "
+            f"{t['validation']['fraction']:.0%} of the digits for the validation loss")
+
+
+def training_timing_baseline():
+    """The method per-iteration costs are relative to: the first training table's baseline."""
+    for table in TRAINING_TABLES:
+        return config["tables"][table]["baseline"]
+    return next(iter(TRAINING["methods"]))

@@ -6,6 +6,8 @@ rule table:
         csv=f"{REPORTS}/{{table}}_table.csv",
         md=f"{REPORTS}/{{table}}_table.md",
         claims=f"{REPORTS}/{{table}}_claims.md",
+    wildcard_constraints:
+        table=names_pattern(SAMPLE_TABLES),
     params:
         kind=lambda w: table_kind(config["tables"][w.table]),
         paper_table=lambda w: config["tables"][w.table]["paper"],

@@ -1,0 +1,17 @@
+"""Rule `time_training`: see workflow/rules/train.smk. The work is done in the diffrepro library."""
+
+import json
+
+from diffrepro.snakejob import job
+from diffrepro.training_study import time_methods
+
+# Torch threads as the training jobs use them (the rule reserves every core so nothing
+# else runs beside the timing).
+threads = snakemake.config.get("training", {}).get("threads", snakemake.config["threads"])
+with job(snakemake, torch_threads=threads) as log:
+    timing = json.loads(snakemake.params.timing)
+    time_methods(methods=json.loads(snakemake.params.methods), baseline=snakemake.params.baseline,
+                 model_config=json.loads(snakemake.params.model_config),
+                 train=json.loads(snakemake.params.train), batch_sizes=timing["batch_sizes"],
+                 repeats=timing["repeats"], threads=threads, config=snakemake.config,
+                 output=snakemake.output[0], log=log)
