@@ -142,7 +142,8 @@ def to_markdown(table: pd.DataFrame, *, title: str, setting_note: str, paper_not
     shown = pd.DataFrame({
         "method": table["method"],
         "ours: FID at end (mean ± sd over seeds)": [
-            f"{m:.2f} ± {s:.2f}" for m, s in zip(table["fid_final_mean"], table["fid_final_std"])],
+            f"{m:.2f} ± {s:.2f}" if np.isfinite(s) else f"{m:.2f} (1 seed)"
+            for m, s in zip(table["fid_final_mean"], table["fid_final_std"])],
         "ours: IS": table["is_final_mean"].map("{:.2f}".format),
         "ours: class accuracy": table["accuracy_final_mean"].map("{:.3f}".format),
         "ours: validation loss": table["val_loss_final_mean"].map("{:.4f}".format),

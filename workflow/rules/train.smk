@@ -5,6 +5,7 @@ rule train_method:
         checkpoints=[
             training_snapshot("{method}", "{seed}", it) for it in TRAINING.get("snapshots", [])
         ],
+        summary=f"{TRAINING_CHECKPOINTS}/{{method}}/seed{{seed}}/train.json",
     params:
         components=training_method_components,
         model_config=as_param(TRAINING.get("model")),

@@ -15,4 +15,4 @@ with job(snakemake) as log:
                         snapshots=json.loads(snakemake.params.snapshots),
                         validation=json.loads(snakemake.params.validation), directory=str(directory),
                         log=log)
-    write_json(directory / "train.json", summary)
+    write_json(snakemake.output.summary, summary)
