@@ -54,14 +54,17 @@ class TimestepSampler:
             t = torch.cat([t, torch.from_numpy(self.reflect(t.numpy())).to(t.dtype)])[:n]
         return t
 
-    def marginal(self) -> np.ndarray:
-        """The distribution of a batch element's t (primary and reflected draws mixed
-        half and half), for figures and tests."""
+    def marginal(self, batch_size: int | None = None) -> np.ndarray:
+        """The distribution of a batch element's t, for figures and tests. With
+        reflection, a batch of n holds n // 2 + 1 drawn and the rest reflected timesteps
+        (half and half when batch_size is None, the large-batch limit)."""
         if self.reflect is None:
             return self.probabilities
         reflected = np.zeros_like(self.probabilities)
         np.add.at(reflected, self.reflect(np.arange(len(self.probabilities))), self.probabilities)
-        return 0.5 * (self.probabilities + reflected)
+        drawn = 0.5 if batch_size is None else (batch_size // 2 + 1) / batch_size
+        drawn = min(drawn, 1.0)
+        return drawn * self.probabilities + (1.0 - drawn) * reflected
 
 
 @dataclass

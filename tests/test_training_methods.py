@@ -230,3 +230,13 @@ def test_killed_run_resumes_to_identical_snapshots(tmp_path):
         a = load_checkpoint(snapshot_path(tmp_path / "straight", it))
         b = load_checkpoint(snapshot_path(resumed, it))
         assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_marginal_of_small_batches_counts_the_uneven_split():
+    """A batch of 8 holds 5 drawn and 3 reflected timesteps: the marginal says so."""
+    sampler = build_training_method(["speed_v1"], ABAR).timesteps
+    g = torch.Generator().manual_seed(4)
+    t = torch.cat([sampler.sample(8, g) for _ in range(30_000)]).numpy()
+    late = np.mean(t >= 643)  # only drawn timesteps land here: reflections stay <= 642
+    assert late == pytest.approx(sampler.marginal(8)[643:].sum(), abs=0.002)
+    assert abs(late - sampler.marginal()[643:].sum()) > 0.01  # a 50/50 mix would be visibly off

@@ -114,6 +114,7 @@ rule training_plots:
         components=lambda w: as_param(
             {m: TRAINING["methods"][m] for m in config["tables"][w.table]["methods"]}
         ),
+        train=as_param(TRAINING.get("train")),
         title=lambda w: f"{w.table}: {training_setting_note(w)}",
     conda:
         "../../environment.yml"
