@@ -2,7 +2,7 @@
 
 import json
 
-from diffrepro.io import read_json, write_text
+from diffrepro.io import read_json
 from diffrepro.report import training
 from diffrepro.snakejob import job
 
