@@ -140,10 +140,7 @@ def _check_training_table(config: dict, table: str, entry: dict) -> None:
     if entry["baseline"] not in entry["methods"]:
         raise ConfigError(f"config key {where}.baseline: {entry['baseline']!r} must be one of the "
                           f"table's methods {entry['methods']}")
-    try:
-        load_paper_table(PAPER_DIR / f"{table_kind(entry)}.yaml", entry["paper"])
-    except KeyError as err:
-        raise ConfigError(f"config key {where}.paper: {err.args[0]}") from err
+    _check_paper_table(table_kind(entry), entry["paper"], where)
 
 
 def _check_reference(config: dict, method: str, values: dict, where: str) -> None:
@@ -182,10 +179,15 @@ def _check_table(config: dict, table: str, entry: dict) -> None:
             if ref not in table_methods(entry):
                 raise ConfigError(f"config key tables.{table}.methods: {method} is measured against "
                                   f"{ref}; list {ref} in the table too")
+    _check_paper_table(kind, entry["paper"], f"tables.{table}")
+
+
+def _check_paper_table(kind: str, name: str, where: str) -> None:
+    """The published table a config table names must exist in reports/paper/<kind>.yaml."""
     try:
-        load_paper_table(PAPER_DIR / f"{kind}.yaml", entry["paper"])
+        load_paper_table(PAPER_DIR / f"{kind}.yaml", name)
     except KeyError as err:
-        raise ConfigError(f"config key tables.{table}.paper: {err.args[0]}") from err
+        raise ConfigError(f"config key {where}.paper: {err.args[0]}") from err
 
 
 def _check_roles(spec: MethodSpec, entry: dict, config: dict, where: str) -> None:

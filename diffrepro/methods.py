@@ -53,6 +53,15 @@ MethodFn = Callable[["dict[str, GuidedDenoiser]", "Sampler", "torch.Tensor", "to
                      "Sequence[torch.Generator]", Any], MethodOutput]
 
 
+def build_dataclass(cls: type, values: dict, *, owner: str, noun: str) -> Any:
+    """cls(**values), refusing names it has no field for (a config typo) with the valid ones."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(values) - names
+    if unknown:
+        raise ValueError(f"{owner} has no {noun} {sorted(unknown)}; its {noun}s are {sorted(names)}")
+    return cls(**values)
+
+
 @dataclass(frozen=True)
 class MethodSpec:
     name: str
@@ -64,12 +73,7 @@ class MethodSpec:
 
     def make_setting(self, values: dict) -> Any:
         """Build the frozen setting; its __post_init__ rejects out-of-range values."""
-        names = {f.name for f in dataclasses.fields(self.setting_type)}
-        unknown = set(values) - names
-        if unknown:
-            raise ValueError(f"method {self.name!r} has no setting {sorted(unknown)}; "
-                             f"its settings are {sorted(names)}")
-        return self.setting_type(**values)
+        return build_dataclass(self.setting_type, values, owner=f"method {self.name!r}", noun="setting")
 
     def setting_id(self, setting: Any) -> str:
         return setting.id() if hasattr(setting, "id") else "-".join(

@@ -14,11 +14,12 @@ This module imports no torch at the top: the workflow reads it to check the conf
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
+
+from .methods import build_dataclass, load_plugins
 
 if TYPE_CHECKING:
     import torch
@@ -122,12 +123,8 @@ class ComponentSpec:
     summary: str
 
     def make_params(self, values: dict) -> Any:
-        names = {f.name for f in dataclasses.fields(self.params_type)}
-        unknown = set(values) - names
-        if unknown:
-            raise ValueError(f"training component {self.name!r} has no parameter {sorted(unknown)}; "
-                             f"its parameters are {sorted(names)}")
-        return self.params_type(**values)
+        return build_dataclass(self.params_type, values, owner=f"training component {self.name!r}",
+                               noun="parameter")
 
 
 @dataclass(frozen=True)
@@ -155,8 +152,6 @@ def register_training_component(name: str, *, parts: Sequence[str], params: type
 
 
 def training_components() -> dict[str, ComponentSpec]:
-    from .methods import load_plugins
-
     load_plugins()
     return dict(_REGISTRY)
 
