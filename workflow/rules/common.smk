@@ -242,6 +242,17 @@ def training_setting_note(wildcards):
             f"{t['validation']['fraction']:.0%} of the digits for the validation loss")
 
 
+# The training methods some table reports, in table order. (Snakemake merges a --configfile
+# into config/default.yaml key by key, so training.methods may also hold the default's.)
+TRAINING_TABLE_METHODS = list(dict.fromkeys(
+    m for t in TRAINING_TABLES for m in config["tables"][t]["methods"]
+))
+
+
+def training_timing_methods():
+    return as_param({m: TRAINING["methods"][m] for m in TRAINING_TABLE_METHODS})
+
+
 def training_timing_baseline():
     """The method per-iteration costs are relative to: the first training table's baseline."""
     for table in TRAINING_TABLES:

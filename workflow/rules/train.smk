@@ -49,12 +49,13 @@ rule score_training:
         "../scripts/score_training.py"
 
 
-# Timing runs alone: it reserves every core locally (like rule `time`).
+# The cost per iteration of every method the tables report. Timing runs alone: it reserves
+# every core locally (like rule `time`).
 rule time_training:
     output:
         f"{RESULTS}/training/timing.json",
     params:
-        methods=as_param(TRAINING.get("methods")),
+        methods=lambda w: training_timing_methods(),
         baseline=lambda w: training_timing_baseline(),
         model_config=as_param(TRAINING.get("model")),
         train=as_param(TRAINING.get("train")),
