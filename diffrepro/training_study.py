@@ -39,11 +39,10 @@ def snapshot_path(directory: str | Path, iteration: int) -> Path:
     return Path(directory) / f"iter{iteration:07d}.safetensors"
 
 
-def digits_split(validation: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    """(train indices, validation indices) of the 1797 digits: a seeded split."""
-    images, _ = load_digits_tensors()
+def digits_split(num_images: int, validation: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """(train indices, validation indices) of the digits: a seeded split."""
     generator = torch.Generator().manual_seed(validation["split_seed"])
-    return split_indices(len(images), validation["fraction"], generator)
+    return split_indices(num_images, validation["fraction"], generator)
 
 
 # --------------------------------------------------------------------------------------
@@ -57,7 +56,7 @@ def train_run(*, components: list, model_config: dict, train: dict, seed: int,
     `directory`. Resumable: a killed job continues from its last saved iteration
     (`stop_after` simulates the kill in tests)."""
     images, labels = load_digits_tensors()
-    train_idx, _ = digits_split(validation)
+    train_idx, _ = digits_split(len(images), validation)
     loss_fn = HybridLoss()
     method = build_training_method(components, loss_fn.alphas_cumprod)
     config = TrainConfig(**{**train, "seed": seed})
@@ -115,7 +114,7 @@ def score_runs(*, method: str, components: list, model_config: dict, runs: dict[
     classifier = load_classifier(classifier_path)
     ref = metrics.load_reference_statistics(reference_path)
     images, labels = load_digits_tensors()
-    _, val_idx = digits_split(validation)
+    _, val_idx = digits_split(len(images), validation)
     loss_fn = HybridLoss()
     shape = (model_config["in_channels"], model_config["input_size"], model_config["input_size"])
     rows, files = [], {"classifier": classifier_path, "reference_statistics": reference_path}

@@ -3,7 +3,7 @@
 import json
 
 from diffrepro.io import read_json
-from diffrepro.report import training
+from diffrepro.report import paper, training
 from diffrepro.snakejob import job
 
 with job(snakemake, uses_torch=False):
@@ -11,7 +11,7 @@ with job(snakemake, uses_torch=False):
     scoring = json.loads(snakemake.params.scoring)
     scores = training.load_scores(snakemake.input.scores)
     table = training.build_table(scores, read_json(snakemake.input.timing), entry["methods"],
-                                 entry["baseline"], training.load_paper(snakemake.input.paper, entry["paper"]),
+                                 entry["baseline"], paper.load_paper_table(snakemake.input.paper, entry["paper"]),
                                  reps=max(1000, scoring["bootstrap_reps"]), seed=scoring["seed"])
     training.write_outputs(table, snakemake.output.csv, snakemake.output.md, snakemake.output.claims,
                            title=f"{snakemake.wildcards.table}: training speed-up against {entry['baseline']}",
