@@ -18,6 +18,15 @@ resource_scopes:
     gpu="local",
 
 
+# A config marked `standalone: true` (config/paper/*.yaml) is complete on its own. Snakemake
+# would merge it into config/default.yaml key by key, so the embedded suite's models, methods
+# and tables would leak into a paper run; keep only what the command line gave.
+if config.get("standalone"):
+    import copy
+
+    config.clear()
+    config.update(copy.deepcopy(workflow.config_settings.overwrite_config))
+
 validate(config, "workflow/schemas/config.schema.yaml")
 
 from diffrepro.config import check_config, method_settings
@@ -66,19 +75,19 @@ rule reproduce_all:
 
 rule reproduce_tstitch_table:
     input:
-        table_outputs("tstitch"),
+        tables_of_kind("tstitch"),
 
 
 rule reproduce_parataa_table:
     input:
-        table_outputs("parataa"),
+        tables_of_kind("parataa"),
 
 
 rule reproduce_speedit_curve:
     input:
-        table_outputs("speedit"),
+        tables_of_kind("speedit"),
 
 
 rule reproduce_immiscible_table:
     input:
-        table_outputs("immiscible"),
+        tables_of_kind("immiscible"),

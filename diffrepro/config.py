@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import itertools
 
-from .methods import MethodSpec, load_plugins
+from .methods import MethodSpec, load_plugins, register_aliases
 from .methods import reference_run as _reference_run_of
 from .report.paper import PAPER_DIR, load_paper_table
 
@@ -44,6 +44,14 @@ def method_settings(config: dict, method: str) -> dict[str, dict]:
                               f"and {values} both map to {setting_id!r}; remove the duplicate")
         settings[setting_id] = values
     return settings
+
+
+# What the `compute` config section means when a key is left out: the paper's fp32.
+COMPUTE_DEFAULTS = {"device": "auto", "precision": "fp32", "tf32": False, "compile": False}
+
+
+def compute_settings(config: dict) -> dict:
+    return {**COMPUTE_DEFAULTS, **config.get("compute", {})}
 
 
 def method_num_samples(config: dict, method: str) -> int:
@@ -80,6 +88,10 @@ def table_methods(entry: dict) -> list[str]:
 
 def check_config(config: dict) -> None:
     """Raise ConfigError naming the key and the allowed values; run before any job."""
+    try:
+        register_aliases(config["methods"])
+    except (KeyError, ValueError) as err:
+        raise ConfigError(err.args[0]) from err
     registry = load_plugins()
     for method, entry in config["methods"].items():
         where = f"methods.{method}"
@@ -96,11 +108,9 @@ def check_config(config: dict) -> None:
             settings = method_settings(config, method)
         except (TypeError, ValueError) as err:
             raise ConfigError(f"config key {where}.grid: {err}") from err
-        if "baseline" in entry and entry["baseline"] not in settings.values():
-            raise ConfigError(f"config key {where}.baseline: {entry['baseline']} is not a point of "
-                              f"the grid; choose one of {list(settings.values())}")
         for values in settings.values():
             _check_reference(config, method, values, where)
+    _check_scoring(config)
     if "training" in config:
         _check_training(config["training"])
     for table, entry in config["tables"].items():
@@ -108,6 +118,19 @@ def check_config(config: dict) -> None:
             _check_training_table(config, table, entry)
         else:
             _check_table(config, table, entry)
+
+
+def _check_scoring(config: dict) -> None:
+    backend = config["scoring"].get("backend", "digits")
+    if backend == "digits" and "classifier" not in config:
+        raise ConfigError("config key classifier: the digits scoring backend needs the digits CNN's "
+                          "training settings (see config/default.yaml), or set scoring.backend: adm")
+    if backend == "adm" and "reference_batch" not in config["scoring"]:
+        raise ConfigError("config key scoring.reference_batch: the adm scoring backend needs the "
+                          "ADM reference batch {file, url} (e.g. VIRTUAL_imagenet256_labeled.npz)")
+    if backend == "adm" and "training" in config:
+        raise ConfigError("config key training: training-method runs are scored with the digits "
+                          "backend only; remove the training section or set scoring.backend: digits")
 
 
 def _check_training(training: dict) -> None:
@@ -150,6 +173,10 @@ def _check_reference(config: dict, method: str, values: dict, where: str) -> Non
         raise ConfigError(f"config key {where}.baseline: {err}") from err
     ref = run["method"]
     if ref == method:
+        if run["params"] not in method_settings(config, method).values():
+            raise ConfigError(f"config key {where}.baseline: setting {values} is measured against "
+                              f"{run['params']}, which is not a point of the grid; add it to "
+                              f"{where}.grid")
         return
     if ref not in config["methods"]:
         raise ConfigError(f"config key {where}: setting {values} is measured against method {ref!r} "

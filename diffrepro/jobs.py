@@ -46,11 +46,36 @@ def load_dit(path: str | Path, model_config: dict) -> DiT:
     return model.eval().requires_grad_(False)
 
 
+AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def job_device(sampling: dict, device: str | None = None) -> torch.device:
+    """The device this job pins: `compute.device` ("auto": the first visible GPU, else CPU; a
+    scheduler gives each job its own GPUs through CUDA_VISIBLE_DEVICES). Also applies the TF32
+    flag, which provenance records."""
+    name = device or sampling.get("device", "auto")
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("config compute.device is 'cuda' but no GPU is visible to this job; "
+                           "set compute.device to auto or cpu, or give the job a GPU (resources: gpu=1)")
+    tf32 = bool(sampling.get("tf32", False))
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    torch.backends.cudnn.allow_tf32 = tf32
+    return torch.device(name)
+
+
 def load_denoisers(checkpoints: dict[str, str], model_configs: dict[str, dict],
-                   sampling: dict) -> dict[str, GuidedDenoiser]:
-    return {role: GuidedDenoiser(load_dit(checkpoints[role], model_configs[role]),
-                                 sampling["cfg_scale"], sampling["guided_channels"])
-            for role in checkpoints}
+                   sampling: dict, device: torch.device | str = "cpu") -> dict[str, GuidedDenoiser]:
+    """Guided denoisers on `device`, with the sampling block's precision and compile options."""
+    denoisers = {}
+    for role in checkpoints:
+        model = load_dit(checkpoints[role], model_configs[role]).to(device)
+        if sampling.get("compile", False):
+            model = torch.compile(model)
+        denoisers[role] = GuidedDenoiser(model, sampling["cfg_scale"], sampling["guided_channels"],
+                                         autocast=AUTOCAST_DTYPES[sampling.get("precision", "fp32")])
+    return denoisers
 
 
 def sample_geometry(model_configs: dict[str, dict]) -> tuple[tuple[int, int, int], int]:
@@ -71,19 +96,26 @@ def shard_range(num_samples: int, shard: int, num_shards: int) -> range:
 
 def steps_for(setting, sampling: dict) -> int:
     """The sampler's step count: the setting's own if it has one, else the config's."""
-    return getattr(setting, "steps", sampling["steps"])
+    return getattr(setting, "steps", None) or sampling["steps"]
+
+
+def sampler_name_for(setting, sampling: dict) -> str:
+    """The sampler: the setting's own if it names one (a samplers x steps grid), else the config's."""
+    return getattr(setting, "sampler", None) or sampling["sampler"]
 
 
 def sampler_for(setting, sampling: dict):
-    """The configured sampler, at the setting's step count."""
-    return make_sampler(sampling["sampler"], steps_for(setting, sampling))
+    """The setting's sampler at the setting's step count."""
+    return make_sampler(sampler_name_for(setting, sampling), steps_for(setting, sampling))
 
 
 def generate(method: str, setting_values: dict, denoisers: dict[str, GuidedDenoiser],
              sampling: dict, seed: int, indices: Sequence[int], shape, num_classes: int,
-             batch_size: int, log=print) -> tuple[np.ndarray, np.ndarray, dict, dict]:
+             batch_size: int, log=print, device: torch.device | str = "cpu",
+             to_images=to_uint8_nhwc) -> tuple[np.ndarray, np.ndarray, dict, dict]:
     """uint8 NHWC images and labels for these image indices, batch by batch, and the
-    method's extras: float samples and its per-image diagnostics and traces."""
+    method's extras: float samples and its per-image diagnostics and traces. `to_images`
+    maps samples to images (a VAE decoder for latent models)."""
     spec = get_method(method)
     setting = spec.make_setting(setting_values)
     sampler = sampler_for(setting, sampling)
@@ -92,8 +124,9 @@ def generate(method: str, setting_values: dict, denoisers: dict[str, GuidedDenoi
     for start in range(0, len(indices), batch_size):
         batch = list(indices[start:start + batch_size])
         noise, y, generators = initial_noise_and_labels(seed, batch, shape, num_classes)
-        out = spec.run(denoisers, sampler, noise, y, generators, setting)
-        images.append(to_uint8_nhwc(out.samples))
+        out = spec.run(denoisers, sampler, noise.to(device), y.to(device), generators, setting)
+        out.samples = out.samples.float().cpu()
+        images.append(to_images(out.samples))
         labels.append(y.numpy())
         outputs.append(out)
         steps = out.steps_by_role(denoisers)
@@ -122,13 +155,28 @@ def _stack_ragged(blocks: Sequence[np.ndarray]) -> np.ndarray:
 
 def sample_shard(*, method: str, setting_values: dict, checkpoints: dict[str, str],
                  model_configs: dict[str, dict], sampling: dict, seed: int, num_samples: int,
-                 shard: int, num_shards: int, batch_size: int, output: str, log=print) -> None:
-    denoisers = load_denoisers(checkpoints, model_configs, sampling)
+                 shard: int, num_shards: int, batch_size: int, output: str, log=print,
+                 device: str | None = None, vae_info: str | None = None) -> None:
+    """One shard of a setting's samples. With `vae_info` (rule fetch_vae's record) the
+    samples are latents, decoded to images by that VAE."""
+    device = job_device(sampling, device)
+    denoisers = load_denoisers(checkpoints, model_configs, sampling, device)
+    to_images, decoder = to_uint8_nhwc, None
+    if vae_info is not None:
+        from .decoder import decode_to_uint8, load_vae
+
+        decoder = read_json(vae_info)
+        vae = load_vae(decoder, device)
+        to_images = lambda latents: decode_to_uint8(vae, latents, decoder["scale"])  # noqa: E731
     indices = shard_range(num_samples, shard, num_shards)
+    log(f"device {device}, precision {sampling.get('precision', 'fp32')}, "
+        f"tf32 {sampling.get('tf32', False)}, compile {sampling.get('compile', False)}")
     images, labels, steps, extras = generate(method, setting_values, denoisers, sampling, seed,
-                                             indices, *sample_geometry(model_configs), batch_size, log)
+                                             indices, *sample_geometry(model_configs), batch_size, log,
+                                             device=device, to_images=to_images)
     meta = {"method": method, "params": setting_values, "model_steps": steps, "seed": seed,
-            "sampling": sampling, "checkpoints": checkpoints}
+            "sampling": sampling, "checkpoints": checkpoints, "device": str(device),
+            "decoder": decoder}
     write_npz(output, images=images, labels=labels, indices=np.asarray(indices, dtype=np.int64),
               meta=np.asarray(json.dumps(meta, sort_keys=True)), **extras)
 

@@ -110,6 +110,24 @@ def load_plugins() -> dict[str, MethodSpec]:
     return dict(_REGISTRY)
 
 
+def register_aliases(methods_config: dict) -> None:
+    """Config entries with `plugin: <method>` run that method under their own name, e.g.
+    T-Stitch once per model pair. Called before any config lookup, in the workflow and in
+    every job (snakejob.job), since each job is a fresh process."""
+    registry = load_plugins()
+    for name, entry in methods_config.items():
+        plugin = entry.get("plugin")
+        if plugin is None or plugin == name:
+            continue
+        if plugin not in registry:
+            raise KeyError(f"config key methods.{name}.plugin: unknown method {plugin!r}; available "
+                           f"methods: {sorted(registry)}")
+        if name in registry and registry[name].run is not registry[plugin].run:
+            raise ValueError(f"config key methods.{name}: {name!r} is already a method of its own; "
+                             f"choose another name for this {plugin} entry")
+        _REGISTRY[name] = dataclasses.replace(registry[plugin], name=name)
+
+
 def get_method(name: str) -> MethodSpec:
     registry = load_plugins()
     if name not in registry:
@@ -120,12 +138,13 @@ def get_method(name: str) -> MethodSpec:
 
 def reference_run(method: str, setting_values: dict, baseline_values: dict | None) -> dict:
     """{"method", "params"} of the run a setting is measured against: the one its setting
-    names (a parallel sampler: the sequential sampler with its steps), else the method's
-    configured baseline setting."""
+    names (a parallel sampler: the sequential sampler with its steps), else the setting with
+    the method's configured baseline values put over it (T-Stitch's {ratio: 0.0}: the large
+    model alone, with the setting's own sampler and steps)."""
     setting = get_method(method).make_setting(setting_values)
     if hasattr(setting, "reference"):
         ref_method, ref_values = setting.reference()
         return {"method": ref_method, "params": ref_values}
     if baseline_values is None:
         raise ValueError(f"method {method!r} has no baseline: set methods.{method}.baseline")
-    return {"method": method, "params": baseline_values}
+    return {"method": method, "params": {**setting_values, **baseline_values}}

@@ -228,7 +228,9 @@ def save_reference_statistics(path: str | os.PathLike, stats: dict) -> None:
 def load_reference_statistics(path: str | os.PathLike) -> dict:
     """Read statistics written by save_reference_statistics (no pickle allowed)."""
     with np.load(path, allow_pickle=False) as data:
-        stats = {"mu": data["mu"], "sigma": data["sigma"], "num_images": int(data["num_images"])}
+        # ADM reference batches store mu/sigma (and the images) but no count
+        count = int(data["num_images"]) if "num_images" in data.files else None
+        stats = {"mu": data["mu"], "sigma": data["sigma"], "num_images": count}
     _check_gaussian(stats["mu"], stats["sigma"], "")
     return stats
 

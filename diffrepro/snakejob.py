@@ -14,6 +14,9 @@ def job(snakemake, torch_threads: int | None = None, uses_torch: bool = True):
     log_path = Path(snakemake.log[0])
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "w") as f, contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
+        from .methods import register_aliases
+
+        register_aliases(snakemake.config.get("methods", {}))
         if uses_torch:
             from .jobs import configure_runtime
 

@@ -17,7 +17,7 @@ import torch
 
 from .diffusion.sampling import initial_noise_and_labels
 from .io import write_json
-from .jobs import load_denoisers, sample_geometry, sampler_for
+from .jobs import job_device, load_denoisers, sample_geometry, sampler_for
 from .methods import get_method
 from .provenance import provenance
 
@@ -54,8 +54,8 @@ def time_setting(*, method: str, setting_values: dict, baseline: dict,
     timed right after it, and the overhead is the median of the per-pair ratios
     run / ideal - 1 (slow drifts cancel within a pair).
     """
-    device = torch.device("cpu")
-    denoisers = load_denoisers(checkpoints, model_configs, sampling)
+    device = job_device(sampling)
+    denoisers = load_denoisers(checkpoints, model_configs, sampling, device)
     spec, base_spec = get_method(method), get_method(baseline["method"])
     setting, base_setting = spec.make_setting(setting_values), base_spec.make_setting(baseline["params"])
     sampler, base_sampler = sampler_for(setting, sampling), sampler_for(base_setting, sampling)
@@ -64,7 +64,8 @@ def time_setting(*, method: str, setting_values: dict, baseline: dict,
     batch = list(range(timing["batch_size"]))
 
     def fresh_inputs():
-        return initial_noise_and_labels(seed, batch, shape, num_classes)
+        noise, labels, generators = initial_noise_and_labels(seed, batch, shape, num_classes)
+        return noise.to(device), labels.to(device), generators
 
     def timed_run(run_spec, run_sampler, which):
         """(seconds, method output) of one run; its inputs are drawn outside the timing."""

@@ -8,17 +8,28 @@ from dataclasses import dataclass
 from diffrepro.diffusion.schedule import NUM_TRAIN_TIMESTEPS
 from diffrepro.methods import MethodOutput, register_method
 
+SAMPLER_NAMES = ("ddim", "ddpm", "dpmsolver++")  # diffrepro.diffusion.samplers.SAMPLERS (no torch here)
+
 
 @dataclass(frozen=True)
 class TStitchSetting:
     ratio: float  # fraction of the trajectory (by original timestep) given to the small model
+    # The paper's samplers x steps figure: a setting may fix its own sampler and step count;
+    # None takes sampling.sampler / sampling.steps.
+    sampler: str | None = None
+    steps: int | None = None
 
     def __post_init__(self):
         if not 0.0 <= self.ratio <= 1.0:
             raise ValueError(f"tstitch ratio must be in [0, 1], got {self.ratio}")
+        if self.sampler is not None and self.sampler not in SAMPLER_NAMES:
+            raise ValueError(f"tstitch sampler must be one of {list(SAMPLER_NAMES)}, got {self.sampler!r}")
+        if self.steps is not None and not (isinstance(self.steps, int) and 2 <= self.steps <= 1000):
+            raise ValueError(f"tstitch steps must be an integer in [2, 1000], got {self.steps!r}")
 
     def id(self) -> str:
-        return f"r{self.ratio:g}"
+        prefix = f"{self.sampler or ''}{self.steps or ''}"
+        return f"{prefix}-r{self.ratio:g}" if prefix else f"r{self.ratio:g}"
 
 
 def uses_small_model(t: int, ratio: float, num_timesteps: int = NUM_TRAIN_TIMESTEPS) -> bool:

@@ -31,11 +31,7 @@ def test_shipped_configs_are_valid():
 
 @pytest.mark.parametrize("mutate, expected", [
     (lambda c: c["sampling"].update(sampler="euler"),
-     r"'euler' is not one of \['ddim', 'ddpm'\][\s\S]*\['sampling'\]\['sampler'\]"),
-    (lambda c: c["methods"]["tstitch"]["grid"]["ratio"].append(1.5),
-     r"1.5 is greater than the maximum of 1[\s\S]*\['ratio'\]"),
-    (lambda c: c["methods"]["tstitch"]["grid"]["ratio"].append(-0.1),
-     r"-0.1 is less than the minimum of 0"),
+     r"'euler' is not one of \['ddim', 'ddpm', 'dpmsolver\+\+'\][\s\S]*\['sampling'\]\['sampler'\]"),
     (lambda c: c["sampling"].update(num_samples=-5),
      r"-5 is less than the minimum of 1[\s\S]*\['sampling'\]\['num_samples'\]"),
     (lambda c: c["sampling"].pop("steps"), r"'steps' is a required property"),
@@ -46,6 +42,65 @@ def test_schema_errors_name_key_and_allowed_values(config, mutate, expected):
     mutate(bad)
     with pytest.raises(WorkflowError, match=expected):
         full_check(bad)
+
+
+@pytest.mark.parametrize("value", [1.5, -0.1])
+def test_a_ratio_outside_the_unit_interval_names_the_grid_key(config, value):
+    config["methods"]["tstitch"]["grid"]["ratio"].append(value)
+    with pytest.raises(ConfigError, match=rf"methods.tstitch.grid: tstitch ratio must be in \[0, 1\], got {value}"):
+        full_check(config)
+
+
+def test_a_samplers_by_steps_grid_is_measured_against_r0_with_the_same_sampler(config):
+    from diffrepro.config import reference_run
+
+    config["methods"]["tstitch"]["grid"] = [
+        {"sampler": ["ddpm", "dpmsolver++"], "steps": [10, 20], "ratio": [0.0, 0.4]},
+        {"sampler": ["ddim"], "steps": [100], "ratio": [0.0, 0.4]}]
+    full_check(config)
+    settings = method_settings(config, "tstitch")
+    assert "dpmsolver++20-r0.4" in settings and "ddim100-r0" in settings
+    assert reference_run(config, "tstitch", settings["dpmsolver++20-r0.4"]) == {
+        "method": "tstitch", "params": {"sampler": "dpmsolver++", "steps": 20, "ratio": 0.0}}
+    config["methods"]["tstitch"]["grid"][0]["ratio"] = [0.4]
+    with pytest.raises(ConfigError, match=r"methods.tstitch.baseline: setting .*'ddpm'.* is "
+                                          r"measured against .*not a point of the grid"):
+        full_check(config)
+
+
+def test_a_method_entry_may_run_a_plugin_under_its_own_name(config):
+    """T-Stitch once per model pair: `plugin: tstitch` under another name."""
+    from diffrepro.methods import get_method
+
+    config["methods"]["tstitch_large_small"] = {
+        "plugin": "tstitch", "models": {"small": "large", "large": "small"},
+        "baseline": {"ratio": 0.0}, "grid": {"ratio": [0.0, 0.5]}}
+    config["tables"]["pair"] = {"method": "tstitch_large_small", "paper": "dit_xl_b"}
+    full_check(config)
+    spec = get_method("tstitch_large_small")
+    assert spec.name == "tstitch_large_small" and spec.run is get_method("tstitch").run
+    config["methods"]["tstitch_large_small"]["plugin"] = "tstich"
+    with pytest.raises(ConfigError, match=r"methods.tstitch_large_small.plugin: unknown method 'tstich'"):
+        full_check(config)
+
+
+def test_the_paper_config_is_valid_and_standalone():
+    paper = yaml.safe_load((ROOT / "config/paper/tstitch_dit.yaml").read_text())
+    full_check(paper)
+    assert paper["standalone"] and paper["scoring"]["backend"] == "adm"
+    assert {m["source"]["url"] for m in paper["models"].values()} == {
+        "https://dl.fbaipublicfiles.com/DiT/models/DiT-XL-2-256x256.pt",
+        "gdrive:1YOSNrFbP36vHlPQPBosqZKbPLokymRuO", "gdrive:1HTqZSYXh6LJGLooko4LPFsCuwL2Wjg6r"}
+
+
+def test_digits_scoring_needs_the_classifier_and_adm_scoring_a_reference_batch(config):
+    bad = copy.deepcopy(config)
+    bad.pop("classifier")
+    with pytest.raises(ConfigError, match=r"config key classifier: the digits scoring backend"):
+        full_check(bad)
+    config["scoring"]["backend"] = "adm"
+    with pytest.raises(ConfigError, match=r"scoring.reference_batch: the adm scoring backend"):
+        full_check(config)
 
 
 def test_unknown_method_lists_available_methods(config):

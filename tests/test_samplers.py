@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from diffrepro.diffusion.guidance import GuidedDenoiser
-from diffrepro.diffusion.samplers import DDIMSampler, DDPMSampler
+from diffrepro.diffusion.samplers import DDIMSampler, DDPMSampler, DPMSolverPPSampler
 from diffrepro.diffusion.sampling import initial_noise_and_labels, sample_loop
 from diffrepro.diffusion.schedule import linear_betas, sampling_timesteps, space_timesteps
 from methods.tstitch import uses_small_model
@@ -127,3 +127,38 @@ def test_guidance_only_on_first_channels(tiny_models):
     uncond = model(x, torch.full((2,), 500), torch.full((2,), 10))
     torch.testing.assert_close(out[:, :1], uncond[:, :1] + 4.0 * (cond[:, :1] - uncond[:, :1]))
     torch.testing.assert_close(out[:, 1:], cond[:, 1:])  # variance from the conditional half
+
+
+def test_dpm_solver_pp_2m_matches_independent_reference(tiny_models):
+    """DPM-Solver++(2M) (Lu et al. 2022, Alg. 2, data prediction) on diffusers' linspace
+    timesteps, first order at the first and the last step (the last goes to sigma = 0)."""
+    steps, seed = 8, 2
+    denoiser = GuidedDenoiser(tiny_models["large"], cfg_scale=1.5)
+    noise, y, _ = initial_noise_and_labels(seed, range(3), (1, 8, 8), 10)
+    sampler = DPMSolverPPSampler(steps)
+    timesteps = [int(t) for t in np.linspace(0, 999, steps + 1).round()[::-1][:-1]]
+    assert sampler.timesteps == timesteps
+    ours, _ = sample_loop(sampler, lambda i, t: ("m", denoiser), noise, y)
+
+    abar = np.cumprod(1.0 - linear_betas(1000))
+    alpha = lambda t: np.sqrt(abar[t])  # noqa: E731
+    sigma = lambda t: np.sqrt(1 - abar[t])  # noqa: E731
+    lam = lambda t: np.log(alpha(t) / sigma(t))  # noqa: E731
+    x = noise.double().numpy()
+    previous_x0, previous_h = None, None
+    for i, t in enumerate(timesteps):
+        eps = _model_output(denoiser, x, t, y)[:, :1]
+        x0 = (x - sigma(t) * eps) / alpha(t)
+        if i == steps - 1:  # to sigma = 0: the solution is the data prediction itself
+            x = x0
+            break
+        s = timesteps[i + 1]
+        h = lam(s) - lam(t)
+        if previous_x0 is None:
+            d = x0
+        else:
+            r = previous_h / h
+            d = (1 + 1 / (2 * r)) * x0 - 1 / (2 * r) * previous_x0
+        x = sigma(s) / sigma(t) * x - alpha(s) * np.expm1(-h) * d
+        previous_x0, previous_h = x0, h
+    np.testing.assert_allclose(ours.double().numpy(), x, rtol=0, atol=2e-4)

@@ -54,7 +54,7 @@ def test_noise_and_labels_depend_only_on_seed_and_index():
     assert not torch.equal(a[:1], c)
 
 
-@pytest.mark.parametrize("sampler", ["ddim", "ddpm"])
+@pytest.mark.parametrize("sampler", ["ddim", "ddpm", "dpmsolver++"])
 def test_samples_do_not_depend_on_batch_size(tiny_denoisers, sampler):
     sampling = {"sampler": sampler, "steps": 10}
     args = ("tstitch", {"ratio": 0.5}, tiny_denoisers, sampling, 11, range(6), (1, 8, 8), 10)

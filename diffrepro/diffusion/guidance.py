@@ -16,11 +16,20 @@ class GuidedDenoiser:
     DiT's sample.py does.
     """
 
-    def __init__(self, model: nn.Module, cfg_scale: float, guided_channels: int = 3):
+    def __init__(self, model: nn.Module, cfg_scale: float, guided_channels: int = 3,
+                 autocast: torch.dtype | None = None):
         self.model = model
         self.cfg_scale = cfg_scale
         self.guided_channels = guided_channels
-        self.null_label = model.null_label
+        # bf16/fp16 (opt-in): the network runs under autocast, the sampler stays in float32
+        self.autocast = autocast
+        self.null_label = model.null_label  # a torch.compile wrapper forwards attributes
+
+    def _forward(self, x, t, y):
+        if self.autocast is None:
+            return self.model(x, t, y)
+        with torch.autocast(x.device.type, dtype=self.autocast):
+            return self.model(x, t, y).float()
 
     @property
     def batch_multiplier(self) -> int:
@@ -31,8 +40,8 @@ class GuidedDenoiser:
         n = x.shape[0]
         t = torch.as_tensor(t, device=x.device).expand(n)
         if self.batch_multiplier == 1:
-            return self.model(x, t, y)
-        out = self.model(torch.cat([x, x]), torch.cat([t, t]),
+            return self._forward(x, t, y)
+        out = self._forward(torch.cat([x, x]), torch.cat([t, t]),
                          torch.cat([y, torch.full_like(y, self.null_label)]))
         g = min(self.guided_channels, x.shape[1])
         cond, uncond = out[:n], out[n:]

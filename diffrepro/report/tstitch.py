@@ -108,12 +108,12 @@ def _check_ours(ours: pd.DataFrame) -> None:
 
 
 def _paper_columns(paper_df: pd.DataFrame) -> pd.DataFrame:
-    paper = paper_df[["ratio", "fid", "time_s"]].astype(float)
+    paper = paper_df[[c for c in ("ratio", "fid", "time_s") if c in paper_df]].astype(float)
     paper = paper.rename(columns={"fid": "paper_fid", "time_s": "paper_time_s"})
+    if "paper_time_s" not in paper:  # some published curves give FID only (other model pairs)
+        paper["paper_time_s"] = math.nan
     base = _value_at(paper, 0.0, "paper_time_s")
-    if base is None:
-        raise ValueError("paper table has no time at r=0: cannot compute its speed-ups")
-    paper["paper_speedup"] = base / paper["paper_time_s"]
+    paper["paper_speedup"] = math.nan if base is None else base / paper["paper_time_s"]
     paper["_key"] = [_grid_key(r) for r in paper["ratio"]]
     return paper.drop(columns="ratio")
 
@@ -191,15 +191,15 @@ def _markdown_frame(df: pd.DataFrame, labels: Mapping[str, str]) -> pd.DataFrame
     )
 
 
-def table_markdown(df: pd.DataFrame, *, labels: Mapping[str, str], setting_note: str) -> str:
+def table_markdown(df: pd.DataFrame, *, labels: Mapping[str, str], setting_note: str,
+                   paper_note: str = PAPER_NOTE) -> str:
     lines = [
         "# T-Stitch: stitch ratio sweep (small model for the first r of the steps)",
         "",
         f"- **ours**: {setting_note}. Metrics: {_label(labels, 'fid')}; "
         f"{_label(labels, 'inception_score')}; {_label(labels, 'class_accuracy')}.",
-        f"- **paper**: {PAPER_NOTE}.",
-        "- Absolute FIDs are not comparable between the two groups (different feature networks "
-        "and data); compare the shapes: FID and time relative to r = 0.",
+        f"- **paper**: {paper_note}.",
+        _comparability(labels),
         "- ours: speed-up = median over repeats of time(r = 0) / time(r), the two runs made side by "
         "side in one process (the machine's speed drifts between jobs); time = median of repeats; "
         "paper: speed-up = time at r = 0 / time at r. Overhead vs ideal = measured against ideal time "
@@ -220,11 +220,20 @@ def write_table(
     *,
     labels: Mapping[str, str],
     setting_note: str,
+    paper_note: str = PAPER_NOTE,
 ) -> None:
     """Write the table as CSV (machine) and Markdown (people), each atomically."""
     # 10 significant digits: full measurement precision without float noise like 0.0100000000000009.
     write_text(csv_path, df.to_csv(index=False, float_format="%.10g"))
-    write_text(md_path, table_markdown(df, labels=labels, setting_note=setting_note))
+    write_text(md_path, table_markdown(df, labels=labels, setting_note=setting_note, paper_note=paper_note))
+
+
+def _comparability(labels: Mapping[str, str]) -> str:
+    if "Inception" in _label(labels, "fid"):
+        return ("- Both groups use Inception FID the ADM evaluator's way, so absolute FIDs are "
+                "comparable; times are not (different hardware): compare speed-ups.")
+    return ("- Absolute FIDs are not comparable between the two groups (different feature networks "
+            "and data); compare the shapes: FID and time relative to r = 0.")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -452,7 +461,7 @@ def claims(df: pd.DataFrame) -> list[dict[str, str]]:
     ]
 
 
-def claims_markdown(df: pd.DataFrame, setting_note: str) -> str:
+def claims_markdown(df: pd.DataFrame, setting_note: str, paper_note: str = PAPER_NOTE) -> str:
     found = claims(df)
     rows = pd.DataFrame(
         {
@@ -466,7 +475,7 @@ def claims_markdown(df: pd.DataFrame, setting_note: str) -> str:
         "## T-Stitch claims: paper vs ours",
         "",
         f"- **ours**: {setting_note}.",
-        f"- **paper**: {PAPER_NOTE}.",
+        f"- **paper**: {paper_note}.",
         "- Verdicts are computed from the numbers with the rules below, fixed before the runs. "
         "Absolute FIDs differ in feature network and data, so only relative numbers are judged.",
         "",

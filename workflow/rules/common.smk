@@ -1,6 +1,7 @@
 import json
+import re
 
-from diffrepro.config import (is_training_table, method_num_samples, method_num_shards,
+from diffrepro.config import (compute_settings, is_training_table, method_num_samples, method_num_shards,
                               method_timing, reference_run, table_kind, table_methods)
 from diffrepro.report.paper import paper_short_name
 # Paths and parameter helpers shared by the rule files.
@@ -87,9 +88,42 @@ def setting_values(wildcards):
 
 
 def sampling_params():
-    """What changes the samples (batch size does not: noise is drawn per image)."""
+    """What changes the samples (batch size does not: noise is drawn per image), with the
+    compute options: precision, TF32 and compile change the numbers, so they are part of it."""
     s = config["sampling"]
-    return as_param({k: s[k] for k in ("sampler", "steps", "cfg_scale", "guided_channels")})
+    return as_param({**{k: s[k] for k in ("sampler", "steps", "cfg_scale", "guided_channels")},
+                     **compute_settings(config)})
+
+
+# Files the DAG downloads (rule `download`): published checkpoints and reference batches.
+DOWNLOADS = "resources/downloads"
+REMOTE_FILES = {
+    **{m["source"]["file"]: m["source"] for m in config["models"].values() if "source" in m},
+    **({config["scoring"]["reference_batch"]["file"]: config["scoring"]["reference_batch"]}
+       if "reference_batch" in config["scoring"] else {}),
+}
+TRAINED_MODELS = [name for name, m in config["models"].items() if "train" in m]
+PUBLISHED_MODELS = [name for name, m in config["models"].items() if "source" in m]
+SCORING_BACKEND = config["scoring"].get("backend", "digits")
+
+
+def downloads_lock():
+    return config.get("downloads", {}).get("lock", "config/paper/downloads.lock.json")
+
+
+def reference_statistics_path():
+    """Real-data feature statistics (mu, sigma): the ADM reference batch, or the digits'."""
+    if SCORING_BACKEND == "adm":
+        return f"{DOWNLOADS}/{config['scoring']['reference_batch']['file']}"
+    return f"{RESULTS}/reference/digits_stats.npz"
+
+
+def sample_inputs(wildcards):
+    """The method's checkpoints and, for a latent-space suite, the VAE record."""
+    inputs = method_checkpoints(wildcards)
+    if "decoder" in config:
+        inputs["vae_info"] = f"{CHECKPOINTS}/vae.json"
+    return inputs
 
 
 def shards_of(method, setting):
@@ -100,11 +134,10 @@ def shards_of(method, setting):
 def score_inputs(wildcards):
     """The setting's shards and, to compare image by image, its reference run's."""
     ref_method, ref_setting = reference_id(wildcards.method, wildcards.setting)
-    inputs = {
-        "shards": shards_of(wildcards.method, wildcards.setting),
-        "classifier": f"{CHECKPOINTS}/digits_cnn.safetensors",
-        "reference": f"{RESULTS}/reference/digits_stats.npz",
-    }
+    inputs = {"shards": shards_of(wildcards.method, wildcards.setting),
+              "reference": reference_statistics_path()}
+    if SCORING_BACKEND == "digits":
+        inputs["classifier"] = f"{CHECKPOINTS}/digits_cnn.safetensors"
     if (ref_method, ref_setting) != (wildcards.method, wildcards.setting):
         inputs["reference_shards"] = shards_of(ref_method, ref_setting)
     return inputs
@@ -136,6 +169,12 @@ def table_outputs(name):
     return outputs
 
 
+def tables_of_kind(kind):
+    """Outputs of every configured table of this kind (a paper config has one per model pair)."""
+    return [path for name, entry in config["tables"].items() if table_kind(entry) == kind
+            for path in table_outputs(name)]
+
+
 def report_category(wildcards):
     """The HTML report groups results by paper: the short name of the paper the table
     reproduces."""
@@ -156,7 +195,7 @@ def table_inputs(wildcards):
         "scores": [f"{RESULTS}/scores/{m}/{s}.json" for m, s in rows],
         "timings": [f"{RESULTS}/timing/{m}/{s}.json" for m, s in rows],
         "features": [f"{RESULTS}/scores/{m}/{s}.features.npz" for m, s in rows],
-        "reference": f"{RESULTS}/reference/digits_stats.npz",
+        "reference": reference_statistics_path(),
         "paper": f"reports/paper/{kind}.yaml",
     }
 

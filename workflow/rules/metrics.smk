@@ -5,7 +5,7 @@ rule train_classifier:
         checksum=f"{CHECKPOINTS}/digits_cnn.safetensors.sha256",
         info=f"{CHECKPOINTS}/digits_cnn.json",
     params:
-        classifier=as_param(config["classifier"]),
+        classifier=as_param(config.get("classifier")),
     threads: config["threads"]
     resources:
         **job_resources("train_classifier"),

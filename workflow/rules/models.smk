@@ -1,9 +1,13 @@
-# The checkpoint step of the embedded suite: train each denoiser (seeded, resumable).
+# The checkpoint step. The embedded suite trains each denoiser (seeded, resumable); a paper
+# suite downloads the published checkpoints, verifies them against the lock file and converts
+# them to checksummed safetensors with the official keys unchanged.
 rule train_denoiser:
     output:
         checkpoint=f"{CHECKPOINTS}/{{model}}.safetensors",
         checksum=f"{CHECKPOINTS}/{{model}}.safetensors.sha256",
         summary=f"{CHECKPOINTS}/{{model}}.train.json",
+    wildcard_constraints:
+        model=names_pattern(TRAINED_MODELS),
     params:
         model_config=lambda w: as_param(config["models"][w.model]["config"]),
         train=lambda w: as_param(config["models"][w.model]["train"]),
@@ -16,3 +20,63 @@ rule train_denoiser:
         f"{LOGS}/train_denoiser/{{model}}.log",
     script:
         "../scripts/train_denoiser.py"
+
+
+# Resumable (a .part file survives a killed job), retried, verified against the committed
+# lock file; with downloads off it fails at once naming the URL and where to put the file.
+rule download:
+    output:
+        f"{DOWNLOADS}/{{file}}",
+    wildcard_constraints:
+        file=names_pattern([re.escape(f) for f in REMOTE_FILES]),
+    params:
+        url=lambda w: REMOTE_FILES[w.file]["url"],
+        lock=downloads_lock(),
+        retries=config.get("downloads", {}).get("retries", 5),
+    threads: 1
+    resources:
+        **job_resources("download"),
+    log:
+        f"{LOGS}/download/{{file}}.log",
+    script:
+        "../scripts/download.py"
+
+
+rule convert_checkpoint:
+    input:
+        lambda w: f"{DOWNLOADS}/{config['models'][w.model]['source']['file']}",
+    output:
+        checkpoint=f"{CHECKPOINTS}/{{model}}.safetensors",
+        checksum=f"{CHECKPOINTS}/{{model}}.safetensors.sha256",
+    wildcard_constraints:
+        model=names_pattern(PUBLISHED_MODELS),
+    params:
+        model_config=lambda w: as_param(config["models"][w.model]["config"]),
+        url=lambda w: config["models"][w.model]["source"]["url"],
+    threads: 1
+    resources:
+        **job_resources("convert_checkpoint"),
+    conda:
+        "../../environment.yml"
+    log:
+        f"{LOGS}/convert_checkpoint/{{model}}.log",
+    script:
+        "../scripts/convert_checkpoint.py"
+
+
+# The VAE of a latent-space suite, resolved once (cache, local path or download) and pinned
+# by its weights' sha256, which every sampling job verifies.
+rule fetch_vae:
+    output:
+        f"{CHECKPOINTS}/vae.json",
+    params:
+        decoder=as_param(config.get("decoder")),
+    threads: 1
+    resources:
+        **job_resources("fetch_vae"),
+    conda:
+        "../../environment.yml"
+    log:
+        f"{LOGS}/fetch_vae.log",
+    script:
+        "../scripts/fetch_vae.py"

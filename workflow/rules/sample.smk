@@ -1,7 +1,7 @@
 # Samples for scoring: one job per (method, setting, shard), per-image seeds.
 rule sample:
     input:
-        unpack(method_checkpoints),
+        unpack(sample_inputs),
     output:
         f"{RESULTS}/samples/{{method}}/{{setting}}/shard-{{shard}}.npz",
     params:

@@ -7,7 +7,8 @@ from diffrepro.snakejob import job
 
 with job(snakemake) as log:
     sample_shard(method=snakemake.wildcards.method, setting_values=json.loads(snakemake.params.setting),
-                 checkpoints=dict(snakemake.input), model_configs=json.loads(snakemake.params.model_configs),
+                 checkpoints={role: path for role, path in snakemake.input.items() if role != "vae_info"},
+                 vae_info=snakemake.input.get("vae_info"), model_configs=json.loads(snakemake.params.model_configs),
                  sampling=json.loads(snakemake.params.sampling), seed=snakemake.params.seed,
                  num_samples=snakemake.params.num_samples, shard=int(snakemake.wildcards.shard),
                  num_shards=snakemake.params.num_shards,

@@ -23,6 +23,9 @@ with job(snakemake, torch_threads=1):
         write_text(out.claims, parataa.claims_markdown(table, note))
     else:
         published = paper.load_paper_table(snakemake.input.paper, snakemake.params.paper_table)
+        source = paper.paper_source(snakemake.input.paper, snakemake.params.paper_table)
+        paper_note = f"{source['description']} ({source['source']})"
         table = tstitch.build_table(records, published)
-        tstitch.write_table(table, out.csv, out.md, labels=labels, setting_note=note)
-        write_text(out.claims, tstitch.claims_markdown(table, note))
+        tstitch.write_table(table, out.csv, out.md, labels=labels, setting_note=note,
+                            paper_note=paper_note)
+        write_text(out.claims, tstitch.claims_markdown(table, note, paper_note))

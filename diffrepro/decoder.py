@@ -1,0 +1,83 @@
+"""The VAE that turns latent samples into images (DiT: stabilityai/sd-vae-ft-ema).
+
+Loaded through diffusers from a local directory or the Hugging Face cache. Rule `fetch_vae`
+resolves it once (downloading only when the config allows) and records the weights' sha256;
+sampling jobs load that directory and verify the hash, so every shard decodes with the same VAE.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .checkpoints import verify
+from .io import sha256_file, write_json
+
+WEIGHTS_FILE = "diffusion_pytorch_model.safetensors"
+
+
+class ModelUnavailable(RuntimeError):
+    pass
+
+
+def _unavailable(model: str, why: str) -> ModelUnavailable:
+    return ModelUnavailable(
+        f"VAE {model!r} is not available: {why}. Either let the workflow download it "
+        f"(config `allow_downloads: true`, with network), or fetch it on a machine with network "
+        f"(`huggingface-cli download {model} --local-dir DIR`, or diffusers' "
+        f"AutoencoderKL.from_pretrained('{model}').save_pretrained(DIR)), copy DIR here and set "
+        f"the config key `decoder.path: DIR`.")
+
+
+def resolve_vae(decoder: dict, allow_downloads: bool) -> Path:
+    """The directory holding the VAE's config.json and safetensors weights."""
+    model = decoder["model"]
+    if decoder.get("path"):
+        directory = Path(decoder["path"]).expanduser().resolve()
+        if not (directory / "config.json").exists() or not (directory / WEIGHTS_FILE).exists():
+            raise _unavailable(model, f"decoder.path {directory} has no config.json and {WEIGHTS_FILE}")
+        return directory
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    offline = not allow_downloads or os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0")
+    try:
+        directory = snapshot_download(model, allow_patterns=["config.json", WEIGHTS_FILE],
+                                      local_files_only=offline)
+    except LocalEntryNotFoundError:
+        raise _unavailable(model, "it is not in the Hugging Face cache and downloads are off "
+                                  "(allow_downloads is false or HF_HUB_OFFLINE=1)") from None
+    except Exception as err:  # network errors, a gated or renamed repository
+        raise _unavailable(model, f"the download failed ({type(err).__name__}: {err})") from None
+    return Path(directory)
+
+
+def fetch_vae_job(*, decoder: dict, allow_downloads: bool, output: str, log=print) -> dict:
+    directory = resolve_vae(decoder, allow_downloads)
+    info = {"model": decoder["model"], "directory": str(directory), "weights": WEIGHTS_FILE,
+            "sha256": sha256_file(directory / WEIGHTS_FILE), "scale": decoder["scale"]}
+    log(f"VAE {info['model']}: {directory} (sha256 {info['sha256']})")
+    write_json(output, info)
+    return info
+
+
+def load_vae(info: dict, device: torch.device | str = "cpu"):
+    """The VAE recorded by fetch_vae_job, after checking its weights are the recorded ones."""
+    from diffusers import AutoencoderKL
+
+    directory = Path(info["directory"])
+    verify(directory / info["weights"], info["sha256"])
+    vae = AutoencoderKL.from_pretrained(directory, use_safetensors=True)
+    return vae.to(device).eval().requires_grad_(False)
+
+
+@torch.no_grad()
+def decode_to_uint8(vae, latents: torch.Tensor, scale: float) -> np.ndarray:
+    """(N, H, W, 3) uint8 images, as DiT's sample.py: decode z / scale, then
+    clamp(127.5 x + 128) truncated to uint8."""
+    images = vae.decode(latents.to(vae.device, vae.dtype) / scale).sample.float()
+    images = torch.clamp(127.5 * images + 128.0, 0, 255).permute(0, 2, 3, 1)
+    return images.to("cpu", dtype=torch.uint8).numpy()

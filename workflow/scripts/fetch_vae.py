@@ -1,0 +1,11 @@
+"""Rule `fetch_vae`: see workflow/rules/models.smk."""
+
+import json
+
+from diffrepro.decoder import fetch_vae_job
+from diffrepro.snakejob import job
+
+with job(snakemake) as log:
+    fetch_vae_job(decoder=json.loads(snakemake.params.decoder),
+                  allow_downloads=snakemake.config.get("allow_downloads", False),
+                  output=snakemake.output[0], log=log)
