@@ -60,6 +60,8 @@ localrules:
     convergence_plot,
     reproduce_all,
     reproduce_tstitch_table,
+    reproduce_tstitch_pairs,
+    reproduce_tstitch3_table,
     reproduce_parataa_table,
     reproduce_speedit_curve,
     reproduce_immiscible_table,
@@ -73,9 +75,22 @@ rule reproduce_all:
     default_target: True
 
 
+# The main T-Stitch table (DiT-S -> DiT-XL in a paper config), then the other model pairs and
+# the three-model allocations.
 rule reproduce_tstitch_table:
     input:
-        tables_of_kind("tstitch"),
+        table_outputs("tstitch") if "tstitch" in config["tables"] else [],
+
+
+rule reproduce_tstitch_pairs:
+    input:
+        [path for name, entry in config["tables"].items()
+         if name != "tstitch" and table_kind(entry) == "tstitch" for path in table_outputs(name)],
+
+
+rule reproduce_tstitch3_table:
+    input:
+        tables_of_kind("tstitch3"),
 
 
 rule reproduce_parataa_table:

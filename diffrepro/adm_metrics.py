@@ -167,6 +167,14 @@ def load_inception(weights_path: str | Path | None = None, device: str | torch.d
     if expected_sha256 is not None and digest != expected_sha256.lower():
         raise ValueError(f"Inception weights {path} have sha256 {digest}, "
                          f"expected {expected_sha256}")
+    # torch-fidelity reads the file with torch.load(weights_only=False). Loading it first with
+    # weights_only=True refuses any file that would run code on unpickling; one that passes
+    # holds only tensors and containers, so the second, unrestricted read is the same.
+    try:
+        torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise ValueError(f"Inception weights {path} are not a plain state dict of tensors "
+                         f"({type(err).__name__}: {err}); {_missing_weights_message(path)}") from None
     # Internal dtype float32, as the TF graph computes.
     model = FeatureExtractorInceptionV3(TORCH_FIDELITY_NAME, list(FEATURES_LIST),
                                         feature_extractor_weights_path=str(path))
@@ -190,13 +198,25 @@ def _check_images(images: np.ndarray) -> np.ndarray:
     return images
 
 
+@contextlib.contextmanager
+def _full_float32() -> Iterator[None]:
+    """TF32 off while the network runs: the TF graph computes in full float32, and PyTorch's
+    cuDNN convolutions default to TF32 on Ampere and later GPUs (~1e-3 relative error)."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
 def inception_features(extractor: InceptionExtractor,
                        images: np.ndarray | Iterable[np.ndarray],
                        batch_size: int = 100) -> dict[str, np.ndarray]:
     """pool_3, spatial and IS logits of uint8 NHWC images (one array or an iterable of arrays).
 
     Returns float64 arrays: "pool" (N, 2048), "spatial" (N, 2023, TF NHWC order),
-    "logits" (N, 1008, no bias). The network itself runs in float32.
+    "logits" (N, 1008, no bias). The network itself runs in float32 (TF32 disabled).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
@@ -212,7 +232,7 @@ def inception_features(extractor: InceptionExtractor,
     pools, spatials, logits = [], [], []
     hook = model.get_submodule(SPATIAL_MODULE).register_forward_hook(grab_spatial)
     try:
-        with torch.inference_mode():
+        with torch.inference_mode(), _full_float32():
             for chunk in chunks:
                 chunk = _check_images(chunk)
                 for start in range(0, len(chunk), batch_size):
@@ -647,8 +667,9 @@ def adm_scores(images: np.ndarray | str | Path, reference_npz: str | Path,
     """FID, sFID, IS, precision and recall of uint8 NHWC samples, as the ADM evaluator.
 
     `images` is an array or the path of a sample batch .npz (its arr_0 is streamed in
-    batches). Returns {"fid", "sfid", "inception_score", "precision", "recall",
-    "num_samples", "provenance"}.
+    batches; unlike the evaluator, which would take a sample .npz's own stored mu/sigma if it
+    had them, the statistics always come from the images). Returns {"fid", "sfid",
+    "inception_score", "precision", "recall", "num_samples", "provenance"}.
     """
     if isinstance(images, (str, Path)):
         sample_source: dict[str, Any] = {"path": str(Path(images).resolve()),

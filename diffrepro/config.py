@@ -14,7 +14,7 @@ from .methods import MethodSpec, load_plugins, register_aliases
 from .methods import reference_run as _reference_run_of
 from .report.paper import PAPER_DIR, load_paper_table
 
-TABLE_KINDS = ("tstitch", "parataa", "speedit", "immiscible")
+TABLE_KINDS = ("tstitch", "tstitch3", "parataa", "speedit", "immiscible")
 # Tables of training methods (metric against iterations) rather than of sampling settings.
 TRAINING_TABLE_KINDS = ("speedit", "immiscible")
 
@@ -81,7 +81,7 @@ def is_training_table(entry: dict) -> bool:
 
 def table_methods(entry: dict) -> list[str]:
     """The methods whose settings (or, for a training table, whose training runs) a table reports."""
-    if table_kind(entry) == "tstitch":
+    if table_kind(entry) in ("tstitch", "tstitch3"):
         return [entry["method"]]
     return list(entry["methods"])
 

@@ -267,37 +267,93 @@ def reference_stats_job(*, classifier_path: str, output: str) -> None:
     metrics.save_reference_statistics(output, stats)
 
 
-def score_setting(*, shards: Sequence[str], classifier_path: str, reference_path: str,
-                  scoring: dict, config: dict, output: str, features_output: str,
-                  reference_run: dict | None = None, reference_shards: Sequence[str] = (),
-                  log=print) -> dict:
+ADM_LABELS = {
+    "fid": "FID-Inception (ADM evaluator protocol)",
+    "sfid": "sFID (ADM)",
+    "inception_score": "IS (Inception, ADM)",
+    "precision": "precision (ADM, k=3)",
+    "recall": "recall (ADM, k=3)",
+    "class_accuracy": "class accuracy (not computed)",
+    "features": "Inception-v3 pool_3 (torch-fidelity's TF port), 2048-d",
+}
+
+
+def _digits_scores(images, labels, *, classifier_path, reference_path, scoring):
+    """(metrics, labels, files, provenance extras, features kept for paired comparisons)."""
     from .models.classifier import load_classifier
 
-    images, labels, meta = read_shards(shards)
     classifier = load_classifier(classifier_path)
     ref = metrics.load_reference_statistics(reference_path)
     features, probs = metrics.classifier_outputs(classifier, images)
     scores = metrics.score_features(features, probs, labels, ref, is_splits=scoring["is_splits"],
                                     bootstrap_reps=scoring["bootstrap_reps"], seed=scoring["seed"])
+    extra = {"fid_implementation": metrics.FID_IMPLEMENTATION,
+             "fid_mode": "digits-CNN penultimate features vs. all 1797 real digits (uint8)"}
+    files = {"classifier": classifier_path, "reference_statistics": reference_path}
+    return scores, metrics.metric_labels(), files, extra, features
+
+
+def _adm_scores(images, labels, *, reference_path, scoring, device):
+    """The ADM evaluator's metrics with the TF-ported Inception (diffrepro.adm_metrics)."""
+    from . import adm_metrics
+
+    extractor = adm_metrics.load_inception(scoring.get("inception_weights"), device)
+    features = adm_metrics.inception_features(extractor, images)
+    scores = adm_metrics.scores_from_features(features, reference_path, extractor,
+                                              fid_method=scoring.get("fid_method", "sqrtm"))
+    ref = metrics.load_reference_statistics(reference_path)
+    scores["fid_bootstrap_se"] = metrics.fid_bootstrap_se(
+        features["pool"], ref["mu"], ref["sigma"], reps=scoring["bootstrap_reps"], seed=scoring["seed"],
+        distance=bootstrap_distance(scoring))
+    extra = {"fid_implementation": scores["provenance"]["implementation"],
+             "fid_mode": scores["provenance"]["mode"], "adm": scores.pop("provenance")}
+    files = {"reference_batch": reference_path, "inception_weights": extra["adm"]["weights_path"]}
+    return scores, ADM_LABELS, files, extra, features["pool"]
+
+
+def bootstrap_distance(scoring: dict):
+    """The Frechet distance for bootstrap errors: the ADM backend's 2048-d statistics use its
+    exact factored form (fast when the resampled covariance has low rank); None: our default."""
+    if scoring.get("backend", "digits") != "adm":
+        return None
+    from functools import partial
+
+    from .adm_metrics import frechet_distance
+
+    return partial(frechet_distance, method="factored")
+
+
+def score_setting(*, shards: Sequence[str], reference_path: str, scoring: dict, config: dict,
+                  output: str, features_output: str, classifier_path: str | None = None,
+                  reference_run: dict | None = None, reference_shards: Sequence[str] = (),
+                  log=print) -> dict:
+    images, labels, meta = read_shards(shards)
+    if scoring.get("backend", "digits") == "adm":
+        # Inception features in full float32: TF32 would change them
+        device = job_device({"device": config.get("compute", {}).get("device", "auto"), "tf32": False})
+        scores, labels_text, files, extra, features = _adm_scores(
+            images, labels, reference_path=reference_path, scoring=scoring, device=device)
+    else:
+        scores, labels_text, files, extra, features = _digits_scores(
+            images, labels, classifier_path=classifier_path, reference_path=reference_path,
+            scoring=scoring)
     # Kept for paired comparisons between settings (same noise and labels row by row).
     write_npz(features_output, features=features, labels=labels)
     spec = get_method(meta["method"])
-    files = {"classifier": classifier_path, "reference_statistics": reference_path,
-             **{f"checkpoint:{role}": path for role, path in meta["checkpoints"].items()}}
+    files.update({f"checkpoint:{role}": path for role, path in meta["checkpoints"].items()})
     setting = spec.make_setting(meta["params"])
     result = {
         "method": meta["method"], "setting": spec.setting_id(setting),
         "params": dataclasses.asdict(setting),
         "metrics": {k: v for k, v in scores.items() if k != "num_samples"},
-        "labels": metrics.metric_labels(), "num_samples": scores["num_samples"],
+        "labels": labels_text, "num_samples": scores["num_samples"],
         "model_steps": meta["model_steps"], "network_evaluations": sum(meta["model_steps"].values()),
         "sampling": meta["sampling"],
         "provenance": provenance(config, seeds={"sampling_seed": meta["seed"],
                                                 "scoring_seed": scoring["seed"]},
-                                 files=files, extra={"fid_implementation": metrics.FID_IMPLEMENTATION,
-                                                     "fid_mode": "digits-CNN penultimate features "
-                                                                 "vs. all 1797 real digits (uint8)",
-                                                     "num_samples": scores["num_samples"]}),
+                                 files=files, extra={**extra, "num_samples": scores["num_samples"],
+                                                     "sampling_device": meta.get("device", "cpu"),
+                                                     "decoder": meta.get("decoder")}),
     }
     extras = read_shard_extras(shards)
     parallel = parallel_summary(extras, steps_for(setting, meta["sampling"]))
@@ -314,14 +370,15 @@ def score_setting(*, shards: Sequence[str], classifier_path: str, reference_path
         if itself or reference_shards:
             reference_samples = extras if itself else read_shard_extras(reference_shards)
             result["deviation"] = deviation_from(extras["samples"], reference_samples["samples"])
-    log(f"{result['method']} {result['setting']}: FID {scores['fid']:.3f} IS "
-        f"{scores['inception_score']:.3f} acc {scores['class_accuracy']:.3f}")
+    log(f"{result['method']} {result['setting']}: " + ", ".join(
+        f"{name} {scores[name]:.4g}" for name in ("fid", "sfid", "inception_score", "precision",
+                                                   "recall", "class_accuracy") if name in scores))
     write_json(output, result)
     return result
 
 
 def attach_paired_fid_se(records: list[dict], feature_paths: Sequence[str], reference_path: str,
-                         *, reps: int, seed: int) -> None:
+                         *, reps: int, seed: int, distance=None) -> None:
     """Add metrics['fid_diff_se']: paired bootstrap SE of FID(setting) - FID(its reference),
     the run named by the record's 'reference' (same noise and labels row by row)."""
     ref = metrics.load_reference_statistics(reference_path)
@@ -334,7 +391,7 @@ def attach_paired_fid_se(records: list[dict], feature_paths: Sequence[str], refe
                              f"{key[1]} is not among the table's settings; add it to the grid")
         record["metrics"]["fid_diff_se"] = metrics.paired_fid_difference_se(
             features[(record["method"], record["setting"])], features[key], ref["mu"], ref["sigma"],
-            reps=reps, seed=seed)
+            reps=reps, seed=seed, distance=distance)
 
 
 def merge_records(score_paths: Sequence[str], timing_paths: Sequence[str]) -> list[dict]:

@@ -6,7 +6,7 @@ from diffrepro.jobs import score_setting
 from diffrepro.snakejob import job
 
 with job(snakemake) as log:
-    score_setting(shards=list(snakemake.input.shards), classifier_path=snakemake.input.classifier,
+    score_setting(shards=list(snakemake.input.shards), classifier_path=snakemake.input.get("classifier"),
                   reference_path=snakemake.input.reference, scoring=json.loads(snakemake.params.scoring),
                   config=snakemake.config, output=snakemake.output.scores,
                   features_output=snakemake.output.features,

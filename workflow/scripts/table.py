@@ -3,8 +3,8 @@
 import json
 
 from diffrepro.io import write_text
-from diffrepro.jobs import attach_paired_fid_se, merge_records
-from diffrepro.report import paper, parataa, tstitch
+from diffrepro.jobs import attach_paired_fid_se, bootstrap_distance, merge_records
+from diffrepro.report import paper, parataa, tstitch, tstitch3
 from diffrepro.snakejob import job
 
 with job(snakemake, torch_threads=1):
@@ -13,11 +13,15 @@ with job(snakemake, torch_threads=1):
     # Every setting shares its reference run's noise and labels (T-Stitch: r = 0, large
     # only; a parallel sampler: the sequential sampler with the same steps).
     attach_paired_fid_se(records, snakemake.input.features, snakemake.input.reference,
-                         reps=scoring["bootstrap_reps"], seed=scoring["seed"])
+                         reps=scoring["bootstrap_reps"], seed=scoring["seed"],
+                         distance=bootstrap_distance(scoring))
     note = snakemake.params.setting_note
     labels = tstitch.labels_from_records(records)
     out = snakemake.output
-    if snakemake.params.kind == "parataa":
+    if snakemake.params.kind == "tstitch3":
+        table = tstitch3.build_table(records)
+        tstitch3.write_outputs(table, out.csv, out.md, out.claims, labels=labels, setting_note=note)
+    elif snakemake.params.kind == "parataa":
         table = parataa.build_table(records)
         parataa.write_table(table, out.csv, out.md, setting_note=note, labels=labels)
         write_text(out.claims, parataa.claims_markdown(table, note))

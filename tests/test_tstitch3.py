@@ -1,0 +1,64 @@
+"""Three-model T-Stitch: the released rule, its two-model special cases, step counts."""
+
+import pytest
+import torch
+
+from diffrepro.diffusion.guidance import GuidedDenoiser
+from diffrepro.diffusion.samplers import DDIMSampler
+from diffrepro.diffusion.sampling import initial_noise_and_labels
+from diffrepro.diffusion.schedule import sampling_timesteps
+from diffrepro.methods import get_method
+from methods.tstitch import uses_small_model
+from methods.tstitch3 import model_for_timestep
+
+
+def run(method, denoisers, setting, steps=20):
+    noise, y, generators = initial_noise_and_labels(0, range(3), (1, 8, 8), 10)
+    spec = get_method(method)
+    return spec.run(denoisers, DDIMSampler(steps), noise, y, generators, spec.make_setting(setting))
+
+
+@pytest.fixture(scope="module")
+def three(tiny_models):
+    from conftest import tiny_dit
+
+    return {"small": GuidedDenoiser(tiny_models["small"], 1.5),
+            "medium": GuidedDenoiser(tiny_dit(3, hidden=24), 1.5),
+            "large": GuidedDenoiser(tiny_models["large"], 1.5)}
+
+
+@pytest.mark.parametrize("small, medium, expected", [
+    (0.4, 0.4, (40, 40, 20)),   # the README's --three_combo 0.4 0.4 0.2 example
+    (0.3, 0.6, (30, 60, 10)),   # 0.3 + 0.6 = 0.8999999999999999 in floating point
+    (0.0, 0.0, (0, 0, 100)),
+    (0.0, 1.0, (0, 100, 0)),
+    (0.1, 0.2, (10, 20, 70)),
+])
+def test_steps_per_model_at_ddim_100(small, medium, expected):
+    roles = [model_for_timestep(t, small, medium) for t in sampling_timesteps(100)]
+    assert tuple(roles.count(r) for r in ("small", "medium", "large")) == expected
+    # the small model runs first, then the medium, then the large: one hand-off each
+    assert roles == sorted(roles, key=("small", "medium", "large").index)
+
+
+@pytest.mark.parametrize("ratio", [0.0, 0.3, 0.5, 1.0])
+def test_no_medium_steps_is_two_model_tstitch(ratio):
+    for t in sampling_timesteps(100):
+        two = "small" if uses_small_model(t, ratio) else "large"
+        assert model_for_timestep(t, ratio, 0.0) == two
+
+
+def test_medium_fraction_runs_the_medium_model_and_endpoints_are_single_models(three):
+    mixed = run("tstitch3", three, {"small": 0.2, "medium": 0.4})
+    assert dict(mixed.model_steps) == {"small": 4, "medium": 8, "large": 8}
+    large_only = run("tstitch3", three, {"small": 0.0, "medium": 0.0})
+    two_model = run("tstitch", {"small": three["small"], "large": three["large"]}, {"ratio": 0.0})
+    assert torch.equal(large_only.samples, two_model.samples)
+    assert not torch.equal(mixed.samples, large_only.samples)
+
+
+def test_fractions_over_one_are_refused():
+    with pytest.raises(ValueError, match=r"small \+ medium must be at most 1"):
+        get_method("tstitch3").make_setting({"small": 0.7, "medium": 0.4})
+    assert get_method("tstitch3").setting_id(get_method("tstitch3").make_setting(
+        {"small": 0.3, "medium": 0.7})) == "s0.3-m0.7"
