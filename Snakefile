@@ -62,6 +62,7 @@ localrules:
     reproduce_tstitch_table,
     reproduce_tstitch_pairs,
     reproduce_tstitch3_table,
+    reproduce_tstitch_samplers,
     reproduce_parataa_table,
     reproduce_speedit_curve,
     reproduce_immiscible_table,
@@ -91,6 +92,11 @@ rule reproduce_tstitch_pairs:
 rule reproduce_tstitch3_table:
     input:
         tables_of_kind("tstitch3"),
+
+
+rule reproduce_tstitch_samplers:
+    input:
+        tables_of_kind("tstitch_samplers"),
 
 
 rule reproduce_parataa_table:

@@ -14,7 +14,7 @@ from .methods import MethodSpec, load_plugins, register_aliases
 from .methods import reference_run as _reference_run_of
 from .report.paper import PAPER_DIR, load_paper_table
 
-TABLE_KINDS = ("tstitch", "tstitch3", "parataa", "speedit", "immiscible")
+TABLE_KINDS = ("tstitch", "tstitch3", "tstitch_samplers", "parataa", "speedit", "immiscible")
 # Tables of training methods (metric against iterations) rather than of sampling settings.
 TRAINING_TABLE_KINDS = ("speedit", "immiscible")
 
@@ -75,13 +75,19 @@ def table_kind(entry: dict) -> str:
     return entry.get("kind", "tstitch")
 
 
+def paper_file(kind: str) -> str:
+    """reports/paper/<file>.yaml holding the published tables of a table kind."""
+    name = "tstitch" if kind == "tstitch_samplers" else kind  # the samplers figure is T-Stitch's
+    return f"reports/paper/{name}.yaml"
+
+
 def is_training_table(entry: dict) -> bool:
     return table_kind(entry) in TRAINING_TABLE_KINDS
 
 
 def table_methods(entry: dict) -> list[str]:
     """The methods whose settings (or, for a training table, whose training runs) a table reports."""
-    if table_kind(entry) in ("tstitch", "tstitch3"):
+    if table_kind(entry) in ("tstitch", "tstitch3", "tstitch_samplers"):
         return [entry["method"]]
     return list(entry["methods"])
 
@@ -212,7 +218,7 @@ def _check_table(config: dict, table: str, entry: dict) -> None:
 def _check_paper_table(kind: str, name: str, where: str) -> None:
     """The published table a config table names must exist in reports/paper/<kind>.yaml."""
     try:
-        load_paper_table(PAPER_DIR / f"{kind}.yaml", name)
+        load_paper_table(PAPER_DIR.parent.parent / paper_file(kind), name)
     except KeyError as err:
         raise ConfigError(f"config key {where}.paper: {err.args[0]}") from err
 

@@ -62,3 +62,12 @@ def test_fractions_over_one_are_refused():
         get_method("tstitch3").make_setting({"small": 0.7, "medium": 0.4})
     assert get_method("tstitch3").setting_id(get_method("tstitch3").make_setting(
         {"small": 0.3, "medium": 0.7})) == "s0.3-m0.7"
+
+
+def test_pareto_frontier_keeps_only_undominated_points():
+    from diffrepro.report.tstitch3 import pareto_frontier
+
+    times = [1.0, 0.8, 0.8, 0.5, 0.6, 0.3]
+    fids = [10.0, 10.5, 12.0, 15.0, 15.0, 30.0]
+    # (0.8, 12) is beaten by (0.8, 10.5); (0.6, 15) by (0.5, 15)
+    assert pareto_frontier(times, fids) == [True, True, False, True, False, True]

@@ -149,7 +149,7 @@ def test_invalid_config_fails_before_any_job(workdir):
                        check=False)
     output = result.stdout + result.stderr
     assert result.returncode != 0
-    assert "'euler' is not one of ['ddim', 'ddpm']" in output and "['sampling']['sampler']" in output
+    assert "'euler' is not one of ['ddim', 'ddpm', 'dpmsolver++']" in output and "['sampling']['sampler']" in output
     assert "Job stats" not in output and "rule train_denoiser" not in output  # no DAG, no job
 
 

@@ -1,7 +1,7 @@
 import json
 import re
 
-from diffrepro.config import (compute_settings, is_training_table, method_num_samples, method_num_shards,
+from diffrepro.config import (compute_settings, paper_file, is_training_table, method_num_samples, method_num_shards,
                               method_timing, reference_run, table_kind, table_methods)
 from diffrepro.report.paper import paper_short_name
 # Paths and parameter helpers shared by the rule files.
@@ -179,7 +179,7 @@ def report_category(wildcards):
     """The HTML report groups results by paper: the short name of the paper the table
     reproduces."""
     kind = table_kind(config["tables"][wildcards.table])
-    return paper_short_name(f"reports/paper/{kind}.yaml")
+    return paper_short_name(paper_file(kind))
 
 
 def table_settings(wildcards):
@@ -196,7 +196,7 @@ def table_inputs(wildcards):
         "timings": [f"{RESULTS}/timing/{m}/{s}.json" for m, s in rows],
         "features": [f"{RESULTS}/scores/{m}/{s}.features.npz" for m, s in rows],
         "reference": reference_statistics_path(),
-        "paper": f"reports/paper/{kind}.yaml",
+        "paper": paper_file(kind),
     }
 
 
@@ -215,10 +215,13 @@ def setting_note(wildcards):
     models = ", ".join(f"{role}={model}" for role, model in roles.items())
     steps = "" if table_kind(entry) == "parataa" else f"-{s['steps']}"
     timing = method_timing(config, method)
+    compute = compute_settings(config)
+    precision = (f"{compute['precision']}{', TF32' if compute['tf32'] else ''}"
+                 f"{', torch.compile' if compute['compile'] else ''}")
     return (
         f"suite {SUITE}: {s['sampler'].upper()}{steps}, CFG {s['cfg_scale']}, "
-        f"{method_num_samples(config, method)} samples per setting, models {models}; "
-        f"timing: batch of {timing['batch_size']}, median of {timing['repeats']}"
+        f"{method_num_samples(config, method)} samples per setting, models {models}, "
+        f"precision {precision}; timing: batch of {timing['batch_size']}, median of {timing['repeats']}"
     )
 
 

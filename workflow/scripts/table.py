@@ -4,7 +4,7 @@ import json
 
 from diffrepro.io import write_text
 from diffrepro.jobs import attach_paired_fid_se, bootstrap_distance, merge_records
-from diffrepro.report import paper, parataa, tstitch, tstitch3
+from diffrepro.report import paper, parataa, tstitch, tstitch3, tstitch_samplers
 from diffrepro.snakejob import job
 
 with job(snakemake, torch_threads=1):
@@ -18,7 +18,14 @@ with job(snakemake, torch_threads=1):
     note = snakemake.params.setting_note
     labels = tstitch.labels_from_records(records)
     out = snakemake.output
-    if snakemake.params.kind == "tstitch3":
+    source = paper.paper_source(snakemake.input.paper, snakemake.params.paper_table)
+    paper_note = f"{source['description']} ({source['source']})"
+    if snakemake.params.kind == "tstitch_samplers":
+        published = paper.load_paper_table(snakemake.input.paper, snakemake.params.paper_table)
+        table = tstitch_samplers.build_table(records, published)
+        tstitch_samplers.write_outputs(table, out.csv, out.md, out.claims, labels=labels,
+                                       setting_note=note, paper_note=paper_note)
+    elif snakemake.params.kind == "tstitch3":
         table = tstitch3.build_table(records)
         tstitch3.write_outputs(table, out.csv, out.md, out.claims, labels=labels, setting_note=note)
     elif snakemake.params.kind == "parataa":
@@ -27,8 +34,6 @@ with job(snakemake, torch_threads=1):
         write_text(out.claims, parataa.claims_markdown(table, note))
     else:
         published = paper.load_paper_table(snakemake.input.paper, snakemake.params.paper_table)
-        source = paper.paper_source(snakemake.input.paper, snakemake.params.paper_table)
-        paper_note = f"{source['description']} ({source['source']})"
         table = tstitch.build_table(records, published)
         tstitch.write_table(table, out.csv, out.md, labels=labels, setting_note=note,
                             paper_note=paper_note)
