@@ -95,7 +95,7 @@ def sampling_params():
                      **compute_settings(config)})
 
 
-# Files the DAG downloads (rule `download`): published checkpoints and reference batches.
+# Files the DAG downloads (the download rule), published checkpoints and reference batches.
 DOWNLOADS = "resources/downloads"
 REMOTE_FILES = {
     **{m["source"]["file"]: m["source"] for m in config["models"].values() if "source" in m},

@@ -36,6 +36,8 @@ rule download:
     threads: 1
     resources:
         **job_resources("download"),
+    conda:
+        "../../environment.yml"
     log:
         f"{LOGS}/download/{{file}}.log",
     script:
