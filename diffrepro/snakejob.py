@@ -38,7 +38,7 @@ def job_counts(output: str) -> dict[str, int]:
     """Jobs per rule from the 'Job stats' table Snakemake prints (a run or a dry run)."""
     counts = {}
     for line in output.split("Job stats:")[-1].splitlines():
-        match = re.match(r"^([a-z_]+)\s+(\d+)$", line.strip())
+        match = re.match(r"^([a-z_0-9]+)\s+(\d+)$", line.strip())
         if match and match.group(1) != "total":
             counts[match.group(1)] = int(match.group(2))
     return counts

@@ -71,3 +71,33 @@ def test_pareto_frontier_keeps_only_undominated_points():
     fids = [10.0, 10.5, 12.0, 15.0, 15.0, 30.0]
     # (0.8, 12) is beaten by (0.8, 10.5); (0.6, 15) by (0.5, 15)
     assert pareto_frontier(times, fids) == [True, True, False, True, False, True]
+
+
+def test_three_model_table_claims_and_plot_from_records(tmp_path):
+    """The report of rule `table` (kind tstitch3) on synthetic records."""
+    import pandas as pd
+
+    from diffrepro.report import tstitch3 as report
+
+    def record(small, medium, fid, speedup):
+        return {"params": {"small": small, "medium": medium},
+                "metrics": {"fid": fid, "fid_bootstrap_se": 0.2, "fid_diff_se": 0.1},
+                "timing": {"median_s": 1.0 / speedup, "speedup_vs_baseline": speedup},
+                "model_steps": {"small": round(100 * small), "medium": round(100 * medium),
+                                "large": 100 - round(100 * small) - round(100 * medium)}}
+
+    records = [record(0.0, 0.0, 10.0, 1.0), record(0.4, 0.0, 10.5, 1.4),
+               record(0.2, 0.4, 10.4, 1.6), record(0.0, 0.5, 11.0, 1.3)]
+    table = report.build_table(records)
+    assert list(table["on_frontier"]) == [True, False, True, False]  # sorted by (small, medium)
+    assert list(table["large"]) == [1.0, 0.5, 0.4, 0.6]
+    report.write_outputs(table, tmp_path / "t.csv", tmp_path / "t.md", tmp_path / "c.md",
+                         labels={}, setting_note="synthetic")
+    claims = (tmp_path / "c.md").read_text()
+    assert "on the Pareto frontier: 2, of which 1 use the medium model and 1 use all three" in claims
+    assert "**holds**" in claims
+    assert len(pd.read_csv(tmp_path / "t.csv")) == 4
+    report.pareto_plot(table, tmp_path / "p.png", tmp_path / "p.svg", labels={}, title="t")
+    assert (tmp_path / "p.png").stat().st_size > 0
+    with pytest.raises(ValueError, match="large model alone"):
+        report.build_table(records[1:])
