@@ -15,6 +15,7 @@ import torch
 
 from . import metrics
 from .checkpoints import load_checkpoint
+from .devices import claim_gpu
 from .data import real_digits_uint8, to_uint8_nhwc
 from .diffusion.guidance import GuidedDenoiser
 from .diffusion.samplers import make_sampler
@@ -50,9 +51,8 @@ AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def job_device(sampling: dict, device: str | None = None) -> torch.device:
-    """The device this job pins: `compute.device` ("auto": the first visible GPU, else CPU; a
-    scheduler gives each job its own GPUs through CUDA_VISIBLE_DEVICES). Also applies the TF32
-    flag, which provenance records."""
+    """The device this job pins: `compute.device` ("auto": a GPU if one is visible, else the
+    CPU). Also applies the TF32 flag, which provenance records."""
     name = device or sampling.get("device", "auto")
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
@@ -62,7 +62,7 @@ def job_device(sampling: dict, device: str | None = None) -> torch.device:
     tf32 = bool(sampling.get("tf32", False))
     torch.backends.cuda.matmul.allow_tf32 = tf32
     torch.backends.cudnn.allow_tf32 = tf32
-    return torch.device(name)
+    return torch.device(f"cuda:{claim_gpu(torch.cuda.device_count())}") if name == "cuda" else torch.device(name)
 
 
 def load_denoisers(checkpoints: dict[str, str], model_configs: dict[str, dict],

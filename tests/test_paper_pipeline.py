@@ -101,3 +101,24 @@ def test_asking_for_a_gpu_without_one_is_a_clear_error():
     with pytest.raises(RuntimeError, match=r"compute.device is 'cuda' but no GPU is visible"):
         job_device({"device": "cuda"})
     assert job_device({"device": "auto"}).type == "cpu"
+
+
+def test_local_gpu_jobs_claim_different_gpus(tmp_path, monkeypatch):
+    """With several visible GPUs, each job process locks its own; the lock goes with the process."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from diffrepro.devices import claim_gpu; "
+            "print(claim_gpu(2, sys.argv[1]), flush=True); sys.stdin.read()")
+    first = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True)
+    assert first.stdout.readline().strip() == "0"
+    second = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    assert second.stdout.readline().strip() == "1"
+    first.communicate("")  # the first job ends: GPU 0 is free again
+    third = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True)
+    assert third.stdout.readline().strip() == "0"
+    second.communicate("")
+    third.communicate("")
