@@ -75,9 +75,13 @@ def load_vae(info: dict, device: torch.device | str = "cpu"):
 
 
 @torch.no_grad()
-def decode_to_uint8(vae, latents: torch.Tensor, scale: float) -> np.ndarray:
+def decode_to_uint8(vae, latents: torch.Tensor, scale: float, chunk: int = 32) -> np.ndarray:
     """(N, H, W, 3) uint8 images, as DiT's sample.py: decode z / scale, then
-    clamp(127.5 x + 128) truncated to uint8."""
-    images = vae.decode(latents.to(vae.device, vae.dtype) / scale).sample.float()
-    images = torch.clamp(127.5 * images + 128.0, 0, 255).permute(0, 2, 3, 1)
-    return images.to("cpu", dtype=torch.uint8).numpy()
+    clamp(127.5 x + 128) truncated to uint8. `chunk` latents at a time: a 256 px decode of a
+    whole sampling batch needs several GB of activations."""
+    out = []
+    for start in range(0, len(latents), chunk):
+        z = latents[start:start + chunk].to(vae.device, vae.dtype) / scale
+        images = torch.clamp(127.5 * vae.decode(z).sample.float() + 128.0, 0, 255)
+        out.append(images.permute(0, 2, 3, 1).to("cpu", dtype=torch.uint8).numpy())
+    return np.concatenate(out)

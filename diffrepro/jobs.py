@@ -16,6 +16,7 @@ import torch
 from . import metrics
 from .checkpoints import load_checkpoint
 from .devices import claim_gpu
+from .download import DEFAULT_LOCK
 from .data import real_digits_uint8, to_uint8_nhwc
 from .diffusion.guidance import GuidedDenoiser
 from .diffusion.samplers import make_sampler
@@ -293,11 +294,22 @@ def _digits_scores(images, labels, *, classifier_path, reference_path, scoring):
     return scores, metrics.metric_labels(), files, extra, features
 
 
-def _adm_scores(images, labels, *, reference_path, scoring, device):
+def verify_downloads(paths: dict[str, str], scoring: dict, lock_path: str, log=print) -> None:
+    """Check downloaded scoring files against the lock (or pin them): Snakemake never reruns
+    the download rule for a file placed by hand, so this is where such a file is verified."""
+    from .download import RemoteFile, fetch
+
+    for key, path in paths.items():
+        remote = scoring.get(key)
+        if isinstance(remote, dict) and path:
+            fetch(RemoteFile(remote["file"], remote["url"]), path, lock_path, allow_downloads=False, log=log)
+
+
+def _adm_scores(images, labels, *, reference_path, scoring, device, weights_path):
     """The ADM evaluator's metrics with the TF-ported Inception (diffrepro.adm_metrics)."""
     from . import adm_metrics
 
-    extractor = adm_metrics.load_inception(scoring.get("inception_weights"), device)
+    extractor = adm_metrics.load_inception(weights_path, device)
     features = adm_metrics.inception_features(extractor, images)
     scores = adm_metrics.scores_from_features(features, reference_path, extractor,
                                               fid_method=scoring.get("fid_method", "sqrtm"))
@@ -326,19 +338,28 @@ def bootstrap_distance(scoring: dict):
 def score_setting(*, shards: Sequence[str], reference_path: str, scoring: dict, config: dict,
                   output: str, features_output: str, classifier_path: str | None = None,
                   reference_run: dict | None = None, reference_shards: Sequence[str] = (),
+                  reference_features: str | None = None, inception_weights: str | None = None,
                   log=print) -> dict:
     images, labels, meta = read_shards(shards)
     if scoring.get("backend", "digits") == "adm":
+        verify_downloads({"reference_batch": reference_path, "inception_weights": inception_weights},
+                         scoring, config.get("downloads", {}).get("lock", DEFAULT_LOCK), log)
         # Inception features in full float32: TF32 would change them
         device = job_device({"device": config.get("compute", {}).get("device", "auto"), "tf32": False})
         scores, labels_text, files, extra, features = _adm_scores(
-            images, labels, reference_path=reference_path, scoring=scoring, device=device)
+            images, labels, reference_path=reference_path, scoring=scoring, device=device,
+            weights_path=inception_weights)
     else:
         scores, labels_text, files, extra, features = _digits_scores(
             images, labels, classifier_path=classifier_path, reference_path=reference_path,
             scoring=scoring)
     # Kept for paired comparisons between settings (same noise and labels row by row).
     write_npz(features_output, features=features, labels=labels)
+    if reference_features is not None:  # SE of FID(this) - FID(reference run), same images
+        ref = metrics.load_reference_statistics(reference_path)
+        scores["fid_diff_se"] = metrics.paired_fid_difference_se(
+            features, np.load(reference_features)["features"], ref["mu"], ref["sigma"],
+            reps=scoring["bootstrap_reps"], seed=scoring["seed"], distance=bootstrap_distance(scoring))
     spec = get_method(meta["method"])
     files.update({f"checkpoint:{role}": path for role, path in meta["checkpoints"].items()})
     setting = spec.make_setting(meta["params"])
@@ -367,6 +388,8 @@ def score_setting(*, shards: Sequence[str], reference_path: str, scoring: dict, 
             ref_spec.make_setting(reference_run["params"]))}
         ref_key = (reference_run["method"], result["reference"]["setting"])
         itself = ref_key == (meta["method"], result["setting"])
+        if itself:  # FID(x) - FID(x) is 0 in every bootstrap replicate
+            result["metrics"]["fid_diff_se"] = 0.0
         if itself or reference_shards:
             reference_samples = extras if itself else read_shard_extras(reference_shards)
             result["deviation"] = deviation_from(extras["samples"], reference_samples["samples"])
@@ -379,12 +402,17 @@ def score_setting(*, shards: Sequence[str], reference_path: str, scoring: dict, 
 
 def attach_paired_fid_se(records: list[dict], feature_paths: Sequence[str], reference_path: str,
                          *, reps: int, seed: int, distance=None) -> None:
-    """Add metrics['fid_diff_se']: paired bootstrap SE of FID(setting) - FID(its reference),
-    the run named by the record's 'reference' (same noise and labels row by row)."""
+    """Add metrics['fid_diff_se'] where a record lacks it: paired bootstrap SE of FID(setting)
+    - FID(its reference), the run named by the record's 'reference' (same noise and labels
+    row by row). Score jobs compute it; score files from before they did lack it."""
+    if all("fid_diff_se" in r["metrics"] for r in records):
+        return
     ref = metrics.load_reference_statistics(reference_path)
     features = {(r["method"], r["setting"]): np.load(p)["features"]
                 for p, r in zip(feature_paths, records)}
     for record in records:
+        if "fid_diff_se" in record["metrics"]:
+            continue
         key = (record["reference"]["method"], record["reference"]["setting"])
         if key not in features:
             raise ValueError(f"{record['method']} {record['setting']}: its reference {key[0]} "

@@ -39,7 +39,8 @@ def _timed(fn, device) -> float:
 
 def time_setting(*, method: str, setting_values: dict, baseline: dict,
                  checkpoints: dict[str, str], model_configs: dict[str, dict], sampling: dict,
-                 seed: int, timing: dict, config: dict, output: str, log=print) -> dict:
+                 seed: int, timing: dict, config: dict, output: str, log=print,
+                 device: str | None = None) -> dict:
     """Median wall-clock of one batch (the paper's 8 images), speed-up over the baseline
     run ({"method", "params"}: a setting of this method, or e.g. the sequential sampler a
     parallel one solves), and the loop's overhead.
@@ -54,7 +55,7 @@ def time_setting(*, method: str, setting_values: dict, baseline: dict,
     timed right after it, and the overhead is the median of the per-pair ratios
     run / ideal - 1 (slow drifts cancel within a pair).
     """
-    device = job_device(sampling)
+    device = job_device(sampling, device)
     denoisers = load_denoisers(checkpoints, model_configs, sampling, device)
     spec, base_spec = get_method(method), get_method(baseline["method"])
     setting, base_setting = spec.make_setting(setting_values), base_spec.make_setting(baseline["params"])

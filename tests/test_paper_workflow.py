@@ -162,3 +162,16 @@ def test_a_missing_download_offline_fails_at_once_naming_url_and_path(paper_run)
     log = (work / f"logs/paper_smoke/download/{files['dit_s']}.log").read_text()
     assert f"/{files['dit_s']}" in log and str(work / "resources/downloads" / files["dit_s"]) in log
     assert "allow_downloads" in log
+
+
+def test_a_hand_placed_file_that_differs_from_the_lock_is_refused(paper_run):
+    """Snakemake never reruns `download` for a file that is there: the conversion verifies it."""
+    work, _, files, _ = paper_run
+    placed = work / "resources/downloads" / files["dit_s"]
+    placed.write_bytes(b"not the checkpoint")
+    (work / "resources/checkpoints/paper_smoke/dit_s.safetensors").unlink()
+    result = snakemake(work, "--cores", "1", "resources/checkpoints/paper_smoke/dit_s.safetensors",
+                       "--configfile", "paper_smoke.yaml", check=False)
+    assert result.returncode != 0
+    log = (work / "logs/paper_smoke/convert_checkpoint/dit_s.log").read_text()
+    assert "checksum mismatch" in log and "downloads.lock.json" in log

@@ -91,16 +91,24 @@ def sampling_params():
     """What changes the samples (batch size does not: noise is drawn per image), with the
     compute options: precision, TF32 and compile change the numbers, so they are part of it."""
     s = config["sampling"]
+    compute = {k: v for k, v in compute_settings(config).items() if k != "device"}
     return as_param({**{k: s[k] for k in ("sampler", "steps", "cfg_scale", "guided_channels")},
-                     **compute_settings(config)})
+                     **compute})
+
+
+def job_device_name():
+    """Where sampling and timing jobs run; not a param: like the batch size, it does not
+    change what is computed (it is recorded with every result)."""
+    return compute_settings(config)["device"]
 
 
 # Files the DAG downloads (the download rule), published checkpoints and reference batches.
 DOWNLOADS = "resources/downloads"
+SCORING_REMOTE = {key: config["scoring"][key] for key in ("reference_batch", "inception_weights")
+                  if isinstance(config["scoring"].get(key), dict)}
 REMOTE_FILES = {
     **{m["source"]["file"]: m["source"] for m in config["models"].values() if "source" in m},
-    **({config["scoring"]["reference_batch"]["file"]: config["scoring"]["reference_batch"]}
-       if "reference_batch" in config["scoring"] else {}),
+    **{entry["file"]: entry for entry in SCORING_REMOTE.values()},
 }
 TRAINED_MODELS = [name for name, m in config["models"].items() if "train" in m]
 PUBLISHED_MODELS = [name for name, m in config["models"].items() if "source" in m]
@@ -138,8 +146,14 @@ def score_inputs(wildcards):
               "reference": reference_statistics_path()}
     if SCORING_BACKEND == "digits":
         inputs["classifier"] = f"{CHECKPOINTS}/digits_cnn.safetensors"
+    weights = config["scoring"].get("inception_weights")
+    if SCORING_BACKEND == "adm" and weights is not None:
+        # a DAG input: a missing file fails before any sampling, not after it
+        inputs["inception_weights"] = f"{DOWNLOADS}/{weights['file']}" if isinstance(weights, dict) else weights
     if (ref_method, ref_setting) != (wildcards.method, wildcards.setting):
         inputs["reference_shards"] = shards_of(ref_method, ref_setting)
+        # the reference run's features, for the paired bootstrap SE of the FID difference
+        inputs["reference_features"] = f"{RESULTS}/scores/{ref_method}/{ref_setting}.features.npz"
     return inputs
 
 
@@ -210,16 +224,20 @@ def plot_inputs(wildcards):
 def setting_note(wildcards):
     s = config["sampling"]
     entry = config["tables"][wildcards.table]
+    kind = table_kind(entry)
     method = table_methods(entry)[-1]
     roles = config["methods"][method]["models"]
     models = ", ".join(f"{role}={model}" for role, model in roles.items())
-    steps = "" if table_kind(entry) == "parataa" else f"-{s['steps']}"
+    if kind == "tstitch_samplers":
+        sampler = "sampler and steps per row"
+    else:
+        sampler = s["sampler"].upper() + ("" if kind == "parataa" else f"-{s['steps']}")
     timing = method_timing(config, method)
     compute = compute_settings(config)
     precision = (f"{compute['precision']}{', TF32' if compute['tf32'] else ''}"
                  f"{', torch.compile' if compute['compile'] else ''}")
     return (
-        f"suite {SUITE}: {s['sampler'].upper()}{steps}, CFG {s['cfg_scale']}, "
+        f"suite {SUITE}: {sampler}, CFG {s['cfg_scale']}, "
         f"{method_num_samples(config, method)} samples per setting, models {models}, "
         f"precision {precision}; timing: batch of {timing['batch_size']}, median of {timing['repeats']}"
     )

@@ -55,6 +55,7 @@ rule convert_checkpoint:
     params:
         model_config=lambda w: as_param(config["models"][w.model]["config"]),
         url=lambda w: config["models"][w.model]["source"]["url"],
+        lock=downloads_lock(),
     threads: 1
     resources:
         **job_resources("convert_checkpoint"),

@@ -2,6 +2,7 @@
 
 import json
 
+from diffrepro.config import compute_settings
 from diffrepro.jobs import sample_shard
 from diffrepro.snakejob import job
 
@@ -15,4 +16,5 @@ with job(snakemake) as log:
                  # not a param: the batch size does not change the samples (noise is per image)
                  batch_size=snakemake.config["methods"][snakemake.wildcards.method].get(
                      "batch_size", snakemake.config["sampling"]["batch_size"]),
+                 device=compute_settings(snakemake.config)["device"],
                  output=snakemake.output[0], log=log)

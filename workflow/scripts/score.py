@@ -11,4 +11,6 @@ with job(snakemake) as log:
                   config=snakemake.config, output=snakemake.output.scores,
                   features_output=snakemake.output.features,
                   reference_run=json.loads(snakemake.params.reference_run),
-                  reference_shards=list(snakemake.input.get("reference_shards", [])), log=log)
+                  reference_shards=list(snakemake.input.get("reference_shards", [])),
+                  reference_features=snakemake.input.get("reference_features"),
+                  inception_weights=snakemake.input.get("inception_weights"), log=log)

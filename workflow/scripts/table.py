@@ -12,6 +12,7 @@ with job(snakemake, torch_threads=1):
     records = merge_records(snakemake.input.scores, snakemake.input.timings)
     # Every setting shares its reference run's noise and labels (T-Stitch: r = 0, large
     # only; a parallel sampler: the sequential sampler with the same steps).
+    # Score jobs compute it; this fills in score files written before they did.
     attach_paired_fid_se(records, snakemake.input.features, snakemake.input.reference,
                          reps=scoring["bootstrap_reps"], seed=scoring["seed"],
                          distance=bootstrap_distance(scoring))

@@ -2,6 +2,7 @@
 
 import json
 
+from diffrepro.config import compute_settings
 from diffrepro.timing import time_setting
 from diffrepro.snakejob import job
 
@@ -14,4 +15,5 @@ with job(snakemake, torch_threads=min(timing["threads"], snakemake.threads)) as 
                  checkpoints=dict(snakemake.input), model_configs=json.loads(snakemake.params.model_configs),
                  sampling=json.loads(snakemake.params.sampling), seed=snakemake.params.seed,
                  timing=timing, config=snakemake.config,
+                 device=compute_settings(snakemake.config)["device"],
                  output=snakemake.output[0], log=log)
