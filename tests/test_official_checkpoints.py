@@ -91,3 +91,19 @@ def test_conversion_keeps_the_official_weights(tmp_path, layout):
     model.load_state_dict(loaded, strict=True)
     x, t, y = torch.randn(2, 4, 32, 32), torch.tensor([10, 900]), torch.tensor([3, 1000])
     assert model(x, t, y).shape == (2, 8, 32, 32)
+
+
+def test_a_hand_placed_checkpoint_must_match_the_lock(tmp_path):
+    """Conversion checks the source against the download lock (pinning it if unpinned)."""
+    from diffrepro.checkpoints import ChecksumMismatch
+
+    source, lock = tmp_path / "dit_s_256.pt", tmp_path / "lock.json"
+    torch.save(random_official_state("DiT-S/2"), source)
+    convert_official_checkpoint(source, paper_config("DiT-S/2"), tmp_path / "a.safetensors",
+                                url="gdrive:x", lock_path=lock, log=lambda m: None)
+    assert "dit_s_256.pt" in lock.read_text()  # pinned on first use
+    torch.save(random_official_state("DiT-S/2", seed=5), source)  # replaced by hand
+    with pytest.raises(ChecksumMismatch, match=r"dit_s_256.pt[\s\S]*lock.json"):
+        convert_official_checkpoint(source, paper_config("DiT-S/2"), tmp_path / "b.safetensors",
+                                    url="gdrive:x", lock_path=lock, log=lambda m: None)
+    assert not (tmp_path / "b.safetensors").exists()

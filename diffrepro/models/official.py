@@ -47,9 +47,18 @@ def check_state_dict(state: dict[str, torch.Tensor], config: DiTConfig | dict, s
 
 
 def convert_official_checkpoint(source_path: str | os.PathLike, config: DiTConfig | dict,
-                                output: str | os.PathLike, *, url: str = "") -> str:
-    """Verify an official .pt against the config and write it as a checksummed safetensors
-    file with the keys unchanged; returns the new file's sha256."""
+                                output: str | os.PathLike, *, url: str = "",
+                                lock_path: str | os.PathLike | None = None, log=print) -> str:
+    """Verify an official .pt (against the download lock, then against the config) and write
+    it as a checksummed safetensors file with the keys unchanged; returns the new file's sha256.
+
+    The lock check matters for a file placed by hand: Snakemake never reruns the download
+    rule for a file that exists, so this is where such a file meets its pinned sha256."""
+    if lock_path is not None:
+        from ..download import RemoteFile, fetch
+
+        fetch(RemoteFile(os.path.basename(source_path), url), source_path, lock_path,
+              allow_downloads=False, log=log)
     state = read_official_state_dict(source_path)
     check_state_dict(state, config, str(source_path))
     metadata = {"source_file": os.path.basename(source_path), "source_url": url,
