@@ -63,6 +63,8 @@ localrules:
     reproduce_tstitch_pairs,
     reproduce_tstitch3_table,
     reproduce_tstitch_samplers,
+    reproduce_tstitch_sd_table,
+    reproduce_bksdm_table,
     reproduce_parataa_table,
     reproduce_speedit_curve,
     reproduce_immiscible_table,
@@ -97,6 +99,18 @@ rule reproduce_tstitch3_table:
 rule reproduce_tstitch_samplers:
     input:
         tables_of_kind("tstitch_samplers"),
+
+
+# T-Stitch on a diffusers text-to-image pipeline (SD family); embedded: class-prompt U-Nets.
+rule reproduce_tstitch_sd_table:
+    input:
+        tables_of_kind("tstitch_sd"),
+
+
+# BK-SDM: the teacher and its distilled block-removed students, size beside quality and speed.
+rule reproduce_bksdm_table:
+    input:
+        tables_of_kind("bksdm"),
 
 
 rule reproduce_parataa_table:

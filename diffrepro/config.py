@@ -14,7 +14,8 @@ from .methods import MethodSpec, load_plugins, register_aliases
 from .methods import reference_run as _reference_run_of
 from .report.paper import PAPER_DIR, load_paper_table
 
-TABLE_KINDS = ("tstitch", "tstitch3", "tstitch_samplers", "parataa", "speedit", "immiscible")
+TABLE_KINDS = ("tstitch", "tstitch3", "tstitch_samplers", "tstitch_sd", "parataa", "bksdm", "speedit",
+               "immiscible")
 # Tables of training methods (metric against iterations) rather than of sampling settings.
 TRAINING_TABLE_KINDS = ("speedit", "immiscible")
 
@@ -66,6 +67,23 @@ def method_timing(config: dict, method: str) -> dict:
     return {**config["timing"], **config["methods"][method].get("timing", {})}
 
 
+def model_config(config: dict, name: str) -> dict:
+    """A model's constructor arguments; a BK-SDM student's come from its teacher's by block removal."""
+    entry = config["models"][name]
+    if "distil" not in entry:
+        return entry["config"]
+    from .models.bksdm_config import student_config
+
+    teacher = entry["distil"]["teacher"]
+    if teacher not in config["models"] or config["models"][teacher]["arch"] != "sd_unet":
+        raise ConfigError(f"config key models.{name}.distil.teacher: {teacher!r} must be an sd_unet "
+                          f"model of this config")
+    try:
+        return student_config(model_config(config, teacher), entry["distil"]["variant"])
+    except ValueError as err:
+        raise ConfigError(f"config key models.{name}.distil: {err}") from err
+
+
 def reference_run(config: dict, method: str, setting_values: dict) -> dict:
     """{"method", "params"} of the run a setting is measured against (methods.reference_run)."""
     return _reference_run_of(method, setting_values, config["methods"][method].get("baseline"))
@@ -77,7 +95,8 @@ def table_kind(entry: dict) -> str:
 
 def paper_file(kind: str) -> str:
     """reports/paper/<file>.yaml holding the published tables of a table kind."""
-    name = "tstitch" if kind == "tstitch_samplers" else kind  # the samplers figure is T-Stitch's
+    # the samplers figure and the SD-family figures are T-Stitch's
+    name = "tstitch" if kind in ("tstitch_samplers", "tstitch_sd") else kind
     return f"reports/paper/{name}.yaml"
 
 
@@ -87,7 +106,7 @@ def is_training_table(entry: dict) -> bool:
 
 def table_methods(entry: dict) -> list[str]:
     """The methods whose settings (or, for a training table, whose training runs) a table reports."""
-    if table_kind(entry) in ("tstitch", "tstitch3", "tstitch_samplers"):
+    if table_kind(entry) in ("tstitch", "tstitch3", "tstitch_samplers", "tstitch_sd"):
         return [entry["method"]]
     return list(entry["methods"])
 
@@ -106,6 +125,7 @@ def check_config(config: dict) -> None:
                               f"{sorted(registry)} (add a module to methods/ to define a new one)")
         spec = registry[method]
         _check_roles(spec, entry, config, where)
+        _check_family(spec, entry, config, where)
         if spec.samplers is not None and config["sampling"]["sampler"] not in spec.samplers:
             raise ConfigError(f"config key sampling.sampler: method {method!r} supports "
                               f"{list(spec.samplers)}, not {config['sampling']['sampler']!r}; "
@@ -117,6 +137,8 @@ def check_config(config: dict) -> None:
         for values in settings.values():
             _check_reference(config, method, values, where)
     _check_scoring(config)
+    for name in config["models"]:
+        model_config(config, name)  # a student's teacher exists and has the right shape
     if "training" in config:
         _check_training(config["training"])
     for table, entry in config["tables"].items():
@@ -200,7 +222,7 @@ def _check_reference(config: dict, method: str, values: dict, where: str) -> Non
 
 def _check_table(config: dict, table: str, entry: dict) -> None:
     kind = table_kind(entry)
-    needed = "methods" if kind == "parataa" else "method"
+    needed = "methods" if kind in ("parataa", "bksdm") else "method"
     if needed not in entry:
         raise ConfigError(f"config key tables.{table}: a {kind} table needs '{needed}'")
     for method in table_methods(entry):
@@ -221,6 +243,21 @@ def _check_paper_table(kind: str, name: str, where: str) -> None:
         load_paper_table(PAPER_DIR.parent.parent / paper_file(kind), name)
     except KeyError as err:
         raise ConfigError(f"config key {where}.paper: {err.args[0]}") from err
+
+
+# The model architecture each method family runs: the suite's DiT or a diffusers U-Net.
+FAMILY_ARCH = {"denoiser": "dit", "pipeline": "sd_unet"}
+
+
+def _check_family(spec: MethodSpec, entry: dict, config: dict, where: str) -> None:
+    if spec.family == "pipeline" and "t2i" not in config:
+        raise ConfigError(f"config key t2i: method {spec.name!r} runs a text-to-image pipeline and "
+                          f"needs the t2i section (scheduler, steps, guidance_scale, text_encoder)")
+    arch = FAMILY_ARCH[spec.family]
+    for role, model in entry["models"].items():
+        if config["models"][model]["arch"] != arch:
+            raise ConfigError(f"config key {where}.models.{role}: method {spec.name!r} needs a model "
+                              f"with arch {arch!r}; {model!r} is {config['models'][model]['arch']!r}")
 
 
 def _check_roles(spec: MethodSpec, entry: dict, config: dict, where: str) -> None:

@@ -294,6 +294,26 @@ def _digits_scores(images, labels, *, classifier_path, reference_path, scoring):
     return scores, metrics.metric_labels(), files, extra, features
 
 
+def _clip_scores(images, labels, config: dict, clip_weights: str | None, log=print) -> dict:
+    """CLIP score (BK-SDM's: mean cosine of image and prompt embeddings) of text-to-image samples;
+    the prompts are the embedded suite's class prompts, recovered from the labels."""
+    from .clip_score import ClipSpec, clip_score_summary, clip_scores, load_clip
+    from .clip_score import provenance as clip_provenance
+    from .t2i.components import digit_prompt
+
+    section = {k: v for k, v in config["clip"].items() if k != "train"}
+    if clip_weights is not None:
+        section["path"] = clip_weights
+    model, preprocess, tokenizer = load_clip(ClipSpec.from_config(section),
+                                             allow_downloads=bool(config.get("allow_downloads", False)))
+    values = clip_scores(model, preprocess, tokenizer, images, [digit_prompt(y) for y in labels], batch_size=256)
+    summary = clip_score_summary(values)
+    log(f"CLIP score {summary['mean']:.4f} ± {summary['se']:.4f} ({section['model']})")
+    return {"metrics": {"clip_score": summary["mean"], "clip_score_se": summary["se"]},
+            "label": f"CLIP score (open_clip {section['model']}, cosine)",
+            "provenance": clip_provenance(model)}
+
+
 def verify_downloads(paths: dict[str, str], scoring: dict, lock_path: str, log=print) -> None:
     """Check downloaded scoring files against the lock (or pin them): Snakemake never reruns
     the download rule for a file placed by hand, so this is where such a file is verified."""
@@ -339,7 +359,7 @@ def score_setting(*, shards: Sequence[str], reference_path: str, scoring: dict, 
                   output: str, features_output: str, classifier_path: str | None = None,
                   reference_run: dict | None = None, reference_shards: Sequence[str] = (),
                   reference_features: str | None = None, inception_weights: str | None = None,
-                  log=print) -> dict:
+                  clip_weights: str | None = None, log=print) -> dict:
     images, labels, meta = read_shards(shards)
     if scoring.get("backend", "digits") == "adm":
         verify_downloads({"reference_batch": reference_path, "inception_weights": inception_weights},
@@ -353,6 +373,11 @@ def score_setting(*, shards: Sequence[str], reference_path: str, scoring: dict, 
         scores, labels_text, files, extra, features = _digits_scores(
             images, labels, classifier_path=classifier_path, reference_path=reference_path,
             scoring=scoring)
+    if "clip" in config and get_method(meta["method"]).family == "pipeline":
+        clip_record = _clip_scores(images, labels, config, clip_weights, log)
+        scores.update(clip_record["metrics"])
+        labels_text = {**labels_text, "clip_score": clip_record["label"]}
+        extra = {**extra, "clip": clip_record["provenance"]}
     # Kept for paired comparisons between settings (same noise and labels row by row).
     write_npz(features_output, features=features, labels=labels)
     if reference_features is not None:  # SE of FID(this) - FID(reference run), same images

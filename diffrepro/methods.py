@@ -70,6 +70,10 @@ class MethodSpec:
     roles: tuple[str, ...]
     summary: str
     samplers: tuple[str, ...] | None = None  # samplers the method supports (None: any)
+    # "denoiser": run(denoisers, sampler, noise, labels, generators, setting) over the suite's
+    # own sampling loop; "pipeline": run(pipeline, unets, call, setting) over a diffusers
+    # text-to-image pipeline (diffrepro.t2i), `call(**kwargs)` running it on the fixed inputs.
+    family: str = "denoiser"
 
     def make_setting(self, values: dict) -> Any:
         """Build the frozen setting; its __post_init__ rejects out-of-range values."""
@@ -85,7 +89,7 @@ _REGISTRY: dict[str, MethodSpec] = {}
 
 
 def register_method(name: str, *, setting: type, roles: Sequence[str], summary: str = "",
-                    samplers: Sequence[str] | None = None):
+                    samplers: Sequence[str] | None = None, family: str = "denoiser"):
     """Decorator: make a method available to the workflow under `name`.
 
     A setting may define `steps` (it then fixes the sampler's step count, overriding
@@ -96,7 +100,7 @@ def register_method(name: str, *, setting: type, roles: Sequence[str], summary: 
         if name in _REGISTRY and _REGISTRY[name].run is not fn:
             raise ValueError(f"method name {name!r} is registered twice")
         _REGISTRY[name] = MethodSpec(name, fn, setting, tuple(roles), summary or (fn.__doc__ or "").strip(),
-                                     tuple(samplers) if samplers is not None else None)
+                                     tuple(samplers) if samplers is not None else None, family)
         return fn
     return wrap
 

@@ -7,7 +7,8 @@ src/count_macs_params.py (thop): Conv2d + Linear + LayerNorm modules only, so th
 matmuls are not included. "paper" is the published value, "ours" the recomputed one.
 """
 
-from diffrepro.models.bksdm import PUBLISHED_SIZES, SD14_UNET_CONFIG, size_table
+from diffrepro.models.bksdm import SD14_UNET_CONFIG, size_table
+from diffrepro.models.bksdm_config import PUBLISHED_SIZES
 
 NAMES = {"sd-v1.4": "SD-v1.4", "base": "BK-SDM-Base", "small": "BK-SDM-Small", "tiny": "BK-SDM-Tiny"}
 

@@ -5,8 +5,8 @@ import torch
 import torch.nn.functional as F
 from diffusers import UNet2DConditionModel
 
+from diffrepro.models.bksdm_config import PUBLISHED_SIZES
 from diffrepro.models.bksdm import (
-    PUBLISHED_SIZES,
     SD14_UNET_CONFIG,
     VARIANTS,
     FeatureKD,

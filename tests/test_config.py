@@ -222,3 +222,36 @@ def test_training_config_errors_name_the_key(config, mutate, expected):
     mutate(config)
     with pytest.raises(ConfigError, match=expected):
         full_check(config)
+
+
+def test_text_to_image_methods_need_sd_unets_and_the_t2i_section(config):
+    bad = copy.deepcopy(config)
+    bad["methods"]["tstitch_sd"]["models"]["small"] = "small"
+    with pytest.raises(ConfigError, match=r"methods.tstitch_sd.models.small: method 'tstitch_sd' needs a model "
+                                          r"with arch 'sd_unet'; 'small' is 'dit'"):
+        full_check(bad)
+    bad = copy.deepcopy(config)
+    bad.pop("t2i")
+    with pytest.raises(ConfigError, match=r"config key t2i: method 'tstitch_sd' runs a text-to-image pipeline"):
+        full_check(bad)
+
+
+def test_bksdm_students_derive_their_config_from_the_teacher(config):
+    from diffrepro.config import model_config
+
+    tiny = model_config(config, "bk_tiny")
+    teacher = config["models"]["sd_large"]["config"]
+    assert tiny["block_out_channels"] == teacher["block_out_channels"][:-1]
+    assert tiny["layers_per_block"] == 1 and tiny["mid_block_type"] is None
+    bad = copy.deepcopy(config)
+    bad["models"]["bk_tiny"]["distil"]["teacher"] = "large"
+    with pytest.raises(ConfigError, match=r"models.bk_tiny.distil.teacher: 'large' must be an sd_unet model"):
+        full_check(bad)
+    bad = copy.deepcopy(config)
+    bad["models"]["sd_large"]["config"]["layers_per_block"] = 1
+    with pytest.raises(ConfigError, match=r"models.bk_base.distil: BK-SDM 'base' cannot be built .* layers_per_block must be 2"):
+        full_check(bad)
+    bad = copy.deepcopy(config)
+    bad["models"]["bk_tiny"]["config"] = teacher
+    with pytest.raises(WorkflowError, match=r"bk_tiny"):
+        full_check(bad)

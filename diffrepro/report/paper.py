@@ -62,3 +62,8 @@ def paper_source(path: str | os.PathLike, name: str) -> dict[str, Any]:
         "exact": bool(entry.get("exact", False)),
         "setting": dict(entry.get("setting", {})),
     }
+
+
+def paper_timing_batch(path: str | os.PathLike, name: str, default: int = 8) -> int:
+    """How many images the published times are for (`setting.timing_batch`; the DiT figures: 8)."""
+    return int(_table_entry(path, name).get("setting", {}).get("timing_batch", default))

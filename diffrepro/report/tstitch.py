@@ -21,7 +21,8 @@ import pandas as pd  # noqa: E402
 
 from diffrepro.io import write_text  # noqa: E402
 
-# The paper times a batch of 8 images; our time column is only comparable at the same batch.
+# The DiT paper times a batch of 8 images (the SD figures: one image); our time column is only
+# comparable at the paper's batch, which a table gets from build_table(timing_batch=...).
 TIMING_BATCH = 8
 # Claim rules, declared before any run so a verdict cannot be tuned to the numbers.
 NO_LOSS_SIGMAS = 2.0
@@ -35,6 +36,7 @@ OUR_COLUMNS = [
     "ours_fid_diff_se",
     "ours_inception_score",
     "ours_class_accuracy",
+    "ours_clip_score",
     "ours_small_steps",
     "ours_large_steps",
     "ours_time_8_s",
@@ -70,6 +72,7 @@ def _our_row(record: Mapping[str, Any]) -> dict[str, Any]:
         "ours_fid_diff_se": float(metrics.get("fid_diff_se", math.nan)),
         "ours_inception_score": float(metrics.get("inception_score", math.nan)),
         "ours_class_accuracy": float(metrics.get("class_accuracy", math.nan)),
+        "ours_clip_score": float(metrics.get("clip_score", math.nan)),  # text-to-image suites
         "ours_small_steps": int(steps["small"]),
         "ours_large_steps": int(steps["large"]),
         "ours_time_8_s": float(timing["median_s"]),
@@ -91,7 +94,16 @@ def _value_at(df: pd.DataFrame, ratio: float, column: str) -> float | None:
     return None if hit.empty or pd.isna(hit.iloc[0]) else float(hit.iloc[0])
 
 
-def _check_ours(ours: pd.DataFrame) -> None:
+def timing_batch(df: pd.DataFrame) -> int:
+    """The batch our times are for (kept in the table's attrs by build_table)."""
+    return int(df.attrs.get("timing_batch", TIMING_BATCH))
+
+
+def _images(n: int) -> str:
+    return f"{n} image{'s' if n != 1 else ''}"
+
+
+def _check_ours(ours: pd.DataFrame, expected_batch: int) -> None:
     if ours["ratio"].duplicated().any():
         dups = sorted(ours.loc[ours["ratio"].duplicated(), "ratio"])
         raise ValueError(f"more than one record for stitch ratio(s) {dups}")
@@ -100,16 +112,18 @@ def _check_ours(ours: pd.DataFrame) -> None:
             "no record at stitch ratio r=0 (large model only): speed-ups are relative to it"
         )
     batches = set(ours["_batch"])
-    if batches != {TIMING_BATCH}:
+    if batches != {expected_batch}:
         raise ValueError(
             f"timing batch size(s) {sorted(batches)}; the table compares time for "
-            f"{TIMING_BATCH} images, the paper's batch"
+            f"{_images(expected_batch)}, the paper's batch (set timing.batch_size)"
         )
 
 
 def _paper_columns(paper_df: pd.DataFrame) -> pd.DataFrame:
     paper = paper_df[[c for c in ("ratio", "fid", "time_s") if c in paper_df]].astype(float)
     paper = paper.rename(columns={"fid": "paper_fid", "time_s": "paper_time_s"})
+    if "paper_fid" not in paper:  # the SD-family figures give time only
+        paper["paper_fid"] = math.nan
     if "paper_time_s" not in paper:  # some published curves give FID only (other model pairs)
         paper["paper_time_s"] = math.nan
     base = _value_at(paper, 0.0, "paper_time_s")
@@ -118,21 +132,23 @@ def _paper_columns(paper_df: pd.DataFrame) -> pd.DataFrame:
     return paper.drop(columns="ratio")
 
 
-def build_table(records: Iterable[Mapping[str, Any]], paper_df: pd.DataFrame) -> pd.DataFrame:
+def build_table(records: Iterable[Mapping[str, Any]], paper_df: pd.DataFrame,
+                timing_batch: int = TIMING_BATCH) -> pd.DataFrame:
     """One row per stitch ratio: our columns (`ours_*`) then the paper's DiT-S -> DiT-XL (`paper_*`)."""
     ours = pd.DataFrame([_our_row(r) for r in records])
     if ours.empty:
         raise ValueError("no records to tabulate")
     ours = ours.sort_values("ratio", ignore_index=True)
-    _check_ours(ours)
+    _check_ours(ours, timing_batch)
     if ours["_paired_speedup"].notna().all():
         ours["ours_speedup"] = ours["_paired_speedup"]
     else:  # older timing files: ratio of medians measured in separate jobs
         ours["ours_speedup"] = _value_at(ours, 0.0, "ours_time_8_s") / ours["ours_time_8_s"]
     ours["_key"] = [_grid_key(r) for r in ours["ratio"]]
 
-    table = ours.merge(_paper_columns(paper_df), on="_key", how="left")
-    return table[TABLE_COLUMNS]
+    table = ours.merge(_paper_columns(paper_df), on="_key", how="left")[TABLE_COLUMNS]
+    table.attrs["timing_batch"] = timing_batch
+    return table
 
 
 # ---------------------------------------------------------------------------------------------
@@ -176,14 +192,16 @@ def _markdown_frame(df: pd.DataFrame, labels: Mapping[str, str]) -> pd.DataFrame
             ],
             f"ours: {_label(labels, 'inception_score')}": [_fmt(v, ".2f") for v in df["ours_inception_score"]],
             f"ours: {_label(labels, 'class_accuracy')}": [_fmt(v, ".3f") for v in df["ours_class_accuracy"]],
+            **({"ours: CLIP score": [_fmt(v, ".4f") for v in df["ours_clip_score"]]}
+               if df["ours_clip_score"].notna().any() else {}),
             "ours: steps small / large": [
                 f"{s} / {l}" for s, l in zip(df["ours_small_steps"], df["ours_large_steps"])
             ],
-            f"ours: time, {TIMING_BATCH} images (s)": [_fmt(v, ".3g") for v in df["ours_time_8_s"]],
+            f"ours: time, {_images(timing_batch(df))} (s)": [_fmt(v, ".3g") for v in df["ours_time_8_s"]],
             "ours: speed-up vs r=0": [_fmt(v, ".2f") + "×" for v in df["ours_speedup"]],
             "ours: overhead vs ideal": [_fmt(v, "+.1%") for v in df["ours_overhead_vs_ideal"]],
             "paper: FID-5K (Inception)": [_fmt(v, ".2f") for v in df["paper_fid"]],
-            f"paper: time, {TIMING_BATCH} images, RTX 3090 (s)": [_fmt(v, ".1f") for v in df["paper_time_s"]],
+            f"paper: time, {_images(timing_batch(df))} (s)": [_fmt(v, ".1f") for v in df["paper_time_s"]],
             "paper: speed-up vs r=0": [
                 "—" if pd.isna(v) else f"{v:.2f}×" for v in df["paper_speedup"]
             ],
@@ -275,7 +293,7 @@ def _plot_ours(ax: plt.Axes, df: pd.DataFrame, labels: Mapping[str, str]) -> Non
         ax.plot(end["ours_time_8_s"], end["ours_fid"], marker, color=color, ms=10,
                 zorder=3, label=text)
     _annotate(ax, df["ours_time_8_s"], df["ours_fid"], df["ratio"], (5, 5), "C0")
-    ax.set_xlabel(f"ours: time for {TIMING_BATCH} images (s, median)")
+    ax.set_xlabel(f"ours: time for {_images(timing_batch(df))} (s, median)")
     ax.set_ylabel(f"ours: {_label(labels, 'fid')}")
     ax.set_title("ours: quality vs time", fontsize=10)
     ax.margins(x=0.1, y=0.08)  # room for the r labels at the panel's edges
@@ -416,14 +434,14 @@ def _claim_speedup(df: pd.DataFrame) -> dict[str, str]:
     t0, t4 = _value_at(df, 0.0, "paper_time_s"), _value_at(df, 0.4, "paper_time_s")
     paper_value = "not in table" if paper is None else f"{paper:.2f}× ({t0:.1f} s / {t4:.1f} s)"
     ours_value = "not measured" if ours is None else (
-        f"{ours:.2f}× (the table's speed-up column: time(0) / time(0.4) for {TIMING_BATCH} images)")
+        f"{ours:.2f}× (the table's speed-up column: time(0) / time(0.4) for {_images(timing_batch(df))})")
     return {
-        "claim": "speed-up at r = 0.4 (paper 1.5x)",
+        "claim": "speed-up at r = 0.4",
         "paper_value": paper_value,
         "ours_value": ours_value,
         "verdict": _verdict(ok),
         "rule": (
-            f"speed-up = time(0) / time(0.4) for {TIMING_BATCH} images; holds iff ours is within "
+            f"speed-up = time(0) / time(0.4) for {_images(timing_batch(df))}; holds iff ours is within "
             f"±{SPEEDUP_TOLERANCE:.0%} of the paper's (|ours / paper - 1| <= {SPEEDUP_TOLERANCE:g})"
         ),
     }

@@ -1,9 +1,10 @@
 import json
 import re
 
-from diffrepro.config import (compute_settings, paper_file, is_training_table, method_num_samples, method_num_shards,
+from diffrepro.config import (compute_settings, model_config, paper_file, is_training_table, method_num_samples, method_num_shards,
                               method_timing, reference_run, table_kind, table_methods)
-from diffrepro.report.paper import paper_short_name
+from diffrepro.methods import get_method
+from diffrepro.report.paper import paper_short_name, paper_timing_batch
 # Paths and parameter helpers shared by the rule files.
 SUITE = config["suite"]
 CHECKPOINTS = f"resources/checkpoints/{SUITE}"
@@ -74,7 +75,7 @@ def method_checkpoints(wildcards):
 
 def method_model_configs(wildcards):
     roles = config["methods"][wildcards.method]["models"]
-    return as_param({role: config["models"][model]["config"] for role, model in roles.items()})
+    return as_param({role: model_config(config, model) for role, model in roles.items()})
 
 
 def setting_values(wildcards):
@@ -87,13 +88,21 @@ def setting_values(wildcards):
         )
 
 
-def sampling_params():
+def sampling_params(wildcards):
     """What changes the samples (batch size does not: noise is drawn per image), with the
-    compute options: precision, TF32 and compile change the numbers, so they are part of it."""
-    s = config["sampling"]
+    compute options: precision, TF32 and compile change the numbers, so they are part of it.
+    A text-to-image method's samples depend on the t2i section instead (scheduler, steps,
+    guidance, text encoder)."""
     compute = {k: v for k, v in compute_settings(config).items() if k != "device"}
+    if method_family(wildcards.method) == "pipeline":
+        return as_param({**config["t2i"], **compute})
+    s = config["sampling"]
     return as_param({**{k: s[k] for k in ("sampler", "steps", "cfg_scale", "guided_channels")},
                      **compute})
+
+
+def method_family(method):
+    return get_method(method).family
 
 
 def job_device_name():
@@ -112,6 +121,7 @@ REMOTE_FILES = {
 }
 TRAINED_MODELS = [name for name, m in config["models"].items() if "train" in m]
 PUBLISHED_MODELS = [name for name, m in config["models"].items() if "source" in m]
+DISTILLED_MODELS = [name for name, m in config["models"].items() if "distil" in m]
 SCORING_BACKEND = config["scoring"].get("backend", "digits")
 
 
@@ -150,6 +160,8 @@ def score_inputs(wildcards):
     if SCORING_BACKEND == "adm" and weights is not None:
         # a DAG input: a missing file fails before any sampling, not after it
         inputs["inception_weights"] = f"{DOWNLOADS}/{weights['file']}" if isinstance(weights, dict) else weights
+    if "clip" in config and method_family(wildcards.method) == "pipeline" and "train" in config["clip"]:
+        inputs["clip_weights"] = f"{CHECKPOINTS}/clip.safetensors"  # the embedded suite's own CLIP
     if (ref_method, ref_setting) != (wildcards.method, wildcards.setting):
         inputs["reference_shards"] = shards_of(ref_method, ref_setting)
         # the reference run's features, for the paired bootstrap SE of the FID difference
@@ -230,14 +242,19 @@ def setting_note(wildcards):
     models = ", ".join(f"{role}={model}" for role, model in roles.items())
     if kind == "tstitch_samplers":
         sampler = "sampler and steps per row"
+    elif method_family(method) == "pipeline":
+        t2i = config["t2i"]
+        sampler = (f"diffusers StableDiffusionPipeline, {t2i['scheduler']['class']}-{t2i['steps']}, "
+                   f"guidance {t2i['guidance_scale']}")
     else:
         sampler = s["sampler"].upper() + ("" if kind == "parataa" else f"-{s['steps']}")
     timing = method_timing(config, method)
     compute = compute_settings(config)
     precision = (f"{compute['precision']}{', TF32' if compute['tf32'] else ''}"
                  f"{', torch.compile' if compute['compile'] else ''}")
+    cfg = "" if method_family(method) == "pipeline" else f", CFG {s['cfg_scale']}"
     return (
-        f"suite {SUITE}: {sampler}, CFG {s['cfg_scale']}, "
+        f"suite {SUITE}: {sampler}{cfg}, "
         f"{method_num_samples(config, method)} samples per setting, models {models}, "
         f"precision {precision}; timing: batch of {timing['batch_size']}, median of {timing['repeats']}"
     )

@@ -31,3 +31,23 @@ rule reference_stats:
         f"{LOGS}/reference_stats.log",
     script:
         "../scripts/reference_stats.py"
+
+
+# The embedded suite's CLIP (a tiny open_clip model trained on the digits and class prompts),
+# for the CLIP score of text-to-image samples; paper configs name a pretrained CLIP instead.
+rule train_clip:
+    output:
+        checkpoint=f"{CHECKPOINTS}/clip.safetensors",
+        checksum=f"{CHECKPOINTS}/clip.safetensors.sha256",
+        summary=f"{CHECKPOINTS}/clip.json",
+    params:
+        clip=as_param(config.get("clip")),
+    threads: config["threads"]
+    resources:
+        **job_resources("train_clip"),
+    conda:
+        "../../environment.yml"
+    log:
+        f"{LOGS}/train_clip.log",
+    script:
+        "../scripts/train_clip.py"

@@ -22,6 +22,32 @@ rule train_denoiser:
         "../scripts/train_denoiser.py"
 
 
+# BK-SDM: a block-removed student of another model of the config, initialised from the
+# teacher's weights and distilled (task + output KD + feature KD); resumable like training.
+rule distil_student:
+    input:
+        teacher=lambda w: checkpoint_path(config["models"][w.model]["distil"]["teacher"]),
+    output:
+        checkpoint=f"{CHECKPOINTS}/{{model}}.safetensors",
+        checksum=f"{CHECKPOINTS}/{{model}}.safetensors.sha256",
+        summary=f"{CHECKPOINTS}/{{model}}.train.json",
+    wildcard_constraints:
+        model=names_pattern(DISTILLED_MODELS),
+    params:
+        teacher_config=lambda w: as_param(model_config(config, config["models"][w.model]["distil"]["teacher"])),
+        distil=lambda w: as_param(config["models"][w.model]["distil"]),
+        t2i=as_param(config.get("t2i")),
+    threads: config["threads"]
+    resources:
+        **job_resources("distil_student"),
+    conda:
+        "../../environment.yml"
+    log:
+        f"{LOGS}/distil_student/{{model}}.log",
+    script:
+        "../scripts/distil_student.py"
+
+
 # Resumable (a .part file survives a killed job), retried, verified against the committed
 # lock file; with downloads off it fails at once naming the URL and where to put the file.
 rule download:

@@ -51,6 +51,8 @@ rule plot:
     params:
         kind=lambda w: table_kind(config["tables"][w.table]),
         title=lambda w: f"{w.table}: {setting_note(w)}",
+        timing_batch=lambda w: paper_timing_batch(paper_file(table_kind(config["tables"][w.table])),
+                                                  config["tables"][w.table]["paper"]),
     conda:
         "../../environment.yml"
     log:

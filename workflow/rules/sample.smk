@@ -7,7 +7,7 @@ rule sample:
     params:
         setting=setting_values,
         model_configs=method_model_configs,
-        sampling=sampling_params(),
+        sampling=sampling_params,
         seed=config["seed"],
         num_samples=lambda w: method_num_samples(config, w.method),
         num_shards=lambda w: method_num_shards(config, w.method),

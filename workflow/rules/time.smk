@@ -10,7 +10,7 @@ rule time:
         setting=setting_values,
         baseline=lambda w: as_param(REFERENCES[w.method][w.setting]),
         model_configs=method_model_configs,
-        sampling=sampling_params(),
+        sampling=sampling_params,
         seed=config["seed"],
         timing=lambda w: as_param(method_timing(config, w.method)),
     threads: lambda wildcards: timing_threads()

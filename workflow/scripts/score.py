@@ -13,4 +13,5 @@ with job(snakemake) as log:
                   reference_run=json.loads(snakemake.params.reference_run),
                   reference_shards=list(snakemake.input.get("reference_shards", [])),
                   reference_features=snakemake.input.get("reference_features"),
-                  inception_weights=snakemake.input.get("inception_weights"), log=log)
+                  inception_weights=snakemake.input.get("inception_weights"),
+                  clip_weights=snakemake.input.get("clip_weights"), log=log)

@@ -4,7 +4,7 @@ import json
 
 from diffrepro.io import write_text
 from diffrepro.jobs import attach_paired_fid_se, bootstrap_distance, merge_records
-from diffrepro.report import paper, parataa, tstitch, tstitch3, tstitch_samplers
+from diffrepro.report import bksdm, paper, parataa, tstitch, tstitch3, tstitch_samplers
 from diffrepro.snakejob import job
 
 with job(snakemake, torch_threads=1):
@@ -29,13 +29,21 @@ with job(snakemake, torch_threads=1):
     elif snakemake.params.kind == "tstitch3":
         table = tstitch3.build_table(records)
         tstitch3.write_outputs(table, out.csv, out.md, out.claims, labels=labels, setting_note=note)
+    elif snakemake.params.kind == "bksdm":
+        from diffrepro.t2i.sizes import bksdm_models, sd14_size_rows
+
+        published = paper.load_paper_table(snakemake.input.paper, snakemake.params.paper_table)
+        table = bksdm.build_table(records, bksdm_models(snakemake.config, [r["method"] for r in records]), published)
+        bksdm.write_outputs(table, out.csv, out.md, out.claims, labels=labels, setting_note=note,
+                            paper_note=paper_note, size_rows=sd14_size_rows(), paper_df=published)
     elif snakemake.params.kind == "parataa":
         table = parataa.build_table(records)
         parataa.write_table(table, out.csv, out.md, setting_note=note, labels=labels)
         write_text(out.claims, parataa.claims_markdown(table, note))
     else:
         published = paper.load_paper_table(snakemake.input.paper, snakemake.params.paper_table)
-        table = tstitch.build_table(records, published)
+        table = tstitch.build_table(records, published, timing_batch=paper.paper_timing_batch(
+            snakemake.input.paper, snakemake.params.paper_table))
         tstitch.write_table(table, out.csv, out.md, labels=labels, setting_note=note,
                             paper_note=paper_note)
         write_text(out.claims, tstitch.claims_markdown(table, note, paper_note))

@@ -1,0 +1,33 @@
+"""One U-Net in the text-to-image pipeline, e.g. a BK-SDM student or its teacher: the
+baseline every text-to-image method is compared with."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+
+from diffrepro.methods import MethodOutput, register_method
+
+
+@dataclass(frozen=True)
+class TextToImageSetting:
+    steps: int | None = None  # None: t2i.steps
+
+    def __post_init__(self):
+        if self.steps is not None and not (isinstance(self.steps, int) and 1 <= self.steps <= 1000):
+            raise ValueError(f"text_to_image steps must be an integer in [1, 1000], got {self.steps!r}")
+
+    def id(self) -> str:
+        return f"steps{self.steps}" if self.steps else "default"
+
+
+@register_method("text_to_image", setting=TextToImageSetting, roles=("model",), family="pipeline")
+def text_to_image(pipeline, unets, call, setting: TextToImageSetting) -> MethodOutput:
+    """The pipeline as it is, with the configured U-Net."""
+    steps: Counter = Counter()
+
+    def count(pipe, step_index, timestep, callback_kwargs):
+        steps["model"] += 1
+        return {}
+
+    return MethodOutput(call(callback_on_step_end=count), steps)

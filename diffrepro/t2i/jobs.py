@@ -1,0 +1,211 @@
+"""Rule bodies for text-to-image methods (method family "pipeline"): build the large
+pipeline and the U-Nets, sample a shard on the fixed per-image noise, time a setting against
+its baseline. The shards and timing files have the same format as the class-conditional
+suite's, so scoring, tables and plots are shared."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import asdict
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from ..checkpoints import load_checkpoint
+from ..data import to_uint8_nhwc
+from ..diffusion.sampling import initial_noise_and_labels
+from ..io import write_json, write_npz
+from ..methods import get_method
+from ..provenance import provenance
+from ..timing import _median_ci, _timed
+from .components import build_text_encoder, build_unet, char_tokenizer, digit_prompt, encode_prompts
+
+NUM_PROMPT_CLASSES = 10  # the embedded suite's class prompts (one per digit)
+
+
+def make_scheduler(spec: dict):
+    """A diffusers scheduler from {class, config}: the pipeline's own, named in the config."""
+    import diffusers
+
+    cls = getattr(diffusers, spec["class"], None)
+    if cls is None or not hasattr(cls, "set_timesteps"):
+        raise ValueError(f"config key t2i.scheduler.class: {spec['class']!r} is not a diffusers scheduler")
+    return cls(**spec.get("config", {}))
+
+
+def embedded_text_encoder(t2i: dict):
+    """The embedded suite's frozen text encoder: seeded random weights over a character-level
+    CLIP tokenizer, identical in every job (its state-dict hash is recorded)."""
+    spec = t2i["text_encoder"]
+    tokenizer = char_tokenizer(spec["max_length"])
+    encoder = build_text_encoder(tokenizer, spec["seed"], hidden_size=spec["hidden_size"],
+                                 layers=spec["layers"], heads=spec["heads"])
+    return tokenizer, encoder
+
+
+def state_dict_sha256(module: torch.nn.Module) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def embedded_pipeline(unet, t2i: dict):
+    """diffusers' StableDiffusionPipeline over the embedded suite's pixel-space U-Net: no VAE
+    (output_type "latent" returns the denoised 8x8 digits themselves)."""
+    from diffusers import StableDiffusionPipeline
+
+    tokenizer, encoder = embedded_text_encoder(t2i)
+    pipe = StableDiffusionPipeline(vae=None, text_encoder=encoder, tokenizer=tokenizer, unet=unet,
+                                   scheduler=make_scheduler(t2i["scheduler"]), safety_checker=None,
+                                   feature_extractor=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def load_unet(path: str, config: dict, device) -> torch.nn.Module:
+    unet = build_unet(config)
+    unet.load_state_dict(load_checkpoint(path), strict=True)
+    return unet.to(device).eval().requires_grad_(False)
+
+
+def load_pipeline_models(checkpoints: dict[str, str], model_configs: dict[str, dict], t2i: dict,
+                         device) -> tuple[object, dict[str, torch.nn.Module]]:
+    """(the pipeline around the `large` (or only, `model`) U-Net, U-Nets by role); the other
+    roles are U-Nets the method swaps in."""
+    unets = {role: load_unet(path, model_configs[role], device) for role, path in checkpoints.items()}
+    pipeline = embedded_pipeline(unets[pipeline_role(unets)], t2i).to(device)
+    return pipeline, unets
+
+
+def pipeline_role(roles) -> str:
+    return "large" if "large" in roles else "model"
+
+
+def sample_shape(model_configs: dict[str, dict]) -> tuple[int, int, int]:
+    config = model_configs[pipeline_role(model_configs)]
+    return config["in_channels"], config["sample_size"], config["sample_size"]
+
+
+def steps_of(setting, t2i: dict) -> int:
+    return getattr(setting, "steps", None) or t2i["steps"]
+
+
+def run_batch(spec, setting, pipeline, unets, t2i: dict, seed: int, indices: Sequence[int],
+              shape, device):
+    """One batch on the fixed per-image noise and class prompts: (method output, labels)."""
+    noise, labels, generators = initial_noise_and_labels(seed, list(indices), shape, NUM_PROMPT_CLASSES)
+    prompts = [digit_prompt(label) for label in labels]
+
+    def call(**kwargs):
+        # generators: per image, for schedulers that draw noise while sampling (LCM, DDPM)
+        return pipeline(prompts, num_inference_steps=steps_of(setting, t2i),
+                        guidance_scale=t2i["guidance_scale"], latents=noise.to(device),
+                        generator=generators, output_type="latent", return_dict=False, **kwargs)[0]
+
+    return spec.run(pipeline, unets, call, setting), labels
+
+
+@torch.no_grad()
+def sample_shard_t2i(*, method: str, setting_values: dict, checkpoints: dict[str, str],
+                     model_configs: dict[str, dict], t2i: dict, seed: int, indices: Sequence[int],
+                     batch_size: int, output: str, device="cpu", log=print) -> None:
+    spec = get_method(method)
+    setting = spec.make_setting(setting_values)
+    pipeline, unets = load_pipeline_models(checkpoints, model_configs, t2i, device)
+    shape = sample_shape(model_configs)
+    images, labels, samples, steps = [], [], [], {}
+    began = time.perf_counter()
+    for start in range(0, len(indices), batch_size):
+        batch = list(indices[start:start + batch_size])
+        out, y = run_batch(spec, setting, pipeline, unets, t2i, seed, batch, shape, device)
+        x = out.samples.float().cpu()
+        samples.append(x.numpy())
+        images.append(to_uint8_nhwc(x))
+        labels.append(y.numpy())
+        steps = out.steps_by_role(unets)
+        done = start + len(batch)
+        log(f"{method} {spec.setting_id(setting)}: {done}/{len(indices)} images, "
+            f"{done / (time.perf_counter() - began):.1f} images/s")
+    meta = {"method": method, "params": setting_values, "model_steps": steps, "seed": seed,
+            "sampling": t2i, "checkpoints": checkpoints, "device": str(device), "decoder": None,
+            "text_encoder_sha256": state_dict_sha256(pipeline.text_encoder)}
+    import json
+
+    write_npz(output, images=np.concatenate(images), labels=np.concatenate(labels),
+              indices=np.asarray(indices, dtype=np.int64), samples=np.concatenate(samples).astype(np.float32),
+              meta=np.asarray(json.dumps(meta, sort_keys=True)))
+
+
+@torch.no_grad()
+def time_t2i_setting(*, method: str, setting_values: dict, baseline: dict, checkpoints: dict[str, str],
+                     model_configs: dict[str, dict], t2i: dict, seed: int, timing: dict, config: dict,
+                     output: str, device="cpu", log=print) -> dict:
+    """Wall-clock of whole pipeline calls (text encoding, every step, guidance; the paper's
+    per-image time at timing.batch_size 1), each paired with a run of the baseline setting,
+    and the ideal time: steps x one guided U-Net pass, per U-Net."""
+    spec, base_spec = get_method(method), get_method(baseline["method"])
+    setting, base_setting = spec.make_setting(setting_values), base_spec.make_setting(baseline["params"])
+    is_baseline = (method, setting) == (baseline["method"], base_setting)
+    pipeline, unets = load_pipeline_models(checkpoints, model_configs, t2i, device)
+    shape = sample_shape(model_configs)
+    batch = list(range(timing["batch_size"]))
+
+    def timed(run_spec, which):
+        holder = []
+        seconds = _timed(lambda: holder.append(
+            run_batch(run_spec, which, pipeline, unets, t2i, seed, batch, shape, device)[0]), device)
+        return seconds, holder[0]
+
+    # One guided U-Net pass: the unconditional and conditional halves in one batch, as SD runs it.
+    tokenizer, encoder = pipeline.tokenizer, pipeline.text_encoder
+    context = encode_prompts(tokenizer, encoder, [""] * len(batch) + [digit_prompt(0)] * len(batch))
+    x = torch.randn((2 * len(batch), *shape), generator=torch.Generator().manual_seed(seed)).to(device)
+    t = torch.tensor(500, device=device)
+
+    def forward_times(unet) -> list[float]:
+        return [_timed(lambda: unet(x, t, encoder_hidden_states=context.to(device)), device)
+                for _ in range(timing["forward_repeats"])]
+
+    for _ in range(timing["warmup"]):
+        timed(spec, setting)
+        for unet in unets.values():
+            forward_times(unet)
+    runs, base_runs, speedups, pair_ratios, forward = [], [], [], [], {role: [] for role in unets}
+    for _ in range(timing["repeats"]):
+        seconds, out = timed(spec, setting)
+        runs.append(seconds)
+        steps = out.steps_by_role(unets)
+        if not is_baseline:
+            base_runs.append(timed(base_spec, base_setting)[0])
+            speedups.append(base_runs[-1] / seconds)
+        block = {role: forward_times(unet) for role, unet in unets.items()}
+        for role, times in block.items():
+            forward[role].extend(times)
+        pair_ratios.append(seconds / sum(steps[r] * statistics.median(block[r]) for r in block))
+    speedups = speedups or [1.0] * len(runs)
+    per_step = {role: statistics.median(v) for role, v in forward.items()}
+    result = {
+        "method": method, "setting": spec.setting_id(setting), "params": asdict(setting),
+        "batch_size": len(batch), "repeats": timing["repeats"], "warmup": timing["warmup"],
+        "forward_repeats": timing["forward_repeats"], "times_s": runs, "median_s": statistics.median(runs),
+        "model_steps": steps, "per_step_forward_s": per_step, "baseline": baseline,
+        "baseline_times_s": base_runs or runs, "speedup_pairs": speedups,
+        "speedup_vs_baseline": statistics.median(speedups), "speedup_ci95": _median_ci(speedups),
+        "ideal_s": sum(steps[r] * per_step[r] for r in per_step), "pair_ratios": pair_ratios,
+        "overhead_fraction": statistics.median(pair_ratios) - 1,
+        "forward_s": {"batch": statistics.median(forward[pipeline_role(forward)]), "window": None,
+                      "window_batch": None},
+        "threads": torch.get_num_threads(), "device": str(device),
+        "provenance": provenance(config, seeds={"seed": seed}, files=checkpoints, device=device),
+    }
+    log(f"{method} {result['setting']}: median {result['median_s']:.4f} s per call of "
+        f"{len(batch)} image(s), speed-up {result['speedup_vs_baseline']:.3f}x, overhead vs ideal "
+        f"{100 * result['overhead_fraction']:+.1f}%")
+    write_json(output, result)
+    return result

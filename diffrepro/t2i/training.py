@@ -1,0 +1,137 @@
+"""Seeded, resumable training of the embedded suite's class-prompt U-Nets (diffusers
+UNet2DConditionModel) on the digits: epsilon-prediction MSE, as SD is trained, with the prompt
+dropped to "" for 10% of the images so classifier-free guidance has an unconditional model.
+The text encoder is frozen (SD's is too); its 11 prompt embeddings are computed once.
+
+With `distil` (BK-SDM), the U-Net is a block-removed student initialised from the teacher's
+weights and trained on task + output-KD + feature-KD losses (diffrepro.models.bksdm)."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict
+
+import torch
+
+from ..checkpoints import save_checkpoint
+from ..io import atomic_path
+from ..training import TrainConfig, resume_path
+from .components import build_unet, digit_prompt, encode_prompts
+from .jobs import NUM_PROMPT_CLASSES, embedded_text_encoder, make_scheduler, state_dict_sha256
+
+PROMPT_DROPOUT = 0.1
+
+
+def noise_schedule(t2i: dict):
+    """The training betas: those of the pipeline's scheduler config (the DDPM forward process
+    that every sampler of the pipeline inverts)."""
+    from diffusers import DDPMScheduler
+
+    sampler_config = make_scheduler(t2i["scheduler"]).config
+    keys = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule")
+    return DDPMScheduler(**{k: sampler_config[k] for k in keys})
+
+
+def train_t2i_unet(unet_config: dict, train: TrainConfig, t2i: dict, images: torch.Tensor,
+                   labels: torch.Tensor, output: str, log=print, stop_after: int | None = None,
+                   distil: dict | None = None) -> dict:
+    """`distil`: {"teacher": U-Net, "variant": base|small|tiny, "weights": (task, out, feat)};
+    `unet_config` is then the student's (bksdm.student_config of the teacher's)."""
+    generator = torch.Generator().manual_seed(train.seed)
+    torch.manual_seed(train.seed)
+    model, ema = build_unet(unet_config), build_unet(unet_config)
+    kd = None
+    if distil is not None:
+        from ..models.bksdm import FeatureKD, build_student
+
+        teacher = distil["teacher"].eval().requires_grad_(False)
+        model.load_state_dict(build_student(teacher, distil["variant"]).state_dict())
+        w_task, w_out, w_feat = distil.get("weights", (1.0, 1.0, 1.0))
+        kd = FeatureKD(teacher, model, distil["variant"], w_task=w_task, w_out=w_out, w_feat=w_feat)
+    ema.load_state_dict(model.state_dict())
+    ema.requires_grad_(False)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=train.lr, weight_decay=0.0)
+    schedule = noise_schedule(t2i)
+    tokenizer, encoder = embedded_text_encoder(t2i)
+    # rows 0..9: the digit prompts; row 10: "" (the unconditional prompt)
+    contexts = encode_prompts(tokenizer, encoder, [digit_prompt(c) for c in range(NUM_PROMPT_CLASSES)] + [""])
+    start, history = 0, []
+    resume = resume_path(output)
+    if resume.exists():
+        state = torch.load(resume, weights_only=True)
+        model.load_state_dict(state["model"])
+        ema.load_state_dict(state["ema"])
+        optimizer.load_state_dict(state["optimizer"])
+        generator.set_state(state["generator"])
+        start, history = int(state["iteration"]), json.loads(state["history"])
+        log(f"resuming {output} at iteration {start}")
+
+    model.train()
+    began = time.perf_counter()
+    for it in range(start, train.iterations):
+        index = torch.randint(len(images), (train.batch_size,), generator=generator)
+        x0, y = images[index], labels[index].clone()
+        y[torch.rand(train.batch_size, generator=generator) < PROMPT_DROPOUT] = NUM_PROMPT_CLASSES
+        t = torch.randint(schedule.config.num_train_timesteps, (train.batch_size,), generator=generator)
+        noise = torch.randn(x0.shape, generator=generator)
+        x_t = schedule.add_noise(x0, noise, t)
+        if kd is None:
+            loss = torch.nn.functional.mse_loss(model(x_t, t, encoder_hidden_states=contexts[y]).sample, noise)
+            parts = {}
+        else:
+            terms = kd(x_t, t, contexts[y], noise)
+            loss, parts = terms["total"], {k: terms[k].item() for k in ("task", "out_kd", "feat_kd")}
+        for group in optimizer.param_groups:
+            group["lr"] = train.lr * min(1.0, (it + 1) / max(train.warmup, 1))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        decay = min(train.ema_decay, (1 + it) / (10 + it))  # EMA warm-up, as train_dit
+        with torch.no_grad():
+            for p_ema, p in zip(ema.parameters(), model.parameters()):
+                p_ema.lerp_(p, 1.0 - decay)
+        done = it + 1
+        if done % train.log_every == 0 or done == train.iterations:
+            history.append({"iteration": done, "loss": loss.item(), **parts})
+            log(f"iter {done}/{train.iterations} loss {loss.item():.4f}"
+                + "".join(f" {k} {v:.4f}" for k, v in parts.items()))
+        if done % train.checkpoint_every == 0 or done == train.iterations:
+            state = {"iteration": done, "model": model.state_dict(), "ema": ema.state_dict(),
+                     "optimizer": optimizer.state_dict(), "generator": generator.get_state(),
+                     "history": json.dumps(history)}
+            with atomic_path(resume) as tmp:
+                torch.save(state, tmp)
+        if stop_after is not None and done >= stop_after:
+            return {"stopped_at": done}
+    metadata = {"model_config": json.dumps(unet_config), "train_config": json.dumps(asdict(train))}
+    if kd is not None:
+        kd.close()
+    summary = {"model_config": unet_config, "train_config": asdict(train), "arch": "sd_unet",
+               "distil": None if distil is None else {"variant": distil["variant"],
+                                                      "weights": list(distil.get("weights", (1.0, 1.0, 1.0)))},
+               "parameters": sum(p.numel() for p in ema.parameters()),
+               "final_loss": history[-1]["loss"] if history else None, "history": history,
+               "seconds_this_run": time.perf_counter() - began,
+               "text_encoder_sha256": state_dict_sha256(encoder),
+               "sha256": save_checkpoint(output, ema.state_dict(), metadata)}
+    resume.unlink(missing_ok=True)
+    return summary
+
+
+def distil_student_job(*, teacher_path: str, teacher_config: dict, distil: dict, t2i: dict,
+                       output: str, log=print) -> dict:
+    """Rule distil_student: the BK-SDM student of the teacher checkpoint, distilled on the digits."""
+    from ..checkpoints import recorded_sha256
+    from ..data import load_digits_tensors
+    from ..models.bksdm_config import student_config
+    from .jobs import load_unet
+
+    teacher = load_unet(teacher_path, teacher_config, "cpu")
+    train = TrainConfig(**{k: v for k, v in distil.items() if k not in ("teacher", "variant", "kd_weights")})
+    images, labels = load_digits_tensors()
+    summary = train_t2i_unet(student_config(teacher_config, distil["variant"]), train, t2i, images, labels,
+                             output, log=log, distil={"teacher": teacher, "variant": distil["variant"],
+                                                      "weights": tuple(distil.get("kd_weights", (1, 1, 1)))})
+    summary["teacher_sha256"] = recorded_sha256(teacher_path)
+    return summary

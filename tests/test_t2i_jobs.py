@@ -1,0 +1,168 @@
+"""The text-to-image rule bodies on tiny class-prompt U-Nets: training resumes exactly, shards
+are seeded per image, T-Stitch's step counts and timing records, the table at batch 1."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from diffrepro.checkpoints import load_checkpoint, save_checkpoint
+from diffrepro.data import load_digits_tensors
+from diffrepro.report import tstitch
+from diffrepro.t2i.components import build_unet
+from diffrepro.t2i.jobs import sample_shard_t2i, time_t2i_setting
+from diffrepro.t2i.training import train_t2i_unet
+from diffrepro.training import TrainConfig
+
+T2I = {"scheduler": {"class": "PNDMScheduler",
+                     "config": {"num_train_timesteps": 1000, "beta_start": 0.0001, "beta_end": 0.02,
+                                "beta_schedule": "linear", "skip_prk_steps": True,
+                                "set_alpha_to_one": False, "steps_offset": 1}},
+       "steps": 5, "guidance_scale": 7.5,
+       "text_encoder": {"hidden_size": 16, "layers": 1, "heads": 2, "max_length": 32, "seed": 0}}
+
+
+def unet_config(channels, layers):
+    return dict(sample_size=8, in_channels=1, out_channels=1, block_out_channels=channels,
+                layers_per_block=layers, norm_num_groups=4, cross_attention_dim=16, attention_head_dim=4,
+                down_block_types=["CrossAttnDownBlock2D", "DownBlock2D"],
+                up_block_types=["UpBlock2D", "CrossAttnUpBlock2D"])
+
+
+CONFIGS = {"small": unet_config([8, 16], 1), "large": unet_config([16, 16], 1)}
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    root = tmp_path_factory.mktemp("t2i")
+    paths = {}
+    for seed, (role, config) in enumerate(CONFIGS.items()):
+        torch.manual_seed(seed)
+        paths[role] = str(root / f"{role}.safetensors")
+        save_checkpoint(paths[role], build_unet(config).state_dict())
+    return paths
+
+
+def test_training_resumes_to_identical_weights(tmp_path):
+    images, labels = load_digits_tensors()
+    train = TrainConfig(iterations=4, batch_size=8, lr=1e-3, warmup=2, seed=0, checkpoint_every=2, log_every=2)
+    config = CONFIGS["small"]
+    whole = train_t2i_unet(config, train, T2I, images, labels, tmp_path / "whole.safetensors", log=lambda *a: None)
+    assert train_t2i_unet(config, train, T2I, images, labels, tmp_path / "cut.safetensors",
+                          log=lambda *a: None, stop_after=2) == {"stopped_at": 2}
+    resumed = train_t2i_unet(config, train, T2I, images, labels, tmp_path / "cut.safetensors", log=lambda *a: None)
+    a, b = load_checkpoint(tmp_path / "whole.safetensors"), load_checkpoint(tmp_path / "cut.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert whole["sha256"] == resumed["sha256"] and len(whole["text_encoder_sha256"]) == 64
+    assert np.isfinite(whole["final_loss"])
+
+
+def sample(checkpoints, tmp_path, ratio, indices, name, batch_size=8):
+    out = tmp_path / f"{name}.npz"
+    sample_shard_t2i(method="tstitch_sd", setting_values={"ratio": ratio}, checkpoints=checkpoints,
+                     model_configs=CONFIGS, t2i=T2I, seed=3, indices=indices, batch_size=batch_size,
+                     output=str(out), log=lambda *a: None)
+    return np.load(out)
+
+
+def test_shards_are_per_image_and_count_steps(checkpoints, tmp_path):
+    whole = sample(checkpoints, tmp_path, 0.5, range(6), "whole")
+    first, second = sample(checkpoints, tmp_path, 0.5, range(3), "a", 2), sample(checkpoints, tmp_path, 0.5, range(3, 6), "b", 2)
+    np.testing.assert_allclose(np.concatenate([first["samples"], second["samples"]]), whole["samples"], atol=1e-5)
+    np.testing.assert_array_equal(np.concatenate([first["labels"], second["labels"]]), whole["labels"])
+    meta = json.loads(str(whole["meta"]))
+    assert meta["model_steps"] == {"small": 3, "large": 3}  # PNDM 5 steps: 6 timesteps
+    assert whole["images"].shape == (6, 8, 8, 1) and whole["images"].dtype == np.uint8
+    large_only = sample(checkpoints, tmp_path, 0.0, range(6), "large")
+    assert json.loads(str(large_only["meta"]))["model_steps"] == {"small": 0, "large": 6}
+    assert not np.allclose(large_only["samples"], whole["samples"])
+
+
+def test_timing_record_has_what_the_table_reads(checkpoints, tmp_path):
+    timing = {"batch_size": 1, "warmup": 0, "repeats": 2, "forward_repeats": 2, "threads": 1}
+    result = time_t2i_setting(method="tstitch_sd", setting_values={"ratio": 0.4},
+                              baseline={"method": "tstitch_sd", "params": {"ratio": 0.0}},
+                              checkpoints=checkpoints, model_configs=CONFIGS, t2i=T2I, seed=0, timing=timing,
+                              config={"seed": 0}, output=str(tmp_path / "t.json"), log=lambda *a: None)
+    assert result["model_steps"] == {"small": 2, "large": 4}  # (i + 1) / 6 <= 0.4
+    assert result["batch_size"] == 1 and len(result["speedup_pairs"]) == 2
+    assert result["ideal_s"] > 0 and result["median_s"] > 0
+    assert json.loads((tmp_path / "t.json").read_text())["setting"] == "r0.4"
+
+
+def record(ratio, fid, seconds, speedup, batch=1):
+    return {"params": {"ratio": ratio}, "metrics": {"fid": fid, "fid_bootstrap_se": 0.1, "fid_diff_se": 0.1},
+            "model_steps": {"small": 0, "large": 26}, "labels": {},
+            "timing": {"median_s": seconds, "batch_size": batch, "speedup_vs_baseline": speedup}}
+
+
+def test_sd_table_compares_per_image_times_with_the_papers():
+    paper = pd.DataFrame([[0.0, 3.1], [0.4, 2.6], [1.0, 1.9]], columns=["ratio", "time_s"])
+    records = [record(0.0, 10.0, 0.5, 1.0), record(0.4, 10.5, 0.4, 1.25), record(1.0, 20.0, 0.3, 1.6)]
+    table = tstitch.build_table(records, paper, timing_batch=1)
+    assert table.loc[1, "paper_speedup"] == pytest.approx(3.1 / 2.6)
+    assert table["paper_fid"].isna().all()
+    markdown = tstitch.table_markdown(table, labels={}, setting_note="note")
+    assert "ours: time, 1 image (s)" in markdown and "8 images" not in markdown
+    with pytest.raises(ValueError, match="the table compares time for 8 images"):
+        tstitch.build_table(records, paper)
+
+
+SD_SHAPED = dict(sample_size=8, in_channels=1, out_channels=1, block_out_channels=[8, 16, 16],
+                 layers_per_block=2, norm_num_groups=4, cross_attention_dim=16, attention_head_dim=4,
+                 down_block_types=["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
+                 up_block_types=["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"])
+
+
+@pytest.mark.parametrize("variant", ["base", "tiny"])
+def test_distillation_starts_from_the_teacher_and_resumes_exactly(tmp_path, variant):
+    from diffrepro.models.bksdm import build_student
+    from diffrepro.models.bksdm_config import student_config
+
+    images, labels = load_digits_tensors()
+    torch.manual_seed(0)
+    teacher = build_unet(SD_SHAPED).eval()
+    config = student_config(SD_SHAPED, variant)
+    train = TrainConfig(iterations=3, batch_size=8, lr=1e-3, warmup=1, seed=0, checkpoint_every=1, log_every=1)
+    distil = {"teacher": teacher, "variant": variant}
+    run = lambda out, **kw: train_t2i_unet(config, train, T2I, images, labels, tmp_path / out,  # noqa: E731
+                                           log=lambda *a: None, distil=distil, **kw)
+    whole = run("whole.safetensors")
+    run("cut.safetensors", stop_after=1)
+    run("cut.safetensors")
+    a, b = load_checkpoint(tmp_path / "whole.safetensors"), load_checkpoint(tmp_path / "cut.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert set(whole["history"][0]) == {"iteration", "loss", "task", "out_kd", "feat_kd"}
+    assert whole["distil"] == {"variant": variant, "weights": [1.0, 1.0, 1.0]}
+    # one step of lr 1e-3 from the teacher-initialised student: still close to it, not random
+    start = build_student(teacher, variant).state_dict()
+    first = train_t2i_unet(config, TrainConfig(iterations=1, batch_size=8, lr=1e-3, warmup=1, seed=0),
+                           T2I, images, labels, tmp_path / "one.safetensors", log=lambda *a: None, distil=distil)
+    one = load_checkpoint(tmp_path / "one.safetensors")
+    assert first["final_loss"] > 0
+    assert max((one[k] - start[k]).abs().max().item() for k in start) < 0.01
+
+
+def test_the_embedded_clip_learns_to_match_digits_to_their_prompts(tmp_path):
+    """A short training run already ranks the right prompt above a wrong one (the score the
+    CLIP-score column reports), through the same loader the score job uses."""
+    from diffrepro.clip_score import ClipSpec, clip_scores, load_clip
+    from diffrepro.data import real_digits_uint8
+    from diffrepro.t2i.clip_training import ClipTrainConfig, train_clip
+    from diffrepro.t2i.components import digit_prompt
+
+    config = {"embed_dim": 16, "vision_cfg": {"image_size": 8, "patch_size": 2, "width": 32, "layers": 1,
+                                              "head_width": 16, "mlp_ratio": 2.0},
+              "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
+    images, labels = real_digits_uint8()
+    summary = train_clip("test-digits-clip", config, ClipTrainConfig(iterations=60, batch_size=64, lr=3e-3),
+                         images, labels, str(tmp_path / "clip.safetensors"), log=lambda *a: None)
+    model, preprocess, tokenizer = load_clip(ClipSpec(model="test-digits-clip", pretrained=None, config=config,
+                                                      path=str(tmp_path / "clip.safetensors"), sha256=summary["sha256"]))
+    right = clip_scores(model, preprocess, tokenizer, images[:200], [digit_prompt(y) for y in labels[:200]])
+    wrong = clip_scores(model, preprocess, tokenizer, images[:200], [digit_prompt((y + 3) % 10) for y in labels[:200]])
+    assert right.mean() > wrong.mean() + 0.1
