@@ -67,11 +67,14 @@ def method_timing(config: dict, method: str) -> dict:
     return {**config["timing"], **config["methods"][method].get("timing", {})}
 
 
-def model_config(config: dict, name: str) -> dict:
+def model_config(config: dict, name: str, _seen: tuple = ()) -> dict:
     """A model's constructor arguments; a BK-SDM student's come from its teacher's by block removal."""
     entry = config["models"][name]
     if "distil" not in entry:
         return entry["config"]
+    if name in _seen:
+        raise ConfigError(f"config key models.{name}.distil.teacher: the teachers form a cycle "
+                          f"{' -> '.join((*_seen, name))}")
     from .models.bksdm_config import student_config
 
     teacher = entry["distil"]["teacher"]
@@ -79,7 +82,7 @@ def model_config(config: dict, name: str) -> dict:
         raise ConfigError(f"config key models.{name}.distil.teacher: {teacher!r} must be an sd_unet "
                           f"model of this config")
     try:
-        return student_config(model_config(config, teacher), entry["distil"]["variant"])
+        return student_config(model_config(config, teacher, (*_seen, name)), entry["distil"]["variant"])
     except ValueError as err:
         raise ConfigError(f"config key models.{name}.distil: {err}") from err
 
@@ -139,6 +142,7 @@ def check_config(config: dict) -> None:
     _check_scoring(config)
     for name in config["models"]:
         model_config(config, name)  # a student's teacher exists and has the right shape
+    _check_text_to_image(config)
     if "training" in config:
         _check_training(config["training"])
     for table, entry in config["tables"].items():
@@ -235,6 +239,14 @@ def _check_table(config: dict, table: str, entry: dict) -> None:
                 raise ConfigError(f"config key tables.{table}.methods: {method} is measured against "
                                   f"{ref}; list {ref} in the table too")
     _check_paper_table(kind, entry["paper"], f"tables.{table}")
+    if kind in ("tstitch", "tstitch_sd"):
+        from .report.paper import paper_timing_batch
+
+        published = paper_timing_batch(PAPER_DIR.parent.parent / paper_file(kind), entry["paper"])
+        batch = method_timing(config, entry["method"])["batch_size"]
+        if batch != published:
+            raise ConfigError(f"config key methods.{entry['method']}.timing.batch_size: {batch}, but the paper "
+                              f"times {published} image(s) (tables.{table}.paper); set it to {published}")
 
 
 def _check_paper_table(kind: str, name: str, where: str) -> None:
@@ -253,11 +265,45 @@ def _check_family(spec: MethodSpec, entry: dict, config: dict, where: str) -> No
     if spec.family == "pipeline" and "t2i" not in config:
         raise ConfigError(f"config key t2i: method {spec.name!r} runs a text-to-image pipeline and "
                           f"needs the t2i section (scheduler, steps, guidance_scale, text_encoder)")
+    if spec.family == "pipeline":
+        compute = compute_settings(config)
+        if compute["precision"] != "fp32" or compute["compile"]:
+            raise ConfigError(f"config key compute: text-to-image methods ({spec.name!r}) run in fp32 without "
+                              f"torch.compile here; set compute.precision: fp32 and compute.compile: false")
     arch = FAMILY_ARCH[spec.family]
     for role, model in entry["models"].items():
         if config["models"][model]["arch"] != arch:
             raise ConfigError(f"config key {where}.models.{role}: method {spec.name!r} needs a model "
                               f"with arch {arch!r}; {model!r} is {config['models'][model]['arch']!r}")
+
+
+def _check_text_to_image(config: dict) -> None:
+    """Class-prompt U-Nets need the t2i section and must read its text encoder's width; the
+    CLIP section must say where its weights come from."""
+    for name, entry in config["models"].items():
+        if entry["arch"] != "sd_unet":
+            continue
+        if "t2i" not in config:
+            raise ConfigError(f"config key models.{name}: an sd_unet model needs the t2i section "
+                              f"(scheduler, steps, guidance_scale, text_encoder)")
+        if "source" in entry:
+            raise ConfigError(f"config key models.{name}.source: published sd_unet checkpoints are not "
+                              f"supported; train or distil it")
+        width, heads = config["t2i"]["text_encoder"]["hidden_size"], config["t2i"]["text_encoder"]["heads"]
+        cross = model_config(config, name).get("cross_attention_dim", 1280)
+        if cross != width:
+            raise ConfigError(f"config key models.{name}.config.cross_attention_dim: {cross} must equal "
+                              f"t2i.text_encoder.hidden_size ({width}), the width of the text it attends to")
+        if width % heads:
+            raise ConfigError(f"config key t2i.text_encoder: hidden_size {width} is not divisible by heads {heads}")
+    clip = config.get("clip")
+    if clip is not None:
+        if "train" in clip and "config" not in clip:
+            raise ConfigError("config key clip.train: training a CLIP needs clip.config (an open_clip "
+                              "model config: embed_dim, vision_cfg, text_cfg)")
+        if "config" in clip and "train" not in clip and not clip.get("path"):
+            raise ConfigError("config key clip.config: a custom CLIP needs its weights: set clip.path, or "
+                              "clip.train to train it on the suite's data")
 
 
 def _check_roles(spec: MethodSpec, entry: dict, config: dict, where: str) -> None:

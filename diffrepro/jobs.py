@@ -361,6 +361,10 @@ def score_setting(*, shards: Sequence[str], reference_path: str, scoring: dict, 
                   reference_features: str | None = None, inception_weights: str | None = None,
                   clip_weights: str | None = None, log=print) -> dict:
     images, labels, meta = read_shards(shards)
+    # CLIP first: a missing or unreadable CLIP fails before the FID work, not after it
+    clip_record = None
+    if "clip" in config and get_method(meta["method"]).family == "pipeline":
+        clip_record = _clip_scores(images, labels, config, clip_weights, log)
     if scoring.get("backend", "digits") == "adm":
         verify_downloads({"reference_batch": reference_path, "inception_weights": inception_weights},
                          scoring, config.get("downloads", {}).get("lock", DEFAULT_LOCK), log)
@@ -373,8 +377,7 @@ def score_setting(*, shards: Sequence[str], reference_path: str, scoring: dict, 
         scores, labels_text, files, extra, features = _digits_scores(
             images, labels, classifier_path=classifier_path, reference_path=reference_path,
             scoring=scoring)
-    if "clip" in config and get_method(meta["method"]).family == "pipeline":
-        clip_record = _clip_scores(images, labels, config, clip_weights, log)
+    if clip_record is not None:
         scores.update(clip_record["metrics"])
         labels_text = {**labels_text, "clip_score": clip_record["label"]}
         extra = {**extra, "clip": clip_record["provenance"]}
@@ -399,7 +402,8 @@ def score_setting(*, shards: Sequence[str], reference_path: str, scoring: dict, 
                                                 "scoring_seed": scoring["seed"]},
                                  files=files, extra={**extra, "num_samples": scores["num_samples"],
                                                      "sampling_device": meta.get("device", "cpu"),
-                                                     "decoder": meta.get("decoder")}),
+                                                     "decoder": meta.get("decoder"),
+                                                     "text_encoder_sha256": meta.get("text_encoder_sha256")}),
     }
     extras = read_shard_extras(shards)
     parallel = parallel_summary(extras, steps_for(setting, meta["sampling"]))

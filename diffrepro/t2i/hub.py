@@ -39,7 +39,8 @@ def resolve_model(model_id: str, *, config_key: str, path: str | None = None,
     from huggingface_hub.errors import LocalEntryNotFoundError
 
     try:
-        return Path(snapshot_download(model_id, allow_patterns=allow_patterns,
+        # the cache as the environment names it now (huggingface_hub reads it once, at import)
+        return Path(snapshot_download(model_id, allow_patterns=allow_patterns, cache_dir=os.environ.get("HF_HUB_CACHE"),
                                       local_files_only=downloads_off(allow_downloads)))
     except LocalEntryNotFoundError:
         raise _unavailable(model_id, config_key, "it is not in the Hugging Face cache and downloads are "

@@ -8,6 +8,7 @@ from __future__ import annotations
 import statistics
 import time
 from dataclasses import asdict
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -16,7 +17,7 @@ import torch
 from ..checkpoints import load_checkpoint
 from ..data import to_uint8_nhwc
 from ..diffusion.sampling import initial_noise_and_labels
-from ..io import write_json, write_npz
+from ..io import read_json, write_json, write_npz
 from ..methods import get_method
 from ..provenance import provenance
 from ..timing import _median_ci, _timed
@@ -80,7 +81,23 @@ def load_pipeline_models(checkpoints: dict[str, str], model_configs: dict[str, d
     roles are U-Nets the method swaps in."""
     unets = {role: load_unet(path, model_configs[role], device) for role, path in checkpoints.items()}
     pipeline = embedded_pipeline(unets[pipeline_role(unets)], t2i).to(device)
+    check_text_encoder(pipeline.text_encoder, checkpoints)
     return pipeline, unets
+
+
+def check_text_encoder(encoder, checkpoints: dict[str, str]) -> str:
+    """The text encoder is rebuilt from its seed in every job: make sure it is the one each
+    U-Net was trained with (recorded in the U-Net's training summary). Returns its hash."""
+    digest = state_dict_sha256(encoder)
+    for role, path in checkpoints.items():
+        summary = Path(str(path).removesuffix(".safetensors") + ".train.json")
+        trained_with = read_json(summary).get("text_encoder_sha256") if summary.exists() else None
+        if trained_with is not None and trained_with != digest:
+            raise RuntimeError(
+                f"the text encoder built here (sha256 {digest}) is not the one {role} U-Net {path} was "
+                f"trained with ({trained_with}): t2i.text_encoder or the installed torch/transformers "
+                f"changed since training. Delete {path} and rerun snakemake to retrain it.")
+    return digest
 
 
 def pipeline_role(roles) -> str:
@@ -115,6 +132,7 @@ def run_batch(spec, setting, pipeline, unets, t2i: dict, seed: int, indices: Seq
 def sample_shard_t2i(*, method: str, setting_values: dict, checkpoints: dict[str, str],
                      model_configs: dict[str, dict], t2i: dict, seed: int, indices: Sequence[int],
                      batch_size: int, output: str, device="cpu", log=print) -> None:
+    device = torch.device(device)
     spec = get_method(method)
     setting = spec.make_setting(setting_values)
     pipeline, unets = load_pipeline_models(checkpoints, model_configs, t2i, device)
@@ -149,6 +167,7 @@ def time_t2i_setting(*, method: str, setting_values: dict, baseline: dict, check
     """Wall-clock of whole pipeline calls (text encoding, every step, guidance; the paper's
     per-image time at timing.batch_size 1), each paired with a run of the baseline setting,
     and the ideal time: steps x one guided U-Net pass, per U-Net."""
+    device = torch.device(device)
     spec, base_spec = get_method(method), get_method(baseline["method"])
     setting, base_setting = spec.make_setting(setting_values), base_spec.make_setting(baseline["params"])
     is_baseline = (method, setting) == (baseline["method"], base_setting)
@@ -202,7 +221,8 @@ def time_t2i_setting(*, method: str, setting_values: dict, baseline: dict, check
         "forward_s": {"batch": statistics.median(forward[pipeline_role(forward)]), "window": None,
                       "window_batch": None},
         "threads": torch.get_num_threads(), "device": str(device),
-        "provenance": provenance(config, seeds={"seed": seed}, files=checkpoints, device=device),
+        "provenance": provenance(config, seeds={"seed": seed}, files=checkpoints, device=device,
+                                 extra={"text_encoder_sha256": state_dict_sha256(pipeline.text_encoder)}),
     }
     log(f"{method} {result['setting']}: median {result['median_s']:.4f} s per call of "
         f"{len(batch)} image(s), speed-up {result['speedup_vs_baseline']:.3f}x, overhead vs ideal "

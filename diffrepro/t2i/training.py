@@ -58,8 +58,19 @@ def train_t2i_unet(unet_config: dict, train: TrainConfig, t2i: dict, images: tor
     contexts = encode_prompts(tokenizer, encoder, [digit_prompt(c) for c in range(NUM_PROMPT_CLASSES)] + [""])
     start, history = 0, []
     resume = resume_path(output)
-    if resume.exists():
-        state = torch.load(resume, weights_only=True)
+    # What the run depends on: a resume file from a run with other inputs is not resumed.
+    fingerprint = json.dumps({"unet": unet_config, "train": asdict(train), "t2i": training_inputs(t2i),
+                              "text_encoder": state_dict_sha256(encoder),
+                              "distil": None if distil is None else [distil["variant"],
+                                                                     list(distil.get("weights", (1.0, 1.0, 1.0))),
+                                                                     state_dict_sha256(distil["teacher"])]},
+                             sort_keys=True)
+    state = torch.load(resume, weights_only=True) if resume.exists() else None
+    if state is not None and state.get("fingerprint") != fingerprint:
+        log(f"ignoring {resume}: it comes from a run with other settings or inputs")
+        resume.unlink()
+        state = None
+    if state is not None:
         model.load_state_dict(state["model"])
         ema.load_state_dict(state["ema"])
         optimizer.load_state_dict(state["optimizer"])
@@ -68,6 +79,22 @@ def train_t2i_unet(unet_config: dict, train: TrainConfig, t2i: dict, images: tor
         log(f"resuming {output} at iteration {start}")
 
     model.train()
+    try:
+        return _train_loop(model, ema, optimizer, generator, schedule, contexts, kd, train, images, labels,
+                           output, resume, fingerprint, start, history, log, stop_after, unet_config, encoder,
+                           distil)
+    finally:
+        if kd is not None:
+            kd.close()  # the teacher is the caller's: take the feature hooks off it
+
+
+def training_inputs(t2i: dict) -> dict:
+    """The part of the t2i section a U-Net's training depends on (not steps or guidance)."""
+    return {"scheduler": t2i["scheduler"], "text_encoder": t2i["text_encoder"]}
+
+
+def _train_loop(model, ema, optimizer, generator, schedule, contexts, kd, train, images, labels, output,
+                resume, fingerprint, start, history, log, stop_after, unet_config, encoder, distil) -> dict:
     began = time.perf_counter()
     for it in range(start, train.iterations):
         index = torch.randint(len(images), (train.batch_size,), generator=generator)
@@ -99,14 +126,12 @@ def train_t2i_unet(unet_config: dict, train: TrainConfig, t2i: dict, images: tor
         if done % train.checkpoint_every == 0 or done == train.iterations:
             state = {"iteration": done, "model": model.state_dict(), "ema": ema.state_dict(),
                      "optimizer": optimizer.state_dict(), "generator": generator.get_state(),
-                     "history": json.dumps(history)}
+                     "history": json.dumps(history), "fingerprint": fingerprint}
             with atomic_path(resume) as tmp:
                 torch.save(state, tmp)
         if stop_after is not None and done >= stop_after:
             return {"stopped_at": done}
     metadata = {"model_config": json.dumps(unet_config), "train_config": json.dumps(asdict(train))}
-    if kd is not None:
-        kd.close()
     summary = {"model_config": unet_config, "train_config": asdict(train), "arch": "sd_unet",
                "distil": None if distil is None else {"variant": distil["variant"],
                                                       "weights": list(distil.get("weights", (1.0, 1.0, 1.0)))},

@@ -101,6 +101,13 @@ def sampling_params(wildcards):
                      **compute})
 
 
+def t2i_training_inputs(model):
+    """What in the t2i section a model's training depends on (None for a DiT)."""
+    if config["models"][model]["arch"] != "sd_unet":
+        return None
+    return {key: config["t2i"][key] for key in ("scheduler", "text_encoder")}
+
+
 def method_family(method):
     return get_method(method).family
 
@@ -160,8 +167,11 @@ def score_inputs(wildcards):
     if SCORING_BACKEND == "adm" and weights is not None:
         # a DAG input: a missing file fails before any sampling, not after it
         inputs["inception_weights"] = f"{DOWNLOADS}/{weights['file']}" if isinstance(weights, dict) else weights
-    if "clip" in config and method_family(wildcards.method) == "pipeline" and "train" in config["clip"]:
-        inputs["clip_weights"] = f"{CHECKPOINTS}/clip.safetensors"  # the embedded suite's own CLIP
+    if "clip" in config and method_family(wildcards.method) == "pipeline":
+        if "train" in config["clip"]:
+            inputs["clip_weights"] = f"{CHECKPOINTS}/clip.safetensors"  # the embedded suite's own CLIP
+        elif config["clip"].get("path"):
+            inputs["clip_weights"] = config["clip"]["path"]  # a missing file stops the run before sampling
     if (ref_method, ref_setting) != (wildcards.method, wildcards.setting):
         inputs["reference_shards"] = shards_of(ref_method, ref_setting)
         # the reference run's features, for the paired bootstrap SE of the FID difference

@@ -11,6 +11,8 @@ rule train_denoiser:
     params:
         model_config=lambda w: as_param(config["models"][w.model]["config"]),
         train=lambda w: as_param(config["models"][w.model]["train"]),
+        # a class-prompt U-Net also depends on the text encoder and the noise schedule
+        t2i=lambda w: as_param(t2i_training_inputs(w.model)),
     threads: config["threads"]
     resources:
         **job_resources("train_denoiser"),
@@ -36,7 +38,7 @@ rule distil_student:
     params:
         teacher_config=lambda w: as_param(model_config(config, config["models"][w.model]["distil"]["teacher"])),
         distil=lambda w: as_param(config["models"][w.model]["distil"]),
-        t2i=as_param(config.get("t2i")),
+        t2i=lambda w: as_param(t2i_training_inputs(w.model)),
     threads: config["threads"]
     resources:
         **job_resources("distil_student"),

@@ -8,6 +8,7 @@ rule score:
     params:
         scoring=as_param(config["scoring"]),
         reference_run=lambda w: as_param(REFERENCES[w.method][w.setting]),
+        clip=lambda w: as_param(config.get("clip") if method_family(w.method) == "pipeline" else None),
     threads: config["threads"]
     resources:
         **job_resources("score"),

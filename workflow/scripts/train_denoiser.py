@@ -15,7 +15,7 @@ with job(snakemake) as log:
     if model["arch"] == "sd_unet":  # a class-prompt U-Net for the text-to-image methods
         from diffrepro.t2i.training import train_t2i_unet
 
-        summary = train_t2i_unet(model_config, train, snakemake.config["t2i"], images, labels,
+        summary = train_t2i_unet(model_config, train, json.loads(snakemake.params.t2i), images, labels,
                                  snakemake.output.checkpoint, log=log)
     else:
         from diffrepro.models.dit import DiTConfig
