@@ -67,17 +67,8 @@ def train_dit(model_config: DiTConfig, train: TrainConfig, images: torch.Tensor,
     bad = [it for it in snapshots if not 1 <= it <= train.iterations]
     if bad:
         raise ValueError(f"snapshot iterations {bad} outside 1..{train.iterations}")
-    start, history = 0, []
-
     resume = resume_path(output)
-    if resume.exists():
-        state = torch.load(resume, weights_only=True)
-        model.load_state_dict(state["model"])
-        ema.load_state_dict(state["ema"])
-        optimizer.load_state_dict(state["optimizer"])
-        generator.set_state(state["generator"])
-        start, history = int(state["iteration"]), json.loads(state["history"])
-        log(f"resuming {output} at iteration {start}")
+    start, history = load_resume(resume, model, ema, optimizer, generator, log=log)
 
     model.train()
     began = time.perf_counter()
@@ -109,7 +100,7 @@ def train_dit(model_config: DiTConfig, train: TrainConfig, images: torch.Tensor,
         if done in snapshots:
             save_checkpoint(snapshots[done], ema.state_dict(), _metadata(model_config, train, done))
         if done % train.checkpoint_every == 0 or done == train.iterations or done in snapshots:
-            _save_resume(resume, done, model, ema, optimizer, generator, history)
+            save_resume(resume, done, model, ema, optimizer, generator, history)
         if stop_after is not None and done >= stop_after:
             return {"stopped_at": done}
 
@@ -130,9 +121,32 @@ def _metadata(model_config: DiTConfig, train: TrainConfig, iteration: int) -> di
             "train_config": json.dumps(asdict(train)), "iteration": str(iteration)}
 
 
-def _save_resume(path: Path, iteration: int, model, ema, optimizer, generator, history) -> None:
+def load_resume(path: Path, model, ema, optimizer, generator, *, fingerprint: str | None = None,
+                log=print) -> tuple[int, list]:
+    """Restore a killed run's state; returns (iteration to start at, history). With a
+    `fingerprint` (what the run depends on), a resume file of another run is deleted, not used."""
+    if not path.exists():
+        return 0, []
+    state = torch.load(path, weights_only=True)
+    if fingerprint is not None and state.get("fingerprint") != fingerprint:
+        log(f"ignoring {path}: it comes from a run with other settings or inputs")
+        path.unlink()
+        return 0, []
+    model.load_state_dict(state["model"])
+    ema.load_state_dict(state["ema"])
+    optimizer.load_state_dict(state["optimizer"])
+    generator.set_state(state["generator"])
+    start = int(state["iteration"])
+    log(f"resuming {path} at iteration {start}")
+    return start, json.loads(state["history"])
+
+
+def save_resume(path: Path, iteration: int, model, ema, optimizer, generator, history,
+                 fingerprint: str | None = None) -> None:
     state = {"iteration": iteration, "model": model.state_dict(), "ema": ema.state_dict(),
              "optimizer": optimizer.state_dict(), "generator": generator.get_state(),
              "history": json.dumps(history)}
+    if fingerprint is not None:
+        state["fingerprint"] = fingerprint
     with atomic_path(path) as tmp:
         torch.save(state, tmp)

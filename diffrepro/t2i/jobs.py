@@ -5,6 +5,7 @@ suite's, so scoring, tables and plots are shared."""
 
 from __future__ import annotations
 
+import json
 import statistics
 import time
 from dataclasses import asdict
@@ -153,8 +154,6 @@ def sample_shard_t2i(*, method: str, setting_values: dict, checkpoints: dict[str
     meta = {"method": method, "params": setting_values, "model_steps": steps, "seed": seed,
             "sampling": t2i, "checkpoints": checkpoints, "device": str(device), "decoder": None,
             "text_encoder_sha256": state_dict_sha256(pipeline.text_encoder)}
-    import json
-
     write_npz(output, images=np.concatenate(images), labels=np.concatenate(labels),
               indices=np.asarray(indices, dtype=np.int64), samples=np.concatenate(samples).astype(np.float32),
               meta=np.asarray(json.dumps(meta, sort_keys=True)))

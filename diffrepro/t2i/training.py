@@ -15,8 +15,7 @@ from dataclasses import asdict
 import torch
 
 from ..checkpoints import save_checkpoint
-from ..io import atomic_path
-from ..training import TrainConfig, resume_path
+from ..training import TrainConfig, save_resume, load_resume, resume_path
 from .components import build_unet, digit_prompt, encode_prompts
 from .jobs import NUM_PROMPT_CLASSES, embedded_text_encoder, make_scheduler, state_dict_sha256
 
@@ -56,7 +55,6 @@ def train_t2i_unet(unet_config: dict, train: TrainConfig, t2i: dict, images: tor
     tokenizer, encoder = embedded_text_encoder(t2i)
     # rows 0..9: the digit prompts; row 10: "" (the unconditional prompt)
     contexts = encode_prompts(tokenizer, encoder, [digit_prompt(c) for c in range(NUM_PROMPT_CLASSES)] + [""])
-    start, history = 0, []
     resume = resume_path(output)
     # What the run depends on: a resume file from a run with other inputs is not resumed.
     fingerprint = json.dumps({"unet": unet_config, "train": asdict(train), "t2i": training_inputs(t2i),
@@ -65,18 +63,7 @@ def train_t2i_unet(unet_config: dict, train: TrainConfig, t2i: dict, images: tor
                                                                      list(distil.get("weights", (1.0, 1.0, 1.0))),
                                                                      state_dict_sha256(distil["teacher"])]},
                              sort_keys=True)
-    state = torch.load(resume, weights_only=True) if resume.exists() else None
-    if state is not None and state.get("fingerprint") != fingerprint:
-        log(f"ignoring {resume}: it comes from a run with other settings or inputs")
-        resume.unlink()
-        state = None
-    if state is not None:
-        model.load_state_dict(state["model"])
-        ema.load_state_dict(state["ema"])
-        optimizer.load_state_dict(state["optimizer"])
-        generator.set_state(state["generator"])
-        start, history = int(state["iteration"]), json.loads(state["history"])
-        log(f"resuming {output} at iteration {start}")
+    start, history = load_resume(resume, model, ema, optimizer, generator, fingerprint=fingerprint, log=log)
 
     model.train()
     try:
@@ -124,11 +111,7 @@ def _train_loop(model, ema, optimizer, generator, schedule, contexts, kd, train,
             log(f"iter {done}/{train.iterations} loss {loss.item():.4f}"
                 + "".join(f" {k} {v:.4f}" for k, v in parts.items()))
         if done % train.checkpoint_every == 0 or done == train.iterations:
-            state = {"iteration": done, "model": model.state_dict(), "ema": ema.state_dict(),
-                     "optimizer": optimizer.state_dict(), "generator": generator.get_state(),
-                     "history": json.dumps(history), "fingerprint": fingerprint}
-            with atomic_path(resume) as tmp:
-                torch.save(state, tmp)
+            save_resume(resume, done, model, ema, optimizer, generator, history, fingerprint)
         if stop_after is not None and done >= stop_after:
             return {"stopped_at": done}
     metadata = {"model_config": json.dumps(unet_config), "train_config": json.dumps(asdict(train))}
