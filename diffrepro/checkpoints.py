@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -19,15 +20,31 @@ def sidecar(path: str | os.PathLike) -> Path:
     return Path(f"{path}.sha256")
 
 
+METADATA_KEY = "diffrepro"
+
+
 def save_checkpoint(path: str | os.PathLike, state_dict: dict[str, torch.Tensor],
                     metadata: dict[str, str] | None = None) -> str:
-    """Write tensors atomically, then the sha256 sidecar; returns the digest."""
+    """Write tensors atomically, then the sha256 sidecar; returns the digest.
+
+    The metadata is stored as one key holding sorted JSON: safetensors writes several keys
+    in a random (hash-map) order, so identical weights would get a different sha256 per run."""
     tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
+    packed = None if metadata is None else {METADATA_KEY: json.dumps(metadata, sort_keys=True)}
     with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=metadata)
+        save_file(tensors, str(tmp), metadata=packed)
     digest = sha256_file(path)
     write_text(sidecar(path), f"{digest}  {Path(path).name}\n")
     return digest
+
+
+def read_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """The metadata save_checkpoint stored (not checksum-verified; read-only use)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        stored = dict(f.metadata() or {})
+    return json.loads(stored[METADATA_KEY]) if METADATA_KEY in stored else stored
 
 
 def recorded_sha256(path: str | os.PathLike) -> str:

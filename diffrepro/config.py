@@ -68,8 +68,11 @@ def method_timing(config: dict, method: str) -> dict:
 
 
 def model_config(config: dict, name: str, _seen: tuple = ()) -> dict:
-    """A model's constructor arguments; a BK-SDM student's come from its teacher's by block removal."""
+    """A model's constructor arguments; a BK-SDM student's come from its teacher's by block
+    removal; a hub model's config is in its repository ({"hub": spec} stands for it)."""
     entry = config["models"][name]
+    if "hub" in entry:
+        return {"hub": entry["hub"]}
     if "distil" not in entry:
         return entry["config"]
     if name in _seen:
@@ -78,9 +81,11 @@ def model_config(config: dict, name: str, _seen: tuple = ()) -> dict:
     from .models.bksdm_config import student_config
 
     teacher = entry["distil"]["teacher"]
-    if teacher not in config["models"] or config["models"][teacher]["arch"] != "sd_unet":
+    if (teacher not in config["models"] or config["models"][teacher]["arch"] != "sd_unet"
+            or "hub" in config["models"][teacher]):
         raise ConfigError(f"config key models.{name}.distil.teacher: {teacher!r} must be an sd_unet "
-                          f"model of this config")
+                          f"model of this config that the workflow trains (distilling a hub model is "
+                          f"not supported; its released students are hub models themselves, e.g. nota-ai/bk-sdm-tiny)")
     try:
         return student_config(model_config(config, teacher, (*_seen, name)), entry["distil"]["variant"])
     except ValueError as err:
@@ -114,6 +119,9 @@ def table_methods(entry: dict) -> list[str]:
     return list(entry["methods"])
 
 
+DIT_SAMPLING_KEYS = ("sampler", "steps", "cfg_scale", "guided_channels")
+
+
 def check_config(config: dict) -> None:
     """Raise ConfigError naming the key and the allowed values; run before any job."""
     try:
@@ -129,6 +137,10 @@ def check_config(config: dict) -> None:
         spec = registry[method]
         _check_roles(spec, entry, config, where)
         _check_family(spec, entry, config, where)
+        missing = [k for k in DIT_SAMPLING_KEYS if k not in config["sampling"]]
+        if spec.family == "denoiser" and missing:
+            raise ConfigError(f"config key sampling: method {method!r} samples with the suite's DiT and needs "
+                              f"sampling.{', sampling.'.join(missing)} (see config/default.yaml)")
         if spec.samplers is not None and config["sampling"]["sampler"] not in spec.samplers:
             raise ConfigError(f"config key sampling.sampler: method {method!r} supports "
                               f"{list(spec.samplers)}, not {config['sampling']['sampler']!r}; "
@@ -157,9 +169,15 @@ def _check_scoring(config: dict) -> None:
     if backend == "digits" and "classifier" not in config:
         raise ConfigError("config key classifier: the digits scoring backend needs the digits CNN's "
                           "training settings (see config/default.yaml), or set scoring.backend: adm")
-    if backend == "adm" and "reference_batch" not in config["scoring"]:
+    has_batch, has_images = "reference_batch" in config["scoring"], "reference_images" in config["scoring"]
+    if backend == "adm" and not (has_batch or has_images):
         raise ConfigError("config key scoring.reference_batch: the adm scoring backend needs the "
-                          "ADM reference batch {file, url} (e.g. VIRTUAL_imagenet256_labeled.npz)")
+                          "ADM reference batch {file, url} (e.g. VIRTUAL_imagenet256_labeled.npz), or "
+                          "scoring.reference_images to compute one from real images (text-to-image)")
+    if has_batch and has_images:
+        raise ConfigError("config key scoring: set reference_batch or reference_images, not both")
+    if has_images and backend != "adm":
+        raise ConfigError("config key scoring.reference_images: needs scoring.backend: adm")
     if backend == "adm" and "training" in config:
         raise ConfigError("config key training: training-method runs are scored with the digits "
                           "backend only; remove the training section or set scoring.backend: digits")
@@ -267,9 +285,14 @@ def _check_family(spec: MethodSpec, entry: dict, config: dict, where: str) -> No
                           f"needs the t2i section (scheduler, steps, guidance_scale, text_encoder)")
     if spec.family == "pipeline":
         compute = compute_settings(config)
-        if compute["precision"] != "fp32" or compute["compile"]:
-            raise ConfigError(f"config key compute: text-to-image methods ({spec.name!r}) run in fp32 without "
-                              f"torch.compile here; set compute.precision: fp32 and compute.compile: false")
+        hub = ["hub" in config["models"][model] for model in entry["models"].values()]
+        if any(hub) and not all(hub):
+            raise ConfigError(f"config key {where}.models: mixes hub models with models the workflow trains; "
+                              f"a pipeline's U-Nets must all come from the hub or all be trained here")
+        if compute["compile"] or (compute["precision"] != "fp32" and not all(hub)):
+            raise ConfigError(f"config key compute: text-to-image methods ({spec.name!r}) run without "
+                              f"torch.compile, and in fp32 unless all their models are hub pipelines (loaded "
+                              f"in compute.precision); set compute.precision: fp32 and compute.compile: false")
     arch = FAMILY_ARCH[spec.family]
     for role, model in entry["models"].items():
         if config["models"][model]["arch"] != arch:
@@ -285,17 +308,36 @@ def _check_text_to_image(config: dict) -> None:
             continue
         if "t2i" not in config:
             raise ConfigError(f"config key models.{name}: an sd_unet model needs the t2i section "
-                              f"(scheduler, steps, guidance_scale, text_encoder)")
+                              f"(scheduler, steps, guidance_scale, and text_encoder or prompts)")
         if "source" in entry:
-            raise ConfigError(f"config key models.{name}.source: published sd_unet checkpoints are not "
-                              f"supported; train or distil it")
-        width, heads = config["t2i"]["text_encoder"]["hidden_size"], config["t2i"]["text_encoder"]["heads"]
+            raise ConfigError(f"config key models.{name}.source: published sd_unet checkpoints are hub "
+                              f"models; use models.{name}.hub: {{id: ...}}")
+        t2i = config["t2i"]
+        if "hub" in entry:
+            if "prompts" not in t2i:
+                raise ConfigError(f"config key t2i.prompts: hub model {name!r} generates from captions; add "
+                                  f"t2i.prompts (MS-COCO annotations, count), see config/paper/tstitch_sd.yaml")
+            continue
+        if "text_encoder" not in t2i:
+            raise ConfigError(f"config key t2i.text_encoder: model {name!r} is trained here with the embedded "
+                              f"suite's text encoder; add t2i.text_encoder (see config/default.yaml)")
+        if "config" not in t2i["scheduler"]:
+            raise ConfigError(f"config key t2i.scheduler.config: model {name!r} is trained here and its "
+                              f"pipeline has no scheduler of its own to take the config from")
+        width, heads = t2i["text_encoder"]["hidden_size"], t2i["text_encoder"]["heads"]
         cross = model_config(config, name).get("cross_attention_dim", 1280)
         if cross != width:
             raise ConfigError(f"config key models.{name}.config.cross_attention_dim: {cross} must equal "
                               f"t2i.text_encoder.hidden_size ({width}), the width of the text it attends to")
         if width % heads:
             raise ConfigError(f"config key t2i.text_encoder: hidden_size {width} is not divisible by heads {heads}")
+    reference = config["scoring"].get("reference_images")
+    fid_size = config.get("t2i", {}).get("fid_size")
+    if reference is not None and fid_size is not None and reference["size"] != fid_size:
+        raise ConfigError(f"config key scoring.reference_images.size: {reference['size']} px, but samples are "
+                          f"scored at t2i.fid_size {fid_size} px; set both to the same size")
+    if reference is not None and reference.get("images") == "prompts" and "prompts" not in config.get("t2i", {}):
+        raise ConfigError("config key scoring.reference_images.images: 'prompts' needs t2i.prompts")
     clip = config.get("clip")
     if clip is not None:
         if "train" in clip and "config" not in clip:

@@ -294,9 +294,10 @@ def _digits_scores(images, labels, *, classifier_path, reference_path, scoring):
     return scores, metrics.metric_labels(), files, extra, features
 
 
-def _clip_scores(images, labels, config: dict, clip_weights: str | None, log=print) -> dict:
+def _clip_scores(images, labels, config: dict, clip_weights: str | None, prompts: list[str] | None = None,
+                 log=print) -> dict:
     """CLIP score (BK-SDM's: mean cosine of image and prompt embeddings) of text-to-image samples;
-    the prompts are the embedded suite's class prompts, recovered from the labels."""
+    the prompts come from the labels: the prompt list's entry, or the embedded suite's class prompt."""
     from .clip_score import ClipSpec, clip_score_summary, clip_scores, load_clip
     from .clip_score import provenance as clip_provenance
     from .t2i.components import digit_prompt
@@ -306,7 +307,8 @@ def _clip_scores(images, labels, config: dict, clip_weights: str | None, log=pri
         section["path"] = clip_weights
     model, preprocess, tokenizer = load_clip(ClipSpec.from_config(section),
                                              allow_downloads=bool(config.get("allow_downloads", False)))
-    values = clip_scores(model, preprocess, tokenizer, images, [digit_prompt(y) for y in labels], batch_size=256)
+    texts = [digit_prompt(y) for y in labels] if prompts is None else [prompts[y] for y in labels]
+    values = clip_scores(model, preprocess, tokenizer, images, texts, batch_size=256)
     summary = clip_score_summary(values)
     log(f"CLIP score {summary['mean']:.4f} ± {summary['se']:.4f} ({section['model']})")
     return {"metrics": {"clip_score": summary["mean"], "clip_score_se": summary["se"]},
@@ -359,12 +361,14 @@ def score_setting(*, shards: Sequence[str], reference_path: str, scoring: dict, 
                   output: str, features_output: str, classifier_path: str | None = None,
                   reference_run: dict | None = None, reference_shards: Sequence[str] = (),
                   reference_features: str | None = None, inception_weights: str | None = None,
-                  clip_weights: str | None = None, log=print) -> dict:
+                  clip_weights: str | None = None, prompts_path: str | None = None, log=print) -> dict:
     images, labels, meta = read_shards(shards)
     # CLIP first: a missing or unreadable CLIP fails before the FID work, not after it
     clip_record = None
     if "clip" in config and get_method(meta["method"]).family == "pipeline":
-        clip_record = _clip_scores(images, labels, config, clip_weights, log)
+        from .t2i.jobs import read_prompts
+
+        clip_record = _clip_scores(images, labels, config, clip_weights, read_prompts(prompts_path), log)
     if scoring.get("backend", "digits") == "adm":
         verify_downloads({"reference_batch": reference_path, "inception_weights": inception_weights},
                          scoring, config.get("downloads", {}).get("lock", DEFAULT_LOCK), log)

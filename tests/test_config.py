@@ -25,8 +25,45 @@ def full_check(config):
 
 
 def test_shipped_configs_are_valid():
-    for name in ("default.yaml", "smoke.yaml"):
+    for name in ("default.yaml", "smoke.yaml", "paper/tstitch_dit.yaml", "paper/tstitch_sd.yaml",
+                 "paper/tstitch_sdxl.yaml", "paper/tstitch_lcm.yaml", "paper/bksdm.yaml"):
         full_check(yaml.safe_load((ROOT / "config" / name).read_text()))
+
+
+def test_dit_methods_need_the_dit_sampling_keys(config):
+    config["sampling"].pop("steps")
+    with pytest.raises(ConfigError, match=r"method 'tstitch' samples with the suite's DiT and needs sampling.steps"):
+        full_check(config)
+
+
+@pytest.fixture
+def paper_t2i():
+    return yaml.safe_load((ROOT / "config/paper/tstitch_lcm.yaml").read_text())
+
+
+@pytest.mark.parametrize("mutate, expected", [
+    (lambda c: c["t2i"].pop("prompts"), r"t2i.prompts: hub model 'lcm_sdxl' generates from captions"),
+    (lambda c: c["compute"].update(compile=True), r"config key compute: text-to-image methods .* without torch.compile"),
+    (lambda c: c["models"].update(ssd_1b_lcm_lora={"arch": "sd_unet", "config": {"cross_attention_dim": 8},
+                                                   "train": {"iterations": 1, "batch_size": 1, "lr": 1.0}}),
+     r"methods.tstitch_sd.models: mixes hub models with models the workflow trains"),
+    (lambda c: c["scoring"]["reference_images"].update(size=128), r"reference_images.size: 128 px, but samples "
+                                                                  r"are scored at t2i.fid_size 256 px"),
+    (lambda c: c["scoring"].update(reference_batch={"file": "x.npz", "url": "https://x/x.npz"}),
+     r"set reference_batch or reference_images, not both"),
+])
+def test_paper_text_to_image_config_errors(paper_t2i, mutate, expected):
+    mutate(paper_t2i)
+    with pytest.raises(ConfigError, match=expected):
+        full_check(paper_t2i)
+
+
+def test_a_hub_model_cannot_be_distilled(paper_t2i):
+    paper_t2i["models"]["student"] = {"arch": "sd_unet", "distil": {"teacher": "lcm_sdxl", "variant": "tiny",
+                                                                    "iterations": 1, "batch_size": 1, "lr": 1.0}}
+    with pytest.raises(ConfigError, match=r"distil.teacher: 'lcm_sdxl' must be an sd_unet model of this config "
+                                          r"that the workflow trains"):
+        full_check(paper_t2i)
 
 
 @pytest.mark.parametrize("mutate, expected", [
@@ -34,7 +71,6 @@ def test_shipped_configs_are_valid():
      r"'euler' is not one of \['ddim', 'ddpm', 'dpmsolver\+\+'\][\s\S]*\['sampling'\]\['sampler'\]"),
     (lambda c: c["sampling"].update(num_samples=-5),
      r"-5 is less than the minimum of 1[\s\S]*\['sampling'\]\['num_samples'\]"),
-    (lambda c: c["sampling"].pop("steps"), r"'steps' is a required property"),
     (lambda c: c.pop("timing"), r"'timing' is a required property"),
 ])
 def test_schema_errors_name_key_and_allowed_values(config, mutate, expected):

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from diffrepro.t2i.hub import HubModelUnavailable, load_pipeline, load_unet, resolve_model
-from t2i_tiny import sd_pipeline, sd_unet
+from diffrepro.t2i.hub import (HubModelChanged, HubModelUnavailable, fetch_hub_model, load_from_record,
+                                 load_pipeline, load_unet, resolve_model, verify_record)
+from t2i_tiny import sd_pipeline, sd_unet, sdxl_pipeline, sdxl_unet
 
 
 @pytest.fixture
@@ -42,7 +43,7 @@ def test_a_saved_pipeline_and_unet_load_from_a_local_path(tmp_path, empty_cache)
     pipe.save_pretrained(tmp_path / "large", safe_serialization=True)
     small = sd_unet(1, layers=1)
     small.save_pretrained(tmp_path / "small" / "unet", safe_serialization=True)
-    loaded = load_pipeline({"id": "someone/large", "class": "StableDiffusionPipeline",
+    loaded = load_pipeline({"id": "someone/large", "pipeline": "StableDiffusionPipeline",
                             "path": str(tmp_path / "large")}, config_key="pipeline")
     unet = load_unet({"id": "someone/small", "path": str(tmp_path / "small")}, config_key="models.small")
     for a, b in zip(pipe.unet.state_dict().values(), loaded.unet.state_dict().values()):
@@ -52,3 +53,67 @@ def test_a_saved_pipeline_and_unet_load_from_a_local_path(tmp_path, empty_cache)
     run = lambda p: p(["a digit"], num_inference_steps=3, latents=latents, output_type="np").images  # noqa: E731
     loaded.set_progress_bar_config(disable=True)
     np.testing.assert_array_equal(run(pipe), run(loaded))
+
+
+def test_the_record_pins_every_weight_file_and_a_changed_file_is_caught(tmp_path, empty_cache):
+    pipe = sd_pipeline(sd_unet(2, layers=1))
+    pipe.save_pretrained(tmp_path / "large", safe_serialization=True)
+    record = fetch_hub_model({"id": "someone/large", "pipeline": "StableDiffusionPipeline",
+                              "path": str(tmp_path / "large")}, config_key="models.large.hub", as_pipeline=True)
+    assert sorted(record["base"]["files"]) == ["text_encoder/model.safetensors",
+                                               "unet/diffusion_pytorch_model.safetensors",
+                                               "vae/diffusion_pytorch_model.safetensors"]
+    verify_record(record, "large.hub.json")
+    unet_file = tmp_path / "large" / "unet" / "diffusion_pytorch_model.safetensors"
+    unet_file.write_bytes(unet_file.read_bytes()[:-1] + b" ")
+    with pytest.raises(HubModelChanged, match=r"diffusion_pytorch_model.safetensors \(someone/large\) changed.*"
+                                              r"Delete large.hub.json"):
+        verify_record(record, "large.hub.json")
+
+
+def test_a_pipeline_with_a_unet_from_another_repository(tmp_path, empty_cache):
+    """LCM-SDXL: SDXL's pipeline around latent-consistency/lcm-sdxl's U-Net."""
+    base = sdxl_pipeline(sdxl_unet(0, layers=1))
+    base.save_pretrained(tmp_path / "sdxl", safe_serialization=True)
+    lcm_unet = sdxl_unet(5, layers=1, time_cond_proj_dim=8)
+    lcm_unet.save_pretrained(tmp_path / "lcm", safe_serialization=True)  # a bare U-Net repository
+    spec = {"id": "someone/sdxl", "pipeline": "StableDiffusionXLPipeline", "path": str(tmp_path / "sdxl"),
+            "unet": {"id": "someone/lcm", "subfolder": None, "path": str(tmp_path / "lcm")}}
+    record = fetch_hub_model(spec, config_key="models.lcm_sdxl.hub", as_pipeline=True)
+    pipeline = load_from_record(record)
+    assert pipeline.unet.config.time_cond_proj_dim == 8
+    for a, b in zip(lcm_unet.state_dict().values(), pipeline.unet.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_a_fused_lora_equals_the_active_adapter(tmp_path, empty_cache):
+    """The LCM-LoRA path: a LoRA saved as diffusers saves one, fused into a U-Net by its pipeline
+    class's loader, gives the adapter's outputs with no adapter layers left."""
+    from diffusers import StableDiffusionXLPipeline
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    base = sdxl_unet(3, layers=1)
+    base.save_pretrained(tmp_path / "ssd" / "unet", safe_serialization=True)
+    adapted = sdxl_unet(3, layers=1)
+    adapted.add_adapter(LoraConfig(r=2, lora_alpha=2, target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for name, param in adapted.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.5)  # zero-initialised: make the LoRA do something
+    StableDiffusionXLPipeline.save_lora_weights(tmp_path / "lora", unet_lora_layers=get_peft_model_state_dict(adapted))
+    spec = {"id": "someone/ssd", "pipeline": "StableDiffusionXLPipeline", "path": str(tmp_path / "ssd"),
+            "lora": {"id": "someone/lcm-lora", "path": str(tmp_path / "lora")}}
+    record = fetch_hub_model(spec, config_key="models.small.hub", as_pipeline=False)
+    fused = load_from_record(record)
+    assert not any("lora" in name for name, _ in fused.named_parameters())
+    torch.manual_seed(2)
+    x, context = torch.randn(2, 4, 8, 8), torch.randn(2, 5, 32)
+    added = {"text_embeds": torch.randn(2, 16), "time_ids": torch.randn(2, 6)}
+    with torch.no_grad():
+        expected = adapted(x, 10, encoder_hidden_states=context, added_cond_kwargs=added).sample
+        plain = base(x, 10, encoder_hidden_states=context, added_cond_kwargs=added).sample
+        out = fused(x, 10, encoder_hidden_states=context, added_cond_kwargs=added).sample
+    torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-5)
+    assert (out - plain).abs().max() > 1e-2

@@ -18,11 +18,10 @@ import time
 
 import numpy as np
 import torch
-from safetensors import safe_open
 from torch import nn
 from torch.nn import functional as F
 
-from ..checkpoints import load_checkpoint, save_checkpoint
+from ..checkpoints import load_checkpoint, read_metadata, save_checkpoint
 from ..data import NUM_CLASSES, uint8_nhwc_to_model
 
 FEATURE_DIM = 64
@@ -167,5 +166,4 @@ def load_classifier(path: str | os.PathLike) -> DigitsCNN:
 
 def read_classifier_info(path: str | os.PathLike) -> dict[str, str]:
     """The string metadata saved with the classifier (not checksum-verified; read-only use)."""
-    with safe_open(str(path), framework="pt") as f:
-        return dict(f.metadata() or {})
+    return read_metadata(path)

@@ -64,3 +64,27 @@ def encode_prompts(tokenizer, text_encoder, prompts) -> torch.Tensor:
     ids = tokenizer(list(prompts), padding="max_length", max_length=tokenizer.model_max_length,
                     truncation=True, return_tensors="pt").input_ids
     return text_encoder(ids.to(text_encoder.device))[0]
+
+
+def unet_step_inputs(unet, *, batch: int, shape, tokens: int, guided: bool = True, seed: int = 0,
+                     device="cpu", dtype=torch.float32) -> dict:
+    """Inputs of one denoising step of `unet` as its pipeline calls it, for timing: random
+    values of the right shapes (the time of a pass does not depend on them). guided: the
+    unconditional and conditional halves in one batch (CFG); LCM-SDXL runs unguided with a
+    guidance embedding (time_cond_proj_dim). SDXL's added conditioning is included."""
+    config = unet.config
+    generator = torch.Generator().manual_seed(seed)
+    rows = 2 * batch if guided else batch
+
+    def randn(*size):
+        return torch.randn(size, generator=generator).to(device, dtype)
+
+    inputs = {"sample": randn(rows, *shape), "timestep": torch.tensor(500, device=device),
+              "encoder_hidden_states": randn(rows, tokens, config.cross_attention_dim)}
+    if config.get("addition_embed_type") == "text_time":
+        time_ids = 6  # SDXL: original size, crop corner, target size
+        pooled = config.projection_class_embeddings_input_dim - time_ids * config.addition_time_embed_dim
+        inputs["added_cond_kwargs"] = {"text_embeds": randn(rows, pooled), "time_ids": randn(rows, time_ids)}
+    if config.get("time_cond_proj_dim") is not None:
+        inputs["timestep_cond"] = randn(rows, config.time_cond_proj_dim)
+    return inputs

@@ -22,19 +22,24 @@ from ..io import read_json, write_json, write_npz
 from ..methods import get_method
 from ..provenance import provenance
 from ..timing import _median_ci, _timed
-from .components import build_text_encoder, build_unet, char_tokenizer, digit_prompt, encode_prompts
+from .components import build_text_encoder, build_unet, char_tokenizer, digit_prompt, unet_step_inputs
 
 NUM_PROMPT_CLASSES = 10  # the embedded suite's class prompts (one per digit)
 
 
-def make_scheduler(spec: dict):
-    """A diffusers scheduler from {class, config}: the pipeline's own, named in the config."""
+def make_scheduler(spec: dict, pipeline_scheduler=None):
+    """A diffusers scheduler from {class, config?}: with no config, the class built from the
+    pipeline's own scheduler config (e.g. LCMScheduler for LCM-SDXL, as diffusers' docs do)."""
     import diffusers
 
     cls = getattr(diffusers, spec["class"], None)
     if cls is None or not hasattr(cls, "set_timesteps"):
         raise ValueError(f"config key t2i.scheduler.class: {spec['class']!r} is not a diffusers scheduler")
-    return cls(**spec.get("config", {}))
+    if "config" in spec:
+        return cls(**spec["config"])
+    if pipeline_scheduler is None:
+        raise ValueError("config key t2i.scheduler.config: needed for the embedded suite's pipeline")
+    return cls.from_config(pipeline_scheduler.config)
 
 
 def embedded_text_encoder(t2i: dict):
@@ -77,12 +82,38 @@ def load_unet(path: str, config: dict, device) -> torch.nn.Module:
 
 
 def load_pipeline_models(checkpoints: dict[str, str], model_configs: dict[str, dict], t2i: dict,
-                         device) -> tuple[object, dict[str, torch.nn.Module]]:
+                         device, precision: str = "fp32") -> tuple[object, dict[str, torch.nn.Module]]:
     """(the pipeline around the `large` (or only, `model`) U-Net, U-Nets by role); the other
-    roles are U-Nets the method swaps in."""
+    roles are U-Nets the method swaps in. Checkpoints are the embedded suite's trained U-Nets
+    (.safetensors) or hub models (the .hub.json records of rule fetch_hub_model)."""
+    if all(str(path).endswith(".hub.json") for path in checkpoints.values()):
+        return load_hub_pipeline_models(checkpoints, t2i, device, precision)
     unets = {role: load_unet(path, model_configs[role], device) for role, path in checkpoints.items()}
     pipeline = embedded_pipeline(unets[pipeline_role(unets)], t2i).to(device)
     check_text_encoder(pipeline.text_encoder, checkpoints)
+    return pipeline, unets
+
+
+TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def load_hub_pipeline_models(records: dict[str, str], t2i: dict, device, precision: str):
+    """The paper configs' pipelines: weights verified against their fetch records, loaded in
+    the configured dtype (the papers run SD in fp16), the scheduler the config names."""
+    from .hub import load_from_record, verify_record
+
+    dtype = TORCH_DTYPES[precision]
+    unets, pipeline = {}, None
+    for role, path in records.items():
+        record = read_json(path)
+        verify_record(record, path)
+        if role == pipeline_role(records):
+            pipeline = load_from_record(record, as_pipeline=True, torch_dtype=dtype).to(device)
+            unets[role] = pipeline.unet
+        else:
+            unets[role] = load_from_record(record, as_pipeline=False, torch_dtype=dtype).to(device)
+    pipeline.scheduler = make_scheduler(t2i["scheduler"], pipeline.scheduler)
+    pipeline.set_progress_bar_config(disable=True)
     return pipeline, unets
 
 
@@ -105,9 +136,31 @@ def pipeline_role(roles) -> str:
     return "large" if "large" in roles else "model"
 
 
-def sample_shape(model_configs: dict[str, dict]) -> tuple[int, int, int]:
+def sample_shape(model_configs: dict[str, dict], pipeline=None, t2i: dict | None = None) -> tuple[int, int, int]:
+    """(channels, height, width) of the initial noise: the embedded U-Net's pixels, or a hub
+    pipeline's latents at t2i.image_size (default: the U-Net's native size)."""
+    if pipeline is not None and getattr(pipeline, "vae", None) is not None:
+        factor = pipeline.vae_scale_factor
+        size = (t2i or {}).get("image_size") or pipeline.unet.config.sample_size * factor
+        return pipeline.unet.config.in_channels, size // factor, size // factor
     config = model_configs[pipeline_role(model_configs)]
     return config["in_channels"], config["sample_size"], config["sample_size"]
+
+
+def read_prompts(path: str | None) -> list[str] | None:
+    """The captions of rule coco_prompts (prompt i for image i); None: the class prompts."""
+    return None if path is None else [p["caption"] for p in read_json(path)]
+
+
+def fid_images(images: np.ndarray, size: int | None) -> np.ndarray:
+    """Decoded float NHWC images in [0, 1] to uint8 (diffusers' rounding), resized to the
+    scoring size with PIL bicubic, as BK-SDM prepares its 512 px samples for FID at 256 px."""
+    from PIL import Image
+
+    uint8 = (np.clip(images, 0, 1) * 255).round().astype(np.uint8)
+    if size is None or uint8.shape[1] == size:
+        return uint8
+    return np.stack([np.asarray(Image.fromarray(image).resize((size, size), Image.BICUBIC)) for image in uint8])
 
 
 def steps_of(setting, t2i: dict) -> int:
@@ -115,37 +168,66 @@ def steps_of(setting, t2i: dict) -> int:
 
 
 def run_batch(spec, setting, pipeline, unets, t2i: dict, seed: int, indices: Sequence[int],
-              shape, device):
-    """One batch on the fixed per-image noise and class prompts: (method output, labels)."""
+              shape, device, prompts: list[str] | None = None):
+    """One batch on the fixed per-image noise: (method output, labels, decoded images or None).
+
+    The embedded suite draws a class prompt per image (label = digit) and its pipeline has no
+    VAE: the output is the denoised pixels. With a prompt list, image i gets prompt i (label =
+    i); the output is then the final latents, and the decoded images come separately."""
     noise, labels, generators = initial_noise_and_labels(seed, list(indices), shape, NUM_PROMPT_CLASSES)
-    prompts = [digit_prompt(label) for label in labels]
+    if prompts is None:
+        texts = [digit_prompt(label) for label in labels]
+    else:
+        labels = torch.as_tensor(list(indices), dtype=torch.int64)
+        texts = [prompts[i] for i in indices]
+    decoded = getattr(pipeline, "vae", None) is not None
+    final: dict = {}
 
-    def call(**kwargs):
+    def call(callback_on_step_end=None, **kwargs):
+        def on_step_end(pipe, step_index, timestep, callback_kwargs):
+            final["latents"] = callback_kwargs["latents"]  # after the step: the last call has x_0
+            return callback_on_step_end(pipe, step_index, timestep, callback_kwargs) if callback_on_step_end else {}
+
+        size = {"height": shape[1] * pipeline.vae_scale_factor, "width": shape[2] * pipeline.vae_scale_factor} \
+            if decoded else {}
         # generators: per image, for schedulers that draw noise while sampling (LCM, DDPM)
-        return pipeline(prompts, num_inference_steps=steps_of(setting, t2i),
-                        guidance_scale=t2i["guidance_scale"], latents=noise.to(device),
-                        generator=generators, output_type="latent", return_dict=False, **kwargs)[0]
+        out = pipeline(texts, num_inference_steps=steps_of(setting, t2i), guidance_scale=t2i["guidance_scale"],
+                       latents=noise.to(device, pipeline.unet.dtype), generator=generators,
+                       output_type="np" if decoded else "latent", return_dict=False,
+                       callback_on_step_end=on_step_end, **size, **kwargs)[0]
+        if decoded:
+            final["images"] = out
+            return final["latents"]
+        return out
 
-    return spec.run(pipeline, unets, call, setting), labels
+    return spec.run(pipeline, unets, call, setting), labels, final.get("images")
 
 
 @torch.no_grad()
 def sample_shard_t2i(*, method: str, setting_values: dict, checkpoints: dict[str, str],
                      model_configs: dict[str, dict], t2i: dict, seed: int, indices: Sequence[int],
-                     batch_size: int, output: str, device="cpu", log=print) -> None:
+                     batch_size: int, output: str, prompts_path: str | None = None, device="cpu",
+                     log=print) -> None:
+    """One shard: uint8 images at the scoring size, labels (digit, or prompt index), and the
+    method's final samples (the embedded suite's pixels; a hub pipeline's latents, float16)."""
     device = torch.device(device)
     spec = get_method(method)
     setting = spec.make_setting(setting_values)
-    pipeline, unets = load_pipeline_models(checkpoints, model_configs, t2i, device)
-    shape = sample_shape(model_configs)
+    pipeline, unets = load_pipeline_models(checkpoints, model_configs, t2i, device, t2i.get("precision", "fp32"))
+    shape = sample_shape(model_configs, pipeline, t2i)
+    prompts = read_prompts(prompts_path)
     images, labels, samples, steps = [], [], [], {}
     began = time.perf_counter()
     for start in range(0, len(indices), batch_size):
         batch = list(indices[start:start + batch_size])
-        out, y = run_batch(spec, setting, pipeline, unets, t2i, seed, batch, shape, device)
+        out, y, decoded = run_batch(spec, setting, pipeline, unets, t2i, seed, batch, shape, device, prompts)
         x = out.samples.float().cpu()
-        samples.append(x.numpy())
-        images.append(to_uint8_nhwc(x))
+        if decoded is None:
+            samples.append(x.numpy())
+            images.append(to_uint8_nhwc(x))
+        else:
+            samples.append(x.numpy().astype(np.float16))
+            images.append(fid_images(decoded, t2i.get("fid_size")))
         labels.append(y.numpy())
         steps = out.steps_by_role(unets)
         done = start + len(batch)
@@ -153,16 +235,16 @@ def sample_shard_t2i(*, method: str, setting_values: dict, checkpoints: dict[str
             f"{done / (time.perf_counter() - began):.1f} images/s")
     meta = {"method": method, "params": setting_values, "model_steps": steps, "seed": seed,
             "sampling": t2i, "checkpoints": checkpoints, "device": str(device), "decoder": None,
-            "text_encoder_sha256": state_dict_sha256(pipeline.text_encoder)}
+            "text_encoder_sha256": None if prompts is not None else state_dict_sha256(pipeline.text_encoder)}
     write_npz(output, images=np.concatenate(images), labels=np.concatenate(labels),
-              indices=np.asarray(indices, dtype=np.int64), samples=np.concatenate(samples).astype(np.float32),
+              indices=np.asarray(indices, dtype=np.int64), samples=np.concatenate(samples),
               meta=np.asarray(json.dumps(meta, sort_keys=True)))
 
 
 @torch.no_grad()
 def time_t2i_setting(*, method: str, setting_values: dict, baseline: dict, checkpoints: dict[str, str],
                      model_configs: dict[str, dict], t2i: dict, seed: int, timing: dict, config: dict,
-                     output: str, device="cpu", log=print) -> dict:
+                     output: str, prompts_path: str | None = None, device="cpu", log=print) -> dict:
     """Wall-clock of whole pipeline calls (text encoding, every step, guidance; the paper's
     per-image time at timing.batch_size 1), each paired with a run of the baseline setting,
     and the ideal time: steps x one guided U-Net pass, per U-Net."""
@@ -170,25 +252,29 @@ def time_t2i_setting(*, method: str, setting_values: dict, baseline: dict, check
     spec, base_spec = get_method(method), get_method(baseline["method"])
     setting, base_setting = spec.make_setting(setting_values), base_spec.make_setting(baseline["params"])
     is_baseline = (method, setting) == (baseline["method"], base_setting)
-    pipeline, unets = load_pipeline_models(checkpoints, model_configs, t2i, device)
-    shape = sample_shape(model_configs)
+    pipeline, unets = load_pipeline_models(checkpoints, model_configs, t2i, device, t2i.get("precision", "fp32"))
+    shape = sample_shape(model_configs, pipeline, t2i)
     batch = list(range(timing["batch_size"]))
+    prompts = read_prompts(prompts_path)
 
     def timed(run_spec, which):
         holder = []
         seconds = _timed(lambda: holder.append(
-            run_batch(run_spec, which, pipeline, unets, t2i, seed, batch, shape, device)[0]), device)
+            run_batch(run_spec, which, pipeline, unets, t2i, seed, batch, shape, device, prompts)[0]), device)
         return seconds, holder[0]
 
-    # One guided U-Net pass: the unconditional and conditional halves in one batch, as SD runs it.
-    tokenizer, encoder = pipeline.tokenizer, pipeline.text_encoder
-    context = encode_prompts(tokenizer, encoder, [""] * len(batch) + [digit_prompt(0)] * len(batch))
-    x = torch.randn((2 * len(batch), *shape), generator=torch.Generator().manual_seed(seed)).to(device)
-    t = torch.tensor(500, device=device)
+    # One U-Net pass as the pipeline runs it: with CFG the unconditional and conditional halves
+    # in one batch; LCM-SDXL unguided, with its guidance embedding.
+    guided = t2i["guidance_scale"] > 1 and pipeline.unet.config.get("time_cond_proj_dim") is None
+    tokens = pipeline.tokenizer.model_max_length
+
+    def inputs_for(unet):
+        return unet_step_inputs(unet, batch=len(batch), shape=shape, tokens=tokens, guided=guided, seed=seed,
+                                device=device, dtype=unet.dtype)
 
     def forward_times(unet) -> list[float]:
-        return [_timed(lambda: unet(x, t, encoder_hidden_states=context.to(device)), device)
-                for _ in range(timing["forward_repeats"])]
+        inputs = inputs_for(unet)
+        return [_timed(lambda: unet(**inputs), device) for _ in range(timing["forward_repeats"])]
 
     for _ in range(timing["warmup"]):
         timed(spec, setting)
@@ -221,7 +307,8 @@ def time_t2i_setting(*, method: str, setting_values: dict, baseline: dict, check
                       "window_batch": None},
         "threads": torch.get_num_threads(), "device": str(device),
         "provenance": provenance(config, seeds={"seed": seed}, files=checkpoints, device=device,
-                                 extra={"text_encoder_sha256": state_dict_sha256(pipeline.text_encoder)}),
+                                 extra={"text_encoder_sha256": None if prompts is not None
+                                        else state_dict_sha256(pipeline.text_encoder)}),
     }
     log(f"{method} {result['setting']}: median {result['median_s']:.4f} s per call of "
         f"{len(batch)} image(s), speed-up {result['speedup_vs_baseline']:.3f}x, overhead vs ideal "

@@ -4,20 +4,53 @@ SD-v1.4's with its three students (at 512 px), all counted from configs with no 
 from __future__ import annotations
 
 from ..config import model_config
+from ..io import read_json
+
+CLIP_TOKENS = 77  # the SD text encoders' context length
 
 
-def bksdm_models(config: dict, methods: list[str]) -> dict[str, dict]:
-    """method -> {model, variant, params_m, gmacs} for the methods of a BK-SDM table."""
+def _structure(unet: dict) -> tuple:
+    """What block removal changes: the U-Net's stages, blocks per stage and mid block."""
+    return (unet.get("layers_per_block"), unet.get("mid_block_type", "UNetMidBlock2DCrossAttn"),
+            tuple(unet.get("block_out_channels", ())), tuple(unet.get("down_block_types", ())),
+            tuple(unet.get("up_block_types", ())))
+
+
+def infer_variant(unet: dict, others: list[dict]) -> str:
+    """"base" / "small" / "tiny" if `unet` is that BK-SDM student of one of `others` (the same
+    blocks as block removal gives), else "teacher": how a hub model (e.g. nota-ai/bk-sdm-small)
+    is placed in the table without a config key saying so."""
+    from ..models.bksdm_config import VARIANTS, student_config
+
+    for other in others:
+        for variant in VARIANTS:
+            try:
+                if _structure(student_config(other, variant)) == _structure(unet):
+                    return variant
+            except ValueError:  # not an SD-1.x-shaped teacher
+                continue
+    return "teacher"
+
+
+def bksdm_models(config: dict, methods: list[str], hub_records: dict[str, str] | None = None) -> dict[str, dict]:
+    """method -> {model, variant, params_m, gmacs} for the methods of a BK-SDM table; a hub
+    model's U-Net config is read from its fetched repository (hub_records: model -> record)."""
     from ..models.bksdm import unet_size
+    from .hub import unet_config
 
+    models = {method: config["methods"][method]["models"]["model"] for method in methods}
+    unets = {model: unet_config(read_json(hub_records[model])) if "hub" in config["models"][model]
+             else model_config(config, model) for model in models.values()}
+    tokens = config["t2i"]["text_encoder"]["max_length"] if "text_encoder" in config["t2i"] else CLIP_TOKENS
     out = {}
-    for method in methods:
-        model = config["methods"][method]["models"]["model"]
-        entry, unet = config["models"][model], model_config(config, model)
-        tokens = config["t2i"]["text_encoder"]["max_length"]
+    for method, model in models.items():
+        entry, unet = config["models"][model], unets[model]
+        if "distil" in entry:
+            variant = entry["distil"]["variant"]
+        else:
+            variant = infer_variant(unet, [u for m, u in unets.items() if m != model])
         size = unet_size(unet, latent_size=unet["sample_size"], text_tokens=tokens)
-        out[method] = {"model": model, "variant": entry["distil"]["variant"] if "distil" in entry else "teacher",
-                       "params_m": size["params_m"], "gmacs": size["gmacs"]}
+        out[method] = {"model": model, "variant": variant, "params_m": size["params_m"], "gmacs": size["gmacs"]}
     return out
 
 

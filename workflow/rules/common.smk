@@ -65,7 +65,18 @@ def timing_threads():
 
 
 def checkpoint_path(model):
+    """What a job loads a model from: its checkpoint, or for a hub model the fetch record."""
+    if "hub" in config["models"][model]:
+        return f"{CHECKPOINTS}/{model}.hub.json"
     return f"{CHECKPOINTS}/{model}.safetensors"
+
+
+def pipeline_inputs(wildcards):
+    """The method's checkpoints and, for a text-to-image method with a prompt list, the prompts."""
+    inputs = method_checkpoints(wildcards)
+    if method_family(wildcards.method) == "pipeline" and PROMPTS is not None:
+        inputs["prompts"] = PROMPTS
+    return inputs
 
 
 def method_checkpoints(wildcards):
@@ -112,6 +123,20 @@ def method_family(method):
     return get_method(method).family
 
 
+def inception_weights_input():
+    """The ADM backend's Inception weights (a download or a local path); None: the default."""
+    weights = config["scoring"].get("inception_weights")
+    if weights is None:
+        return None
+    return f"{DOWNLOADS}/{weights['file']}" if isinstance(weights, dict) else weights
+
+
+def used_as_pipeline(model):
+    """Whether some method builds its pipeline around this model (the large or only role)."""
+    return any(entry["models"].get("large", entry["models"].get("model")) == model
+               for entry in config["methods"].values())
+
+
 def job_device_name():
     """Where sampling and timing jobs run; not a param: like the batch size, it does not
     change what is computed (it is recorded with every result)."""
@@ -122,13 +147,21 @@ def job_device_name():
 DOWNLOADS = "resources/downloads"
 SCORING_REMOTE = {key: config["scoring"][key] for key in ("reference_batch", "inception_weights")
                   if isinstance(config["scoring"].get(key), dict)}
+# MS-COCO for the text-to-image paper configs: the captions (prompts) and the real images
+# (the FID reference batch, computed by rule t2i_reference).
+T2I_PROMPTS = config.get("t2i", {}).get("prompts")
+REFERENCE_IMAGES = config["scoring"].get("reference_images")
+PROMPTS = f"{RESULTS}/prompts.json" if T2I_PROMPTS else None
 REMOTE_FILES = {
     **{m["source"]["file"]: m["source"] for m in config["models"].values() if "source" in m},
     **{entry["file"]: entry for entry in SCORING_REMOTE.values()},
+    **({T2I_PROMPTS["annotations"]["file"]: T2I_PROMPTS["annotations"]} if T2I_PROMPTS else {}),
+    **({REFERENCE_IMAGES["archive"]["file"]: REFERENCE_IMAGES["archive"]} if REFERENCE_IMAGES else {}),
 }
 TRAINED_MODELS = [name for name, m in config["models"].items() if "train" in m]
 PUBLISHED_MODELS = [name for name, m in config["models"].items() if "source" in m]
 DISTILLED_MODELS = [name for name, m in config["models"].items() if "distil" in m]
+HUB_MODELS = [name for name, m in config["models"].items() if "hub" in m]
 SCORING_BACKEND = config["scoring"].get("backend", "digits")
 
 
@@ -137,15 +170,18 @@ def downloads_lock():
 
 
 def reference_statistics_path():
-    """Real-data feature statistics (mu, sigma): the ADM reference batch, or the digits'."""
+    """Real-data feature statistics (mu, sigma): the ADM reference batch (downloaded, or for
+    text-to-image computed from the real images), or the digits'."""
+    if REFERENCE_IMAGES is not None:
+        return f"{RESULTS}/reference/t2i_reference.npz"
     if SCORING_BACKEND == "adm":
         return f"{DOWNLOADS}/{config['scoring']['reference_batch']['file']}"
     return f"{RESULTS}/reference/digits_stats.npz"
 
 
 def sample_inputs(wildcards):
-    """The method's checkpoints and, for a latent-space suite, the VAE record."""
-    inputs = method_checkpoints(wildcards)
+    """The method's checkpoints (and prompts) and, for a latent-space suite, the VAE record."""
+    inputs = pipeline_inputs(wildcards)
     if "decoder" in config:
         inputs["vae_info"] = f"{CHECKPOINTS}/vae.json"
     return inputs
@@ -163,10 +199,11 @@ def score_inputs(wildcards):
               "reference": reference_statistics_path()}
     if SCORING_BACKEND == "digits":
         inputs["classifier"] = f"{CHECKPOINTS}/digits_cnn.safetensors"
-    weights = config["scoring"].get("inception_weights")
-    if SCORING_BACKEND == "adm" and weights is not None:
+    if SCORING_BACKEND == "adm" and inception_weights_input() is not None:
         # a DAG input: a missing file fails before any sampling, not after it
-        inputs["inception_weights"] = f"{DOWNLOADS}/{weights['file']}" if isinstance(weights, dict) else weights
+        inputs["inception_weights"] = inception_weights_input()
+    if method_family(wildcards.method) == "pipeline" and PROMPTS is not None:
+        inputs["prompts"] = PROMPTS  # the CLIP score compares each image with its prompt
     if "clip" in config and method_family(wildcards.method) == "pipeline":
         if "train" in config["clip"]:
             inputs["clip_weights"] = f"{CHECKPOINTS}/clip.safetensors"  # the embedded suite's own CLIP
@@ -227,12 +264,16 @@ def table_settings(wildcards):
 def table_inputs(wildcards):
     rows = table_settings(wildcards)
     kind = table_kind(config["tables"][wildcards.table])
+    hub_models = {model for m in table_methods(config["tables"][wildcards.table])
+                  for model in config["methods"][m]["models"].values() if "hub" in config["models"][model]}
     return {
         "scores": [f"{RESULTS}/scores/{m}/{s}.json" for m, s in rows],
         "timings": [f"{RESULTS}/timing/{m}/{s}.json" for m, s in rows],
         "features": [f"{RESULTS}/scores/{m}/{s}.features.npz" for m, s in rows],
         "reference": reference_statistics_path(),
         "paper": paper_file(kind),
+        # the BK-SDM table counts a hub U-Net's size from the config in its repository
+        **{f"hub_{model}": checkpoint_path(model) for model in sorted(hub_models)},
     }
 
 
@@ -250,12 +291,19 @@ def setting_note(wildcards):
     method = table_methods(entry)[-1]
     roles = config["methods"][method]["models"]
     models = ", ".join(f"{role}={model}" for role, model in roles.items())
+    if len(table_methods(entry)) > 1 and all(len(config["methods"][m]["models"]) == 1 for m in table_methods(entry)):
+        models = ", ".join(f"{m}={next(iter(config['methods'][m]['models'].values()))}" for m in table_methods(entry))
     if kind == "tstitch_samplers":
         sampler = "sampler and steps per row"
     elif method_family(method) == "pipeline":
         t2i = config["t2i"]
-        sampler = (f"diffusers StableDiffusionPipeline, {t2i['scheduler']['class']}-{t2i['steps']}, "
-                   f"guidance {t2i['guidance_scale']}")
+        large = config["models"][roles.get("large", roles.get("model"))]
+        pipeline = large["hub"].get("pipeline", "StableDiffusionPipeline") if "hub" in large else "StableDiffusionPipeline"
+        size = f", {t2i['image_size']} px scored at {t2i.get('fid_size') or t2i['image_size']} px" if t2i.get("image_size") else ""
+        prompts = (f", {t2i['prompts']['count'] or 'all'} MS-COCO captions" if t2i.get("prompts")
+                   else ", class prompts")
+        sampler = (f"diffusers {pipeline}, {t2i['scheduler']['class']}-{t2i['steps']}, "
+                   f"guidance {t2i['guidance_scale']}{size}{prompts}")
     else:
         sampler = s["sampler"].upper() + ("" if kind == "parataa" else f"-{s['steps']}")
     timing = method_timing(config, method)

@@ -51,3 +51,53 @@ rule train_clip:
         f"{LOGS}/train_clip.log",
     script:
         "../scripts/train_clip.py"
+
+
+# Text-to-image paper configs: the prompt list (one MS-COCO val2014 caption per image, seeded)
+# and the FID reference batch of the real images (ADM layout: Inception statistics of every
+# image, a subset kept for precision/recall), scored by the ADM backend like the samples.
+rule coco_prompts:
+    input:
+        annotations=lambda w: f"{DOWNLOADS}/{T2I_PROMPTS['annotations']['file']}",
+    output:
+        f"{RESULTS}/prompts.json",
+    params:
+        prompts=as_param(T2I_PROMPTS),
+        lock=downloads_lock(),
+    threads: 1
+    resources:
+        **job_resources("coco_prompts"),
+    conda:
+        "../../environment.yml"
+    log:
+        f"{LOGS}/coco_prompts.log",
+    script:
+        "../scripts/coco_prompts.py"
+
+
+def t2i_reference_inputs(wildcards):
+    inputs = {"images": f"{DOWNLOADS}/{REFERENCE_IMAGES['archive']['file']}"}
+    if inception_weights_input() is not None:
+        inputs["inception_weights"] = inception_weights_input()
+    if REFERENCE_IMAGES.get("images", "all") == "prompts":
+        inputs["prompts"] = PROMPTS
+    return inputs
+
+
+rule t2i_reference:
+    input:
+        unpack(t2i_reference_inputs),
+    output:
+        f"{RESULTS}/reference/t2i_reference.npz",
+    params:
+        reference=as_param(REFERENCE_IMAGES),
+        lock=downloads_lock(),
+    threads: config["threads"]
+    resources:
+        **job_resources("t2i_reference"),
+    conda:
+        "../../environment.yml"
+    log:
+        f"{LOGS}/t2i_reference.log",
+    script:
+        "../scripts/t2i_reference.py"

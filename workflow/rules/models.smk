@@ -111,3 +111,25 @@ rule fetch_vae:
         f"{LOGS}/fetch_vae.log",
     script:
         "../scripts/fetch_vae.py"
+
+
+# A Hugging Face pipeline, U-Net or LoRA of a text-to-image paper config: resolved from a local
+# path, the cache or (allow_downloads) the hub, and pinned by the sha256 of every weight file,
+# which each sampling job verifies before it loads them.
+rule fetch_hub_model:
+    output:
+        f"{CHECKPOINTS}/{{model}}.hub.json",
+    wildcard_constraints:
+        model=names_pattern(HUB_MODELS),
+    params:
+        hub=lambda w: as_param(config["models"][w.model]["hub"]),
+        as_pipeline=lambda w: used_as_pipeline(w.model),
+    threads: 1
+    resources:
+        **job_resources("fetch_hub_model"),
+    conda:
+        "../../environment.yml"
+    log:
+        f"{LOGS}/fetch_hub_model/{{model}}.log",
+    script:
+        "../scripts/fetch_hub_model.py"

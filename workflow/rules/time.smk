@@ -3,7 +3,7 @@
 # gives it a whole node); torch uses config["timing"]["threads"].
 rule time:
     input:
-        unpack(method_checkpoints),
+        unpack(pipeline_inputs),
     output:
         f"{RESULTS}/timing/{{method}}/{{setting}}.json",
     params:

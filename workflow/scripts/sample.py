@@ -13,7 +13,7 @@ batch_size = snakemake.config["methods"][method].get("batch_size", snakemake.con
 device = compute_settings(snakemake.config)["device"]
 sampling = json.loads(snakemake.params.sampling)
 with job(snakemake) as log:
-    checkpoints = {role: path for role, path in snakemake.input.items() if role != "vae_info"}
+    checkpoints = {role: path for role, path in snakemake.input.items() if role not in ("vae_info", "prompts")}
     if get_method(method).family == "pipeline":
         from diffrepro.t2i.jobs import sample_shard_t2i
 
@@ -23,7 +23,7 @@ with job(snakemake) as log:
                          indices=shard_range(snakemake.params.num_samples, int(snakemake.wildcards.shard),
                                              snakemake.params.num_shards),
                          batch_size=batch_size, output=snakemake.output[0],
-                         device=job_device(sampling, device), log=log)
+                         prompts_path=snakemake.input.get("prompts"), device=job_device(sampling, device), log=log)
     else:
         sample_shard(method=method, setting_values=json.loads(snakemake.params.setting),
                      checkpoints=checkpoints, vae_info=snakemake.input.get("vae_info"),

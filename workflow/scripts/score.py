@@ -14,4 +14,5 @@ with job(snakemake) as log:
                   reference_shards=list(snakemake.input.get("reference_shards", [])),
                   reference_features=snakemake.input.get("reference_features"),
                   inception_weights=snakemake.input.get("inception_weights"),
-                  clip_weights=snakemake.input.get("clip_weights"), log=log)
+                  clip_weights=snakemake.input.get("clip_weights"), prompts_path=snakemake.input.get("prompts"),
+                  log=log)

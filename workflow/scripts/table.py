@@ -33,7 +33,11 @@ with job(snakemake, torch_threads=1):
         from diffrepro.t2i.sizes import bksdm_models, sd14_size_rows
 
         published = paper.load_paper_table(snakemake.input.paper, snakemake.params.paper_table)
-        table = bksdm.build_table(records, bksdm_models(snakemake.config, [r["method"] for r in records]), published)
+        # hub models: their U-Net configs come from the fetched repositories
+        records_of = {name.removeprefix("hub_"): path for name, path in snakemake.input.items()
+                      if name.startswith("hub_")}
+        models = bksdm_models(snakemake.config, [r["method"] for r in records], records_of)
+        table = bksdm.build_table(records, models, published)
         bksdm.write_outputs(table, out.csv, out.md, out.claims, labels=labels, setting_note=note,
                             paper_note=paper_note, size_rows=sd14_size_rows(), paper_df=published)
     elif snakemake.params.kind == "parataa":

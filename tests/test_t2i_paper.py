@@ -1,0 +1,184 @@
+"""The text-to-image paper path on tiny models and a fake MS-COCO: prompts from the captions
+archive, the ADM-layout reference batch of the real images, hub pipelines sampled and timed
+from their fetch records (decoded, resized to the scoring size), CLIP against each prompt."""
+
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+
+from diffrepro import adm_metrics
+from diffrepro.io import read_json, write_json
+from diffrepro.jobs import read_shard_extras, read_shards
+from diffrepro.t2i import coco
+from diffrepro.t2i.components import unet_step_inputs
+from diffrepro.t2i.hub import fetch_hub_model
+from diffrepro.t2i.jobs import fid_images, sample_shard_t2i, time_t2i_setting
+from t2i_tiny import sd_pipeline, sd_unet, sdxl_unet
+
+CAPTIONS = {
+    "images": [{"id": i, "file_name": f"COCO_val2014_{i:012d}.jpg"} for i in (5, 9, 2, 7)],
+    "annotations": [
+        {"id": 1, "image_id": 5, "caption": "A cat  on a mat."}, {"id": 2, "image_id": 5, "caption": "A cat."},
+        {"id": 3, "image_id": 9, "caption": "Two dogs\nrunning."}, {"id": 4, "image_id": 2, "caption": "A red bus."},
+        {"id": 5, "image_id": 7, "caption": "A kite in the sky."}, {"id": 6, "image_id": 7, "caption": "Kite."},
+    ],
+}
+
+
+def write_fake_coco(directory, sizes=((40, 30), (30, 50), (64, 64), (33, 20))):
+    """annotations_trainval2014.zip and val2014.zip laid out as MS-COCO's (random JPEGs)."""
+    from PIL import Image
+
+    annotations = directory / "annotations_trainval2014.zip"
+    with zipfile.ZipFile(annotations, "w") as archive:
+        archive.writestr(coco.CAPTIONS_MEMBER, json.dumps(CAPTIONS))
+    images = directory / "val2014.zip"
+    rng = np.random.default_rng(0)
+    with zipfile.ZipFile(images, "w") as archive:
+        for image, (w, h) in zip(CAPTIONS["images"], sizes):
+            buffer = io.BytesIO()
+            Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(buffer, format="JPEG")
+            archive.writestr(f"val2014/{image['file_name']}", buffer.getvalue())
+    return annotations, images
+
+
+def test_prompts_are_one_caption_per_image_and_reproducible(tmp_path):
+    annotations, _ = write_fake_coco(tmp_path)
+    captions = coco.read_captions(annotations)
+    first, again = coco.select_prompts(captions, 3, seed=0), coco.select_prompts(captions, 3, seed=0)
+    assert first == again and [p["index"] for p in first] == [0, 1, 2]
+    assert len({p["image_id"] for p in first}) == 3
+    texts = {i: {" ".join(a["caption"].split()) for a in CAPTIONS["annotations"] if a["image_id"] == i}
+             for i in (5, 9, 2, 7)}
+    assert all(p["caption"] in texts[p["image_id"]] for p in first)  # whitespace normalised
+    assert {p["image_id"] for p in coco.select_prompts(captions, None, seed=0)} == {5, 9, 2, 7}
+    assert coco.select_prompts(captions, None, seed=0) != coco.select_prompts(captions, None, seed=1)
+    with pytest.raises(ValueError, match="count is 5, but the captions cover only 4 images"):
+        coco.select_prompts(captions, 5, seed=0)
+    with zipfile.ZipFile(tmp_path / "other.zip", "w") as archive:
+        archive.writestr("x.json", "{}")
+    with pytest.raises(ValueError, match="has no annotations/captions_val2014.json"):
+        coco.read_captions(tmp_path / "other.zip")
+
+
+def test_the_reference_batch_has_the_adm_layout(tmp_path):
+    from test_adm_metrics import write_random_inception_weights
+
+    _, images = write_fake_coco(tmp_path)
+    weights = write_random_inception_weights(tmp_path / "inception.pth")
+    output = tmp_path / "reference.npz"
+    coco.reference_job(images=str(images), reference={"size": 32, "keep": 3}, lock=str(tmp_path / "lock.json"),
+                       output=str(output), inception_weights=str(weights), prompts_path=None, log=lambda *_: None)
+    with np.load(output) as data:
+        assert data["arr_0"].shape == (3, 32, 32, 3) and data["arr_0"].dtype == np.uint8
+        assert int(data["num_images"]) == 4
+        stats = {k: data[k] for k in ("mu", "sigma", "mu_s", "sigma_s")}
+    extractor = adm_metrics.load_inception(weights)
+    batches = list(coco.iter_reference_images(images, None, 32, "center_crop"))
+    features = adm_metrics.inception_features(extractor, np.concatenate(batches))
+    mu, sigma = adm_metrics.feature_statistics(features["pool"])
+    np.testing.assert_allclose(stats["mu"], mu, rtol=1e-10)
+    np.testing.assert_allclose(stats["sigma"], sigma, rtol=1e-8, atol=1e-12)
+    assert adm_metrics.reference_statistics(output)["mu"].shape == (2048,)  # what the ADM backend reads
+    # only the prompts' images
+    prompts = tmp_path / "prompts.json"
+    write_json(prompts, coco.select_prompts(CAPTIONS, 2, seed=0))
+    coco.reference_job(images=str(images), reference={"size": 32, "keep": 10, "images": "prompts"},
+                       lock=str(tmp_path / "lock.json"), output=str(output), inception_weights=str(weights),
+                       prompts_path=str(prompts), log=lambda *_: None)
+    with np.load(output) as data:
+        assert int(data["num_images"]) == 2 and len(data["arr_0"]) == 2
+
+
+def test_center_crop_and_resize():
+    from PIL import Image
+
+    wide = Image.fromarray(np.concatenate([np.zeros((10, 10, 3), np.uint8), np.full((10, 20, 3), 255, np.uint8),
+                                           np.zeros((10, 10, 3), np.uint8)], axis=1))
+    cropped = np.asarray(coco.resize_square(wide, 5, "center_crop"))
+    assert cropped.shape == (5, 5, 3) and cropped.min() > 200  # the white middle only
+    assert np.asarray(coco.resize_square(wide, 5, "resize")).min() < 50
+    images = np.random.default_rng(0).random((2, 16, 16, 3)).astype(np.float32)
+    assert fid_images(images, 8).shape == (2, 8, 8, 3)
+    np.testing.assert_array_equal(fid_images(images, 16), (images * 255).round().astype(np.uint8))
+
+
+@pytest.fixture(scope="module")
+def hub_sd(tmp_path_factory):
+    """A tiny SD pipeline (large) and a U-Net repository (small), saved as on the hub, fetched."""
+    root = tmp_path_factory.mktemp("hub")
+    large = sd_pipeline(sd_unet(2, layers=2))
+    large.save_pretrained(root / "large", safe_serialization=True)
+    sd_unet(1, layers=1).save_pretrained(root / "small" / "unet", safe_serialization=True)
+    records = {}
+    for role, spec, as_pipeline in (("large", {"id": "someone/large", "path": str(root / "large")}, True),
+                                    ("small", {"id": "someone/small", "path": str(root / "small")}, False)):
+        records[role] = str(root / f"{role}.hub.json")
+        write_json(records[role], fetch_hub_model(spec, config_key=f"models.{role}.hub", as_pipeline=as_pipeline,
+                                                  log=lambda *_: None))
+    prompts = root / "prompts.json"
+    write_json(prompts, [{"caption": c} for c in ("a cat", "two dogs", "a red bus", "a kite", "a boat")])
+    return root, records, str(prompts)
+
+
+T2I = {"scheduler": {"class": "PNDMScheduler"}, "steps": 5, "guidance_scale": 7.5, "fid_size": 8,
+       "precision": "fp32"}
+
+
+def test_hub_pipelines_sample_decoded_images_from_their_records(hub_sd):
+    root, records, prompts = hub_sd
+
+    def shard(method, values, roles, indices, batch_size, name):
+        out = root / f"{name}.npz"
+        sample_shard_t2i(method=method, setting_values=values, checkpoints={r: records[r2] for r, r2 in roles.items()},
+                         model_configs={}, t2i=T2I, seed=0, indices=indices, batch_size=batch_size, output=str(out),
+                         prompts_path=prompts, log=lambda *_: None)
+        return str(out)
+
+    both = {"small": "small", "large": "large"}
+    whole = shard("tstitch_sd", {"ratio": 0.4}, both, range(5), 5, "whole")
+    parts = [shard("tstitch_sd", {"ratio": 0.4}, both, idx, 2, f"part{k}") for k, idx in enumerate((range(0, 3), range(3, 5)))]
+    images, labels, meta = read_shards([whole])
+    assert images.shape == (5, 8, 8, 3) and images.dtype == np.uint8  # decoded at 16 px, resized to fid_size
+    np.testing.assert_array_equal(labels, np.arange(5))  # image i from prompt i
+    assert meta["model_steps"] == {"small": 2, "large": 4}  # PNDM: 5 steps, 6 timesteps; r = 0.4
+    np.testing.assert_array_equal(images, read_shards(parts)[0])  # shards and batch size change nothing
+    latents = read_shard_extras([whole])["samples"]
+    assert latents.shape == (5, 4, 8, 8) and latents.dtype == np.float16
+    # r = 0 is the large pipeline as it is
+    plain = shard("text_to_image", {}, {"model": "large"}, range(5), 5, "plain")
+    stitched0 = shard("tstitch_sd", {"ratio": 0.0}, both, range(5), 5, "r0")
+    np.testing.assert_array_equal(read_shards([plain])[0], read_shards([stitched0])[0])
+    assert not np.array_equal(read_shards([plain])[0], images)
+
+
+def test_hub_pipelines_are_timed_per_image(hub_sd, tmp_path):
+    root, records, prompts = hub_sd
+    timing = {"batch_size": 1, "warmup": 0, "repeats": 2, "forward_repeats": 2}
+    result = time_t2i_setting(method="tstitch_sd", setting_values={"ratio": 0.4},
+                              baseline={"method": "tstitch_sd", "params": {"ratio": 0.0}}, checkpoints=records,
+                              model_configs={}, t2i=T2I, seed=0, timing=timing, config={},
+                              output=str(tmp_path / "t.json"), prompts_path=prompts, log=lambda *_: None)
+    assert result["batch_size"] == 1 and len(result["speedup_pairs"]) == 2
+    assert set(result["per_step_forward_s"]) == {"small", "large"}
+    assert result["provenance"]["text_encoder_sha256"] is None
+    assert read_json(tmp_path / "t.json")["model_steps"] == {"small": 2, "large": 4}
+
+
+@pytest.mark.parametrize("kind", ["sd", "sdxl", "lcm"])
+def test_unet_step_inputs_run_each_architecture(kind):
+    unet = {"sd": lambda: sd_unet(0, 1), "sdxl": lambda: sdxl_unet(0, 1),
+            "lcm": lambda: sdxl_unet(0, 1, time_cond_proj_dim=8)}[kind]()
+    guided = kind != "lcm"
+    inputs = unet_step_inputs(unet, batch=3, shape=(4, 8, 8), tokens=5, guided=guided)
+    with torch.no_grad():
+        out = unet(**inputs).sample
+    assert out.shape == (6 if guided else 3, 4, 8, 8)
+    assert ("timestep_cond" in inputs) == (kind == "lcm")
+    assert ("added_cond_kwargs" in inputs) == (kind != "sd")
