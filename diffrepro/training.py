@@ -68,7 +68,10 @@ def train_dit(model_config: DiTConfig, train: TrainConfig, images: torch.Tensor,
     if bad:
         raise ValueError(f"snapshot iterations {bad} outside 1..{train.iterations}")
     resume = resume_path(output)
-    start, history = load_resume(resume, model, ema, optimizer, generator, log=log)
+    # what the run depends on: a resume file left by a run with another config is not reused
+    fingerprint = json.dumps({"model": model_config.to_dict(), "train": asdict(train), "method": method.describe(),
+                              "data": [list(images.shape), int(labels.sum())]}, sort_keys=True)
+    start, history = load_resume(resume, model, ema, optimizer, generator, fingerprint=fingerprint, log=log)
 
     model.train()
     began = time.perf_counter()
@@ -100,7 +103,7 @@ def train_dit(model_config: DiTConfig, train: TrainConfig, images: torch.Tensor,
         if done in snapshots:
             save_checkpoint(snapshots[done], ema.state_dict(), _metadata(model_config, train, done))
         if done % train.checkpoint_every == 0 or done == train.iterations or done in snapshots:
-            save_resume(resume, done, model, ema, optimizer, generator, history)
+            save_resume(resume, done, model, ema, optimizer, generator, history, fingerprint)
         if stop_after is not None and done >= stop_after:
             return {"stopped_at": done}
 

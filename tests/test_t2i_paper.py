@@ -73,7 +73,8 @@ def test_the_reference_batch_has_the_adm_layout(tmp_path):
     _, images = write_fake_coco(tmp_path)
     weights = write_random_inception_weights(tmp_path / "inception.pth")
     output = tmp_path / "reference.npz"
-    coco.reference_job(images=str(images), reference={"size": 32, "keep": 3}, lock=str(tmp_path / "lock.json"),
+    coco.reference_job(images=str(images), reference={"size": 32, "keep": 3, "resize": "center_crop"},
+                       lock=str(tmp_path / "lock.json"),
                        output=str(output), inception_weights=str(weights), prompts_path=None, log=lambda *_: None)
     with np.load(output) as data:
         assert data["arr_0"].shape == (3, 32, 32, 3) and data["arr_0"].dtype == np.uint8
@@ -94,6 +95,25 @@ def test_the_reference_batch_has_the_adm_layout(tmp_path):
                        prompts_path=str(prompts), log=lambda *_: None)
     with np.load(output) as data:
         assert int(data["num_images"]) == 2 and len(data["arr_0"]) == 2
+
+
+def test_a_fixed_prompt_list_is_read_in_its_order(tmp_path):
+    listing = tmp_path / "metadata.csv"
+    listing.write_text('file_name,text\nCOCO_val2014_000000000009.jpg,"Two dogs, running."\nCOCO_val2014_000000000002.jpg,A red bus.\n')
+    assert coco.read_metadata_csv(listing, None) == [
+        {"index": 0, "file_name": "COCO_val2014_000000000009.jpg", "caption": "Two dogs, running."},
+        {"index": 1, "file_name": "COCO_val2014_000000000002.jpg", "caption": "A red bus."}]
+    assert len(coco.read_metadata_csv(listing, 1)) == 1
+    with pytest.raises(ValueError, match="count is 3, but .* has only 2 prompts"):
+        coco.read_metadata_csv(listing, 3)
+
+
+def test_jpeg_storage_as_bksdm_stores_its_images():
+    images = np.random.default_rng(0).random((2, 16, 16, 3)).astype(np.float32)
+    lossless, jpeg = fid_images(images, 8), fid_images(images, 8, jpeg_quality=75)
+    assert jpeg.shape == lossless.shape == (2, 8, 8, 3)
+    assert 0 < np.abs(jpeg.astype(int) - lossless).mean() < 40
+    assert not np.array_equal(fid_images(images, None, jpeg_quality=75), fid_images(images, None))
 
 
 def test_center_crop_and_resize():
@@ -182,3 +202,55 @@ def test_unet_step_inputs_run_each_architecture(kind):
     assert out.shape == (6 if guided else 3, 4, 8, 8)
     assert ("timestep_cond" in inputs) == (kind == "lcm")
     assert ("added_cond_kwargs" in inputs) == (kind != "sd")
+
+
+def test_the_lcm_paper_path_sdxl_with_an_lcm_unet_and_a_lora_small(tmp_path):
+    """LCM-SDXL (SDXL's pipeline around another repository's U-Net, LCMScheduler from the
+    pipeline's config) with a LoRA-fused small U-Net, as config/paper/tstitch_lcm.yaml builds it."""
+    from diffusers import LCMScheduler, StableDiffusionXLPipeline
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    from t2i_tiny import sdxl_pipeline
+
+    sdxl_pipeline(sdxl_unet(0, layers=1)).save_pretrained(tmp_path / "sdxl", safe_serialization=True)
+    lcm_unet = sdxl_unet(5, layers=1, time_cond_proj_dim=8)
+    lcm_unet.save_pretrained(tmp_path / "lcm", safe_serialization=True)
+    sdxl_unet(3, layers=1).save_pretrained(tmp_path / "ssd" / "unet", safe_serialization=True)
+    adapted = sdxl_unet(3, layers=1)
+    adapted.add_adapter(LoraConfig(r=2, lora_alpha=2, target_modules=["to_q", "to_v"]))
+    StableDiffusionXLPipeline.save_lora_weights(tmp_path / "lora", unet_lora_layers=get_peft_model_state_dict(adapted))
+    specs = {"large": ({"id": "x/sdxl", "pipeline": "StableDiffusionXLPipeline", "path": str(tmp_path / "sdxl"),
+                        "unet": {"id": "x/lcm", "subfolder": None, "path": str(tmp_path / "lcm")}}, True),
+             "small": ({"id": "x/ssd", "pipeline": "StableDiffusionXLPipeline", "path": str(tmp_path / "ssd"),
+                        "lora": {"id": "x/lcm-lora", "path": str(tmp_path / "lora")}}, False)}
+    records = {}
+    for role, (spec, as_pipeline) in specs.items():
+        records[role] = str(tmp_path / f"{role}.hub.json")
+        write_json(records[role], fetch_hub_model(spec, config_key=f"models.{role}.hub", as_pipeline=as_pipeline,
+                                                  log=lambda *_: None))
+    prompts = tmp_path / "prompts.json"
+    write_json(prompts, [{"caption": c} for c in ("a cat", "two dogs", "a red bus")])
+    t2i = {"scheduler": {"class": "LCMScheduler"}, "steps": 4, "guidance_scale": 8.0, "image_size": 16,
+           "fid_size": 16, "precision": "fp32"}
+
+    def shard(values, name):
+        sample_shard_t2i(method="tstitch_sd", setting_values=values, checkpoints=records, model_configs={}, t2i=t2i,
+                         seed=0, indices=range(3), batch_size=3, output=str(tmp_path / name),
+                         prompts_path=str(prompts), log=lambda *_: None)
+        return read_shards([str(tmp_path / name)])
+
+    images, _, meta = shard({"ratio": 0.5}, "half.npz")
+    assert meta["model_steps"] == {"small": 2, "large": 2}
+    r0, _, _ = shard({"ratio": 0.0}, "r0.npz")
+    # r = 0 is plain LCM-SDXL, built by hand as diffusers' docs build it
+    pipe = StableDiffusionXLPipeline.from_pretrained(tmp_path / "sdxl", unet=lcm_unet)
+    pipe.scheduler = LCMScheduler.from_config(pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    from diffrepro.diffusion.sampling import initial_noise_and_labels
+
+    noise, _, generators = initial_noise_and_labels(0, [0, 1, 2], (4, 8, 8), 10)
+    expected = pipe(["a cat", "two dogs", "a red bus"], num_inference_steps=4, guidance_scale=8.0, latents=noise,
+                    generator=generators, height=16, width=16, output_type="np").images
+    np.testing.assert_array_equal(r0, fid_images(expected, 16))
+    assert not np.array_equal(images, r0)

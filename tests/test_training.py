@@ -38,6 +38,21 @@ def test_killed_run_resumes_to_identical_weights(tmp_path, digits):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_a_resume_file_of_another_config_is_not_reused(tmp_path, digits):
+    from dataclasses import replace
+
+    path = tmp_path / "model.safetensors"
+    train_dit(CONFIG, TRAIN, *digits, path, log=lambda m: None, stop_after=3)
+    fresh = tmp_path / "fresh.safetensors"
+    changed = replace(TRAIN, lr=5e-4)
+    train_dit(CONFIG, changed, *digits, fresh, log=lambda m: None)
+    messages = []
+    train_dit(CONFIG, changed, *digits, path, log=messages.append)  # the stale file is from lr 1e-3
+    assert not any("resuming" in m for m in messages)
+    a, b = load_checkpoint(fresh), load_checkpoint(path)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_corrupted_checkpoint_is_refused(tmp_path, digits):
     path = tmp_path / "model.safetensors"
     train_dit(CONFIG, TRAIN, *digits, path, log=lambda m: None)

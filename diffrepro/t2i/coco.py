@@ -31,6 +31,20 @@ def read_captions(path: str | Path, member: str = CAPTIONS_MEMBER) -> dict:
         return json.loads(archive.read(member))
 
 
+def read_metadata_csv(path: str | Path, count: int | None) -> list[dict]:
+    """BK-SDM's prompt list (data/mscoco_val2014_30k/metadata.csv: a header, then file_name,
+    caption per row), in its order; the first `count` rows (all: None)."""
+    import csv
+
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = [row for row in csv.reader(f)][1:]
+    if not rows or any(len(row) < 2 for row in rows):
+        raise ValueError(f"{path} is not a prompt list of file_name, caption rows (BK-SDM's metadata.csv)")
+    if count is not None and count > len(rows):
+        raise ValueError(f"t2i.prompts.count is {count}, but {path} has only {len(rows)} prompts")
+    return [{"index": i, "file_name": row[0], "caption": row[1]} for i, row in enumerate(rows[:count])]
+
+
 def select_prompts(captions: dict, count: int | None, seed: int) -> list[dict]:
     """`count` images (all: None), each with one of its captions, reproducibly: images in a
     seeded random order, and for each the caption a seeded draw picks. Returns
@@ -53,9 +67,24 @@ def select_prompts(captions: dict, count: int | None, seed: int) -> list[dict]:
     return prompts
 
 
+def jpeg_roundtrip(image, quality: int | None):
+    """The image as a JPEG of this quality would decode (None: unchanged). BK-SDM stores its
+    samples and resized reference images as .jpg (PIL's default quality, 75) before FID."""
+    if quality is None:
+        return image
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=quality)
+    buffer.seek(0)
+    with Image.open(buffer) as decoded:
+        return decoded.convert("RGB")
+
+
 def resize_square(image, size: int, mode: str):
-    """A PIL image as size x size RGB. "center_crop": the central square, then bicubic (the
-    usual FID preparation of COCO); "resize": bicubic to the square, aspect not kept."""
+    """A PIL image as size x size RGB. "resize": bicubic straight to the square, aspect not
+    kept (BK-SDM's change_img_size, for its samples and the val2014 reference); "center_crop":
+    the central square, then bicubic."""
     from PIL import Image
 
     image = image.convert("RGB")
@@ -69,7 +98,7 @@ def resize_square(image, size: int, mode: str):
 
 
 def iter_reference_images(archive_path: str | Path, file_names: list[str] | None, size: int, mode: str,
-                          batch_size: int = 100) -> Iterator[np.ndarray]:
+                          batch_size: int = 100, jpeg_quality: int | None = None) -> Iterator[np.ndarray]:
     """uint8 NHWC batches of the archive's images (sorted by name; only `file_names` if given)."""
     from PIL import Image
 
@@ -89,7 +118,8 @@ def iter_reference_images(archive_path: str | Path, file_names: list[str] | None
         batch = []
         for name in names:
             with Image.open(io.BytesIO(archive.read(members[name]))) as image:
-                batch.append(np.asarray(resize_square(image, size, mode), dtype=np.uint8))
+                resized = jpeg_roundtrip(resize_square(image, size, mode), jpeg_quality)
+                batch.append(np.asarray(resized, dtype=np.uint8))
             if len(batch) == batch_size:
                 yield np.stack(batch)
                 batch = []
@@ -98,12 +128,13 @@ def iter_reference_images(archive_path: str | Path, file_names: list[str] | None
 
 
 def reference_batch(archive_path: str | Path, extractor, *, size: int, mode: str, keep: int,
-                    file_names: list[str] | None = None, batch_size: int = 100, log=print) -> dict:
+                    file_names: list[str] | None = None, batch_size: int = 100, jpeg_quality: int | None = None,
+                    log=print) -> dict:
     """The ADM-layout reference arrays: statistics over every image, the first `keep` images."""
     from .. import adm_metrics
 
     kept, pools, spatials, seen = [], [], [], 0
-    for batch in iter_reference_images(archive_path, file_names, size, mode, batch_size):
+    for batch in iter_reference_images(archive_path, file_names, size, mode, batch_size, jpeg_quality):
         features = adm_metrics.inception_features(extractor, batch, batch_size=batch_size)
         pools.append(features["pool"])
         spatials.append(features["spatial"])
@@ -133,9 +164,13 @@ def prompts_job(*, annotations: str, prompts: dict, lock: str, output: str, log=
     """Rule coco_prompts: the prompt list every text-to-image sampling job reads."""
     from ..io import write_json
 
-    _verified(annotations, prompts.get("annotations"), lock, log)
-    selected = select_prompts(read_captions(annotations, prompts.get("member", CAPTIONS_MEMBER)),
-                              prompts.get("count"), prompts.get("seed", 0))
+    if "metadata_csv" in prompts:
+        _verified(annotations, prompts["metadata_csv"], lock, log)
+        selected = read_metadata_csv(annotations, prompts.get("count"))
+    else:
+        _verified(annotations, prompts.get("annotations"), lock, log)
+        selected = select_prompts(read_captions(annotations, prompts.get("member", CAPTIONS_MEMBER)),
+                                  prompts.get("count"), prompts.get("seed", 0))
     log(f"{len(selected)} prompts, e.g. {selected[0]['caption']!r}")
     write_json(output, selected)
 
@@ -152,8 +187,10 @@ def reference_job(*, images: str, reference: dict, lock: str, output: str, incep
     if reference.get("images", "all") == "prompts":
         file_names = list(dict.fromkeys(p["file_name"] for p in read_json(prompts_path)))
     extractor = adm_metrics.load_inception(inception_weights, device)
-    arrays = reference_batch(images, extractor, size=reference["size"], mode=reference.get("resize", "center_crop"),
-                             keep=reference.get("keep", 10000), file_names=file_names, log=log)
+    mode, quality = reference.get("resize", "resize"), reference.get("jpeg_quality")
+    arrays = reference_batch(images, extractor, size=reference["size"], mode=mode, keep=reference.get("keep", 10000),
+                             file_names=file_names, jpeg_quality=quality, log=log)
     log(f"reference: {int(arrays['num_images'])} images, {len(arrays['arr_0'])} kept for precision/recall")
+    preparation = f"{mode} to {reference['size']} px, PIL bicubic" + (f", JPEG quality {quality}" if quality else "")
     write_npz(output, **arrays, inception_weights_sha256=np.asarray(extractor.weights_sha256),
-              resize=np.asarray(f"{reference.get('resize', 'center_crop')} to {reference['size']} px, PIL bicubic"))
+              preparation=np.asarray(preparation))

@@ -152,15 +152,24 @@ def read_prompts(path: str | None) -> list[str] | None:
     return None if path is None else [p["caption"] for p in read_json(path)]
 
 
-def fid_images(images: np.ndarray, size: int | None) -> np.ndarray:
+def fid_images(images: np.ndarray, size: int | None, jpeg_quality: int | None = None) -> np.ndarray:
     """Decoded float NHWC images in [0, 1] to uint8 (diffusers' rounding), resized to the
-    scoring size with PIL bicubic, as BK-SDM prepares its 512 px samples for FID at 256 px."""
+    scoring size with PIL bicubic as BK-SDM's change_img_size does; with jpeg_quality, through
+    a JPEG before and after the resize, as BK-SDM's samples are stored (.jpg, quality 75)."""
     from PIL import Image
 
+    from .coco import jpeg_roundtrip
+
     uint8 = (np.clip(images, 0, 1) * 255).round().astype(np.uint8)
-    if size is None or uint8.shape[1] == size:
+    if (size is None or uint8.shape[1] == size) and jpeg_quality is None:
         return uint8
-    return np.stack([np.asarray(Image.fromarray(image).resize((size, size), Image.BICUBIC)) for image in uint8])
+    out = []
+    for image in uint8:
+        picture = jpeg_roundtrip(Image.fromarray(image), jpeg_quality)
+        if size is not None and picture.size != (size, size):
+            picture = jpeg_roundtrip(picture.resize((size, size), Image.BICUBIC), jpeg_quality)
+        out.append(np.asarray(picture, dtype=np.uint8))
+    return np.stack(out)
 
 
 def steps_of(setting, t2i: dict) -> int:
@@ -227,7 +236,7 @@ def sample_shard_t2i(*, method: str, setting_values: dict, checkpoints: dict[str
             images.append(to_uint8_nhwc(x))
         else:
             samples.append(x.numpy().astype(np.float16))
-            images.append(fid_images(decoded, t2i.get("fid_size")))
+            images.append(fid_images(decoded, t2i.get("fid_size"), t2i.get("jpeg_quality")))
         labels.append(y.numpy())
         steps = out.steps_by_role(unets)
         done = start + len(batch)

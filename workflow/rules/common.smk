@@ -152,10 +152,12 @@ SCORING_REMOTE = {key: config["scoring"][key] for key in ("reference_batch", "in
 T2I_PROMPTS = config.get("t2i", {}).get("prompts")
 REFERENCE_IMAGES = config["scoring"].get("reference_images")
 PROMPTS = f"{RESULTS}/prompts.json" if T2I_PROMPTS else None
+# the prompts' source file: MS-COCO's annotations zip, or a fixed list (BK-SDM's metadata.csv)
+PROMPTS_SOURCE = (T2I_PROMPTS.get("metadata_csv") or T2I_PROMPTS["annotations"]) if T2I_PROMPTS else None
 REMOTE_FILES = {
     **{m["source"]["file"]: m["source"] for m in config["models"].values() if "source" in m},
     **{entry["file"]: entry for entry in SCORING_REMOTE.values()},
-    **({T2I_PROMPTS["annotations"]["file"]: T2I_PROMPTS["annotations"]} if T2I_PROMPTS else {}),
+    **({PROMPTS_SOURCE["file"]: PROMPTS_SOURCE} if PROMPTS_SOURCE else {}),
     **({REFERENCE_IMAGES["archive"]["file"]: REFERENCE_IMAGES["archive"]} if REFERENCE_IMAGES else {}),
 }
 TRAINED_MODELS = [name for name, m in config["models"].items() if "train" in m]

@@ -53,12 +53,13 @@ rule train_clip:
         "../scripts/train_clip.py"
 
 
-# Text-to-image paper configs: the prompt list (one MS-COCO val2014 caption per image, seeded)
+# Text-to-image paper configs: the prompt list (one MS-COCO val2014 caption per image, seeded,
+# or a fixed list such as BK-SDM's)
 # and the FID reference batch of the real images (ADM layout: Inception statistics of every
 # image, a subset kept for precision/recall), scored by the ADM backend like the samples.
 rule coco_prompts:
     input:
-        annotations=lambda w: f"{DOWNLOADS}/{T2I_PROMPTS['annotations']['file']}",
+        annotations=lambda w: f"{DOWNLOADS}/{PROMPTS_SOURCE['file']}",
     output:
         f"{RESULTS}/prompts.json",
     params:
