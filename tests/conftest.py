@@ -1,3 +1,6 @@
+import functools
+import http.server
+import threading
 from pathlib import Path
 
 import pytest
@@ -46,3 +49,15 @@ def smoke_run(workdir):
 
     snakemake(workdir, "--cores", "2", "reproduce_all", *SMOKE)
     return workdir
+
+
+@pytest.fixture(scope="session")
+def file_server(tmp_path_factory):
+    """A plain HTTP server on 127.0.0.1 over a fresh folder: (folder, base URL)."""
+    served = tmp_path_factory.mktemp("served")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
+    handler.log_message = lambda *args: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield served, f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()

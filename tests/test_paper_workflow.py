@@ -11,10 +11,7 @@ merging to the same images: tests/test_paper_pipeline.py and the smoke run.)
 from __future__ import annotations
 
 import argparse
-import functools
-import http.server
 import json
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -68,17 +65,6 @@ def write_reference_batch(path: Path, weights: Path) -> Path:
     images = np.random.default_rng(0).integers(0, 256, size=(10, 16, 16, 3), dtype=np.uint8)
     feats = adm_metrics.inception_features(adm_metrics.load_inception(weights), images)
     return write_fake_reference(path, images, feats)
-
-
-@pytest.fixture(scope="module")
-def file_server(tmp_path_factory):
-    served = tmp_path_factory.mktemp("served")
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
-    handler.log_message = lambda *args: None
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield served, f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
 
 
 def paper_config(url: str, files: dict, vae: Path, weights: Path) -> dict:

@@ -19,7 +19,6 @@ import yaml
 
 from diffrepro.io import read_json, sha256_file
 from test_clip_score import TINY_CONFIG, _tiny_state_dict
-from test_paper_workflow import file_server  # noqa: F401  (fixture)
 from test_t2i_paper import write_fake_coco
 from t2i_tiny import sd_pipeline
 from workflow_run import copy_repository, snakemake
@@ -73,7 +72,7 @@ def t2i_config(url, models, weights, clip_path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def t2i_run(tmp_path_factory, file_server):  # noqa: F811
+def t2i_run(tmp_path_factory, file_server):
     from safetensors.torch import save_file
     from test_adm_metrics import write_random_inception_weights
 

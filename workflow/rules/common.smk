@@ -218,6 +218,16 @@ def score_inputs(wildcards):
     return inputs
 
 
+def t2i_reference_inputs(wildcards):
+    """The real images (and the Inception weights, the prompts) the FID reference is computed from."""
+    inputs = {"images": f"{DOWNLOADS}/{REFERENCE_IMAGES['archive']['file']}"}
+    if inception_weights_input() is not None:
+        inputs["inception_weights"] = inception_weights_input()
+    if REFERENCE_IMAGES.get("images", "all") == "prompts":
+        inputs["prompts"] = PROMPTS
+    return inputs
+
+
 def names_pattern(names):
     """A wildcard constraint matching exactly these names (none: a pattern nothing matches)."""
     return "|".join(names) if names else "(?!)"

@@ -76,15 +76,6 @@ rule coco_prompts:
         "../scripts/coco_prompts.py"
 
 
-def t2i_reference_inputs(wildcards):
-    inputs = {"images": f"{DOWNLOADS}/{REFERENCE_IMAGES['archive']['file']}"}
-    if inception_weights_input() is not None:
-        inputs["inception_weights"] = inception_weights_input()
-    if REFERENCE_IMAGES.get("images", "all") == "prompts":
-        inputs["prompts"] = PROMPTS
-    return inputs
-
-
 rule t2i_reference:
     input:
         unpack(t2i_reference_inputs),
