@@ -409,6 +409,19 @@ def load_clip(spec: ClipSpec | None = None, device: str | torch.device = "cpu",
     return model, preprocess, tokenizer
 
 
+def fetch_clip_job(*, clip: Mapping[str, Any], allow_downloads: bool, output: str, log=print) -> None:
+    """Rule fetch_clip: find (or download, if allowed) a pretrained CLIP's weights before any
+    sampling, and record where they are with their sha256, which every score job checks."""
+    from .io import write_json
+
+    spec = ClipSpec.from_config({k: v for k, v in clip.items() if k != "train"})
+    resolved = resolve_weights(spec, allow_downloads=allow_downloads)
+    digest = sha256_file(resolved.path)
+    log(f"CLIP {spec.model} {spec.pretrained}: {resolved.path} ({resolved.source}), sha256 {digest}")
+    write_json(output, {"model": spec.model, "pretrained": spec.pretrained, "path": os.path.abspath(resolved.path),
+                        "sha256": digest, "source": resolved.source})
+
+
 def provenance(model: torch.nn.Module) -> dict:
     """What to record next to a CLIP score: model, tag, sha256 of the weight file actually
     loaded, open_clip version, preprocessing, and how the score is defined."""

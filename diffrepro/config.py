@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import itertools
 
-from .methods import MethodSpec, load_plugins, register_aliases
+from .methods import MethodSpec, get_method, load_plugins, register_aliases
 from .methods import reference_run as _reference_run_of
 from .report.paper import PAPER_DIR, load_paper_table
 
@@ -333,9 +333,19 @@ def _check_text_to_image(config: dict) -> None:
             raise ConfigError(f"config key t2i.text_encoder: hidden_size {width} is not divisible by heads {heads}")
     reference = config["scoring"].get("reference_images")
     fid_size = config.get("t2i", {}).get("fid_size")
-    if reference is not None and fid_size is not None and reference["size"] != fid_size:
+    if reference is not None and fid_size is None:
+        raise ConfigError(f"config key t2i.fid_size: samples are scored against real images resized to "
+                          f"{reference['size']} px (scoring.reference_images.size); set t2i.fid_size: {reference['size']}")
+    if reference is not None and reference["size"] != fid_size:
         raise ConfigError(f"config key scoring.reference_images.size: {reference['size']} px, but samples are "
                           f"scored at t2i.fid_size {fid_size} px; set both to the same size")
+    count = config.get("t2i", {}).get("prompts", {}).get("count")
+    for method in config["methods"]:
+        needed = method_num_samples(config, method)
+        if count is not None and get_method(method).family == "pipeline" and needed > count:
+            raise ConfigError(f"config key t2i.prompts.count: {count} prompts, but methods.{method} samples "
+                              f"{needed} images (image i is generated from prompt i); raise the count or "
+                              f"lower num_samples")
     if reference is not None and reference.get("images") == "prompts" and "prompts" not in config.get("t2i", {}):
         raise ConfigError("config key scoring.reference_images.images: 'prompts' needs t2i.prompts")
     clip = config.get("clip")

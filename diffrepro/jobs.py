@@ -295,7 +295,7 @@ def _digits_scores(images, labels, *, classifier_path, reference_path, scoring):
 
 
 def _clip_scores(images, labels, config: dict, clip_weights: str | None, prompts: list[str] | None = None,
-                 log=print) -> dict:
+                 device="cpu", log=print) -> dict:
     """CLIP score (BK-SDM's: mean cosine of image and prompt embeddings) of text-to-image samples;
     the prompts come from the labels: the prompt list's entry, or the embedded suite's class prompt."""
     from .clip_score import ClipSpec, clip_score_summary, clip_scores, load_clip
@@ -303,12 +303,15 @@ def _clip_scores(images, labels, config: dict, clip_weights: str | None, prompts
     from .t2i.components import digit_prompt
 
     section = {k: v for k, v in config["clip"].items() if k != "train"}
-    if clip_weights is not None:
+    if clip_weights is not None and clip_weights.endswith(".json"):  # rule fetch_clip's record
+        record = read_json(clip_weights)
+        section.update(path=record["path"], sha256=record["sha256"])
+    elif clip_weights is not None:
         section["path"] = clip_weights
-    model, preprocess, tokenizer = load_clip(ClipSpec.from_config(section),
+    model, preprocess, tokenizer = load_clip(ClipSpec.from_config(section), device=device,
                                              allow_downloads=bool(config.get("allow_downloads", False)))
     texts = [digit_prompt(y) for y in labels] if prompts is None else [prompts[y] for y in labels]
-    values = clip_scores(model, preprocess, tokenizer, images, texts, batch_size=256)
+    values = clip_scores(model, preprocess, tokenizer, images, texts, batch_size=256, device=device)
     summary = clip_score_summary(values)
     log(f"CLIP score {summary['mean']:.4f} ± {summary['se']:.4f} ({section['model']})")
     return {"metrics": {"clip_score": summary["mean"], "clip_score_se": summary["se"]},
@@ -365,15 +368,15 @@ def score_setting(*, shards: Sequence[str], reference_path: str, scoring: dict, 
     images, labels, meta = read_shards(shards)
     # CLIP first: a missing or unreadable CLIP fails before the FID work, not after it
     clip_record = None
+    # Inception (and CLIP) features in full float32: TF32 would change them
+    device = job_device({"device": config.get("compute", {}).get("device", "auto"), "tf32": False})
     if "clip" in config and get_method(meta["method"]).family == "pipeline":
         from .t2i.jobs import read_prompts
 
-        clip_record = _clip_scores(images, labels, config, clip_weights, read_prompts(prompts_path), log)
+        clip_record = _clip_scores(images, labels, config, clip_weights, read_prompts(prompts_path), device, log)
     if scoring.get("backend", "digits") == "adm":
         verify_downloads({"reference_batch": reference_path, "inception_weights": inception_weights},
                          scoring, config.get("downloads", {}).get("lock", DEFAULT_LOCK), log)
-        # Inception features in full float32: TF32 would change them
-        device = job_device({"device": config.get("compute", {}).get("device", "auto"), "tf32": False})
         scores, labels_text, files, extra, features = _adm_scores(
             images, labels, reference_path=reference_path, scoring=scoring, device=device,
             weights_path=inception_weights)

@@ -12,6 +12,7 @@ as safetensors with a sha256 sidecar.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from dataclasses import asdict, dataclass
@@ -70,7 +71,8 @@ def train_dit(model_config: DiTConfig, train: TrainConfig, images: torch.Tensor,
     resume = resume_path(output)
     # what the run depends on: a resume file left by a run with another config is not reused
     fingerprint = json.dumps({"model": model_config.to_dict(), "train": asdict(train), "method": method.describe(),
-                              "data": [list(images.shape), int(labels.sum())]}, sort_keys=True)
+                              "data": hashlib.sha256(images.numpy().tobytes() + labels.numpy().tobytes()).hexdigest()},
+                             sort_keys=True)
     start, history = load_resume(resume, model, ema, optimizer, generator, fingerprint=fingerprint, log=log)
 
     model.train()

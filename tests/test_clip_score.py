@@ -1,5 +1,6 @@
 """CLIP score (BK-SDM's open_clip cosine) with tiny models built from config dicts, offline."""
 
+import json
 import math
 import os
 import time
@@ -257,3 +258,32 @@ def test_spec_validation(tiny_weights):
         cs.load_clip(cs.ClipSpec(model="ViT-g-14", pretrained="nope", path=path))
     with pytest.raises(cs.ClipError, match="replace open_clip"):
         cs.load_clip(cs.ClipSpec(model="ViT-B-32", config=TINY_CONFIG, path=path))
+
+
+def test_fetch_clip_fails_at_once_offline(monkeypatch, tmp_path):
+    """Rule fetch_clip: a pretrained CLIP is found before any sampling and pinned; the score
+    job then loads exactly that file (and refuses it if it changed)."""
+    _empty_hf_cache(monkeypatch, tmp_path)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(cs.ClipWeightsUnavailable, match="laion/CLIP-ViT-g-14-laion2B-s34B-b88K"):
+        cs.fetch_clip_job(clip={"model": "ViT-g-14", "pretrained": "laion2b_s34b_b88k", "path": None},
+                          allow_downloads=True, output=str(tmp_path / "missing.json"), log=lambda *_: None)
+    assert not (tmp_path / "missing.json").exists()
+
+
+def test_score_jobs_load_the_pinned_clip(tmp_path, tiny_weights, images):
+    from diffrepro.io import read_json
+    from diffrepro.jobs import _clip_scores
+
+    path, digest = tiny_weights
+    clip = {"model": "tiny-test", "config": TINY_CONFIG, "path": str(path)}
+    cs.fetch_clip_job(clip=clip, allow_downloads=False, output=str(tmp_path / "clip.json"), log=lambda *_: None)
+    assert read_json(tmp_path / "clip.json")["sha256"] == digest
+    config = {"clip": {"model": "tiny-test", "config": TINY_CONFIG}}
+    record = _clip_scores(images, np.arange(len(images)), config, str(tmp_path / "clip.json"), PROMPTS[:len(images)])
+    assert record["provenance"]["weights_sha256"] == digest
+    changed = json.loads((tmp_path / "clip.json").read_text())
+    changed["sha256"] = "0" * 64
+    (tmp_path / "changed.json").write_text(json.dumps(changed))
+    with pytest.raises(cs.ClipChecksumMismatch):
+        _clip_scores(images, np.arange(len(images)), config, str(tmp_path / "changed.json"), PROMPTS[:len(images)])

@@ -51,6 +51,9 @@ def paper_t2i():
                                                                   r"are scored at t2i.fid_size 256 px"),
     (lambda c: c["scoring"].update(reference_batch={"file": "x.npz", "url": "https://x/x.npz"}),
      r"set reference_batch or reference_images, not both"),
+    (lambda c: c["t2i"].pop("fid_size"), r"t2i.fid_size: samples are scored against real images resized to 256 px"),
+    (lambda c: c["sampling"].update(num_samples=6000),
+     r"t2i.prompts.count: 5000 prompts, but methods.tstitch_sd samples 6000 images"),
 ])
 def test_paper_text_to_image_config_errors(paper_t2i, mutate, expected):
     mutate(paper_t2i)

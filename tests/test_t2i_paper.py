@@ -17,7 +17,7 @@ from diffrepro.io import read_json, write_json
 from diffrepro.jobs import read_shard_extras, read_shards
 from diffrepro.t2i import coco
 from diffrepro.t2i.components import unet_step_inputs
-from diffrepro.t2i.hub import fetch_hub_model
+from diffrepro.t2i.hub import HubModelUnavailable, fetch_hub_model
 from diffrepro.t2i.jobs import fid_images, sample_shard_t2i, time_t2i_setting
 from t2i_tiny import sd_pipeline, sd_unet, sdxl_unet
 
@@ -219,6 +219,11 @@ def test_the_lcm_paper_path_sdxl_with_an_lcm_unet_and_a_lora_small(tmp_path):
     sdxl_unet(3, layers=1).save_pretrained(tmp_path / "ssd" / "unet", safe_serialization=True)
     adapted = sdxl_unet(3, layers=1)
     adapted.add_adapter(LoraConfig(r=2, lora_alpha=2, target_modules=["to_q", "to_v"]))
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for name, param in adapted.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.5)  # zero-initialised: make the LoRA change the outputs
     StableDiffusionXLPipeline.save_lora_weights(tmp_path / "lora", unet_lora_layers=get_peft_model_state_dict(adapted))
     specs = {"large": ({"id": "x/sdxl", "pipeline": "StableDiffusionXLPipeline", "path": str(tmp_path / "sdxl"),
                         "unet": {"id": "x/lcm", "subfolder": None, "path": str(tmp_path / "lcm")}}, True),
@@ -242,6 +247,13 @@ def test_the_lcm_paper_path_sdxl_with_an_lcm_unet_and_a_lora_small(tmp_path):
 
     images, _, meta = shard({"ratio": 0.5}, "half.npz")
     assert meta["model_steps"] == {"small": 2, "large": 2}
+    # the LoRA is fused into the small U-Net: without it the stitched images differ
+    plain_small = {**specs["small"][0]}
+    plain_small.pop("lora")
+    records["small"] = str(tmp_path / "small-plain.hub.json")
+    write_json(records["small"], fetch_hub_model(plain_small, config_key="models.small.hub", as_pipeline=False,
+                                                 log=lambda *_: None))
+    assert not np.array_equal(shard({"ratio": 0.5}, "half-plain.npz")[0], images)
     r0, _, _ = shard({"ratio": 0.0}, "r0.npz")
     # r = 0 is plain LCM-SDXL, built by hand as diffusers' docs build it
     pipe = StableDiffusionXLPipeline.from_pretrained(tmp_path / "sdxl", unet=lcm_unet)
@@ -254,3 +266,74 @@ def test_the_lcm_paper_path_sdxl_with_an_lcm_unet_and_a_lora_small(tmp_path):
                     generator=generators, height=16, width=16, output_type="np").images
     np.testing.assert_array_equal(r0, fid_images(expected, 16))
     assert not np.array_equal(images, r0)
+
+
+# File lists of the real repositories (as the hub lists them), for the fetch patterns.
+SDXL_BASE = ["model_index.json", "sd_xl_base_1.0.safetensors", "sd_xl_offset_example-lora_1.0.safetensors",
+             "scheduler/scheduler_config.json", "text_encoder/config.json", "text_encoder/model.safetensors",
+             "text_encoder/model.fp16.safetensors", "text_encoder/model.onnx", "text_encoder_2/config.json",
+             "text_encoder_2/model.safetensors", "text_encoder_2/model.fp16.safetensors", "tokenizer/vocab.json",
+             "tokenizer/merges.txt", "tokenizer/tokenizer_config.json", "tokenizer_2/vocab.json",
+             "unet/config.json", "unet/diffusion_pytorch_model.safetensors",
+             "unet/diffusion_pytorch_model.fp16.safetensors", "unet/diffusion_flax_model.msgpack",
+             "vae/config.json", "vae/diffusion_pytorch_model.safetensors", "vae/diffusion_pytorch_model.fp16.safetensors",
+             "vae_1_0/config.json", "vae_1_0/diffusion_pytorch_model.fp16.safetensors"]
+SD14 = ["model_index.json", "sd-v1-4.ckpt", "safety_checker/config.json", "safety_checker/model.safetensors",
+        "safety_checker/pytorch_model.bin", "feature_extractor/preprocessor_config.json", "unet/config.json",
+        "unet/diffusion_pytorch_model.safetensors", "unet/diffusion_pytorch_model.non_ema.safetensors",
+        "unet/diffusion_pytorch_model.bin", "text_encoder/config.json", "text_encoder/model.safetensors",
+        "vae/config.json", "vae/diffusion_pytorch_model.safetensors"]
+SHARDED = ["model_index.json", "text_encoder/config.json", "text_encoder/model.safetensors.index.fp16.json",
+           "text_encoder/model.fp16-00001-of-00002.safetensors", "text_encoder/model.fp16-00002-of-00002.safetensors",
+           "text_encoder/model-00001-of-00002.safetensors", "text_encoder/model-00002-of-00002.safetensors"]
+
+
+def _fetched(files, variant, scopes):
+    from huggingface_hub.utils import filter_repo_objects
+
+    from diffrepro.t2i.hub import _weight_patterns
+
+    allow, ignore = _weight_patterns(variant, scopes)
+    return sorted(f for f in filter_repo_objects(files, allow_patterns=allow, ignore_patterns=ignore)
+                  if f.endswith(".safetensors"))
+
+
+def test_only_the_configured_variant_of_the_loaded_components_is_fetched():
+    sdxl = ["scheduler/", "text_encoder/", "text_encoder_2/", "tokenizer/", "tokenizer_2/", "unet/", "vae/"]
+    assert _fetched(SDXL_BASE, "fp16", sdxl) == ["text_encoder/model.fp16.safetensors",
+                                                 "text_encoder_2/model.fp16.safetensors",
+                                                 "unet/diffusion_pytorch_model.fp16.safetensors",
+                                                 "vae/diffusion_pytorch_model.fp16.safetensors"]
+    assert _fetched(SDXL_BASE, "fp16", ["unet/"]) == ["unet/diffusion_pytorch_model.fp16.safetensors"]
+    sd14 = ["text_encoder/", "unet/", "vae/"]  # safety_checker and feature_extractor are skipped
+    assert _fetched(SD14, None, sd14) == ["text_encoder/model.safetensors", "unet/diffusion_pytorch_model.safetensors",
+                                          "vae/diffusion_pytorch_model.safetensors"]
+    assert _fetched(SHARDED, "fp16", ["text_encoder/"]) == ["text_encoder/model.fp16-00001-of-00002.safetensors",
+                                                            "text_encoder/model.fp16-00002-of-00002.safetensors"]
+    assert _fetched(SHARDED, None, ["text_encoder/"]) == ["text_encoder/model-00001-of-00002.safetensors",
+                                                          "text_encoder/model-00002-of-00002.safetensors"]
+    lcm = ["config.json", "diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.fp16.safetensors"]
+    assert _fetched(lcm, "fp16", [""]) == ["diffusion_pytorch_model.fp16.safetensors"]
+
+
+def test_the_record_skips_the_safety_checker_and_a_replaced_unet(tmp_path):
+    from diffrepro.t2i.hub import load_from_record
+
+    sd_pipeline(sd_unet(2, layers=1)).save_pretrained(tmp_path / "sd", safe_serialization=True)
+    index = json.loads((tmp_path / "sd" / "model_index.json").read_text())
+    index["safety_checker"] = ["stable_diffusion", "StableDiffusionSafetyChecker"]  # as SD-1.x repositories list it
+    (tmp_path / "sd" / "model_index.json").write_text(json.dumps(index))
+    record = fetch_hub_model({"id": "x/sd", "path": str(tmp_path / "sd")}, config_key="models.sd.hub",
+                             as_pipeline=True, log=lambda *_: None)
+    assert record["base"]["components"] == ["scheduler", "text_encoder", "tokenizer", "unet", "vae"]
+    pipeline = load_from_record(record)
+    assert pipeline.safety_checker is None
+    sd_unet(4, layers=1).save_pretrained(tmp_path / "other", safe_serialization=True)
+    replaced = fetch_hub_model({"id": "x/sd", "path": str(tmp_path / "sd"),
+                                "unet": {"id": "x/other", "subfolder": None, "path": str(tmp_path / "other")}},
+                               config_key="models.sd.hub", as_pipeline=True, log=lambda *_: None)
+    assert not any(name.startswith("unet/") for name in replaced["base"]["files"])
+    (tmp_path / "sd" / "vae" / "diffusion_pytorch_model.safetensors").rename(tmp_path / "sd" / "vae" / "x.bin")
+    with pytest.raises(HubModelUnavailable, match=r"vae holds no safetensors weights .*never unpickles"):
+        fetch_hub_model({"id": "x/sd", "path": str(tmp_path / "sd")}, config_key="models.sd.hub", as_pipeline=True,
+                        log=lambda *_: None)

@@ -160,8 +160,9 @@ def _verified(path: str, remote: dict | None, lock: str, log) -> None:
         fetch(RemoteFile(remote["file"], remote["url"]), path, lock, allow_downloads=False, log=log)
 
 
-def prompts_job(*, annotations: str, prompts: dict, lock: str, output: str, log=print) -> None:
-    """Rule coco_prompts: the prompt list every text-to-image sampling job reads."""
+def prompts_job(*, annotations: str, prompts: dict, lock: str, output: str, needed: int = 0, log=print) -> None:
+    """Rule coco_prompts: the prompt list every text-to-image sampling job reads; `needed`:
+    the most images a method samples (image i is generated from prompt i)."""
     from ..io import write_json
 
     if "metadata_csv" in prompts:
@@ -171,6 +172,9 @@ def prompts_job(*, annotations: str, prompts: dict, lock: str, output: str, log=
         _verified(annotations, prompts.get("annotations"), lock, log)
         selected = select_prompts(read_captions(annotations, prompts.get("member", CAPTIONS_MEMBER)),
                                   prompts.get("count"), prompts.get("seed", 0))
+    if len(selected) < needed:
+        raise ValueError(f"{annotations} gives {len(selected)} prompts, but a method samples {needed} images; "
+                         f"lower its num_samples to at most {len(selected)}")
     log(f"{len(selected)} prompts, e.g. {selected[0]['caption']!r}")
     write_json(output, selected)
 

@@ -12,7 +12,10 @@ cache is caught instead of silently producing other images.
 
 from __future__ import annotations
 
+import inspect
+import json
 import os
+import re
 from pathlib import Path
 
 from ..io import sha256_file
@@ -33,11 +36,12 @@ def downloads_off(allow_downloads: bool) -> bool:
     return not allow_downloads or os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0")
 
 
-def _unavailable(model_id: str, config_key: str, why: str) -> HubModelUnavailable:
+def _unavailable(model_id: str, config_key: str, why: str, patterns: list[str] | None = None) -> HubModelUnavailable:
+    include = "".join(f" --include '{p}'" for p in patterns or [])
     return HubModelUnavailable(
         f"model {model_id!r} is not available: {why}. Either let the workflow download it (config "
         f"`allow_downloads: true`, with network), or on a machine with network run "
-        f"`huggingface-cli download {model_id} --local-dir DIR`, copy DIR here and set the config "
+        f"`huggingface-cli download {model_id} --local-dir DIR{include}`, copy DIR here and set the config "
         f"key `{config_key}: DIR`.")
 
 
@@ -48,7 +52,8 @@ def resolve_model(model_id: str, *, config_key: str, path: str | None = None,
     if path:
         directory = Path(path).expanduser().resolve()
         if not directory.is_dir() or not any(directory.iterdir()):
-            raise _unavailable(model_id, config_key, f"{config_key} {directory} is not a directory with the model")
+            raise _unavailable(model_id, config_key, f"{config_key} {directory} is not a directory with the model",
+                               allow_patterns)
         return directory
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import LocalEntryNotFoundError
@@ -60,49 +65,90 @@ def resolve_model(model_id: str, *, config_key: str, path: str | None = None,
                                       local_files_only=downloads_off(allow_downloads)))
     except LocalEntryNotFoundError:
         raise _unavailable(model_id, config_key, "it is not in the Hugging Face cache and downloads are "
-                                                 "off (allow_downloads is false or HF_HUB_OFFLINE=1)") from None
+                                                 "off (allow_downloads is false or HF_HUB_OFFLINE=1)",
+                           allow_patterns) from None
     except Exception as err:  # network errors, a gated or renamed repository
-        raise _unavailable(model_id, config_key, f"the download failed ({type(err).__name__}: {err})") from None
+        raise _unavailable(model_id, config_key, f"the download failed ({type(err).__name__}: {err})",
+                           allow_patterns) from None
 
 
-def _weight_patterns(variant: str | None, scope: str) -> tuple[list[str], list[str]]:
-    """(allow, ignore) patterns for the diffusers weights under `scope` ("*/": every component of
-    a pipeline; "unet/": one component; "": a bare model repository): configs, tokenizer files
-    and the safetensors of the variant. A pipeline's root-level single-file checkpoints (e.g.
-    sd_xl_base_1.0.safetensors) are never fetched."""
-    weights = f"{scope}*.{variant}.safetensors" if variant else f"{scope}*.safetensors"
-    allow = ["model_index.json", f"{scope}*.json", f"{scope}*.txt", f"{scope}*.model", weights]
-    ignore = [] if variant else [f"{scope}*.{v}.safetensors" for v in ("fp16", "bf16", "ema", "non_ema")]
+# Components a pipeline is loaded without: the NSFW filter would black out flagged samples (and
+# add a CLIP pass to every timed call); BK-SDM and T-Stitch evaluate SD with it off.
+SKIPPED_COMPONENTS = ("safety_checker", "feature_extractor")
+_VARIANT_TAGS = ("fp16", "bf16", "ema", "non_ema")
+# diffusers / transformers weight names: <stem>[.<variant>][-00001-of-00002].safetensors
+_WEIGHT_NAME = re.compile(r"^(?P<stem>[^.]+)(?:\.(?P<variant>[A-Za-z0-9_]+))?(?:-\d+-of-\d+)?\.safetensors$")
+
+
+def _weight_patterns(variant: str | None, scopes: list[str]) -> tuple[list[str], list[str]]:
+    """(allow, ignore) patterns (huggingface_hub's fnmatch, where * also matches /) for the
+    configs, tokenizer files and safetensors of the variant under each scope ("unet/", or ""
+    for a bare model repository). Nothing else is fetched: not the other variants, not .bin
+    files, not a pipeline's root-level single-file checkpoint."""
+    allow, ignore = [], []
+    for scope in scopes:
+        allow += [f"{scope}*.json", f"{scope}*.txt", f"{scope}*.model"]
+        if variant:
+            allow += [f"{scope}*.{variant}.safetensors", f"{scope}*.{variant}-*-of-*.safetensors"]
+        else:
+            allow.append(f"{scope}*.safetensors")
+            ignore += [f"{scope}*.{tag}{shard}.safetensors" for tag in _VARIANT_TAGS for shard in ("", "-*-of-*")]
     return allow, ignore
 
 
-def _weight_files(directory: Path, variant: str | None, scope: str) -> list[Path]:
-    if scope == "*/":
-        files = [p for p in directory.glob("*/**/*.safetensors")]
-    else:
-        files = list((directory / scope).glob("*.safetensors"))
-    variants = (".fp16.", ".bf16.", ".ema.", ".non_ema.")
-    if variant:
-        return sorted(p for p in files if f".{variant}." in p.name)
-    return sorted(p for p in files if not any(v in p.name for v in variants))
+def _weight_files(folder: Path, variant: str | None) -> list[Path]:
+    """The safetensors of this variant (None: the plain weights) directly in `folder`."""
+    def tag(path: Path) -> str | None:
+        match = _WEIGHT_NAME.match(path.name)
+        return match.group("variant") if match else "?"
+
+    return sorted(p for p in folder.glob("*.safetensors") if tag(p) == variant)
+
+
+def pipeline_components(directory: Path, skip: tuple[str, ...] = ()) -> list[str]:
+    """The component folders model_index.json names (those with a class), less `skip`."""
+    index = json.loads((directory / "model_index.json").read_text())
+    return sorted(name for name, value in index.items() if not name.startswith("_") and isinstance(value, list)
+                  and value and value[0] is not None and name not in skip)
 
 
 def _resolved(spec: dict, config_key: str, allow_downloads: bool, subfolder: str | None,
-              whole_pipeline: bool = False) -> dict:
-    """subfolder: the U-Net's folder in the repository (None: the repository is the U-Net)."""
-    scope = "*/" if whole_pipeline else (f"{subfolder}/" if subfolder else "")
-    allow, ignore = _weight_patterns(spec.get("variant"), scope)
-    directory = resolve_model(spec["id"], config_key=f"{config_key}.path", path=spec.get("path"),
-                              allow_downloads=allow_downloads, allow_patterns=allow, ignore_patterns=ignore,
-                              revision=spec.get("revision"))
-    files = _weight_files(directory, spec.get("variant"), scope)
-    if not files:
-        raise _unavailable(spec["id"], f"{config_key}.path",
-                           f"{directory} holds no {spec['variant'] + ' ' if spec.get('variant') else ''}"
-                           f"safetensors weights{' under ' + scope if scope else ''} (diffrepro loads "
-                           f"safetensors only, never pickles)")
-    return {"id": spec["id"], "directory": str(directory), "subfolder": subfolder,
-            "variant": spec.get("variant"),
+              whole_pipeline: bool = False, skip: tuple[str, ...] = ()) -> dict:
+    """Fetch (or find) and hash a model's weights. subfolder: the U-Net's folder (None: the
+    repository is the U-Net); whole_pipeline: every component model_index.json names but `skip`."""
+    variant, key = spec.get("variant"), f"{config_key}.path"
+
+    def resolve(allow, ignore=None):
+        return resolve_model(spec["id"], config_key=key, path=spec.get("path"), allow_downloads=allow_downloads,
+                             allow_patterns=allow, ignore_patterns=ignore, revision=spec.get("revision"))
+
+    if whole_pipeline:
+        directory = resolve(["model_index.json"])
+        if not (directory / "model_index.json").is_file():
+            raise _unavailable(spec["id"], key, f"{directory} has no model_index.json: it is not a diffusers pipeline")
+        components = pipeline_components(directory, skip)
+    else:
+        components = [subfolder or ""]
+    allow, ignore = _weight_patterns(variant, [f"{c}/" if c else "" for c in components])
+    directory = resolve(["model_index.json", *allow] if whole_pipeline else allow, ignore)
+    files = []
+    for component in components:
+        folder = directory / component if component else directory
+        if not (folder / "config.json").is_file():
+            if whole_pipeline:
+                continue  # a tokenizer or scheduler: no weights
+            raise _unavailable(spec["id"], key, f"{folder} has no config.json: no model there", allow)
+        found = _weight_files(folder, variant)
+        if not found:
+            raise _unavailable(
+                spec["id"], key,
+                f"{folder} holds no {variant + ' ' if variant else ''}safetensors weights (diffrepro never "
+                f"unpickles .bin files; set {config_key}.variant to a variant the repository has, or "
+                f"{config_key}.revision to a revision with safetensors, e.g. the hub's conversion pull "
+                f"request refs/pr/N, or convert it locally)", allow)
+        files += found
+    return {"id": spec["id"], "directory": str(directory), "subfolder": subfolder, "variant": variant,
+            "components": components if whole_pipeline else None,
             "files": {str(p.relative_to(directory)): sha256_file(p) for p in files}}
 
 
@@ -119,7 +165,9 @@ def fetch_hub_model(spec: dict, *, config_key: str, as_pipeline: bool, allow_dow
                     "as_pipeline": as_pipeline, "unet_subfolder": spec.get("subfolder", "unet")}
     unet_override = spec.get("unet")
     if as_pipeline:
-        record["base"] = _resolved(spec, config_key, allow_downloads, None, whole_pipeline=True)
+        # a U-Net from another repository replaces the pipeline's own: do not fetch that one
+        skip = SKIPPED_COMPONENTS + (("unet",) if unet_override is not None else ())
+        record["base"] = _resolved(spec, config_key, allow_downloads, None, whole_pipeline=True, skip=skip)
     elif unet_override is None:
         record["base"] = _resolved(spec, config_key, allow_downloads, spec.get("subfolder", "unet"))
     if unet_override is not None:
@@ -187,7 +235,8 @@ def load_from_record(record: dict, *, as_pipeline: bool | None = None, torch_dty
 
     as_pipeline = record["as_pipeline"] if as_pipeline is None else as_pipeline
     if as_pipeline and not record["as_pipeline"]:
-        raise ValueError(f"{record['base']['id']} was fetched as a U-Net only; it cannot provide a pipeline")
+        raise ValueError(f"{(record.get('base') or record['unet'])['id']} was fetched as a U-Net only; "
+                         f"it cannot provide a pipeline")
     if "unet" in record:
         unet = _unet_from(record["unet"], torch_dtype)
     elif not as_pipeline:
@@ -200,8 +249,10 @@ def load_from_record(record: dict, *, as_pipeline: bool | None = None, torch_dty
             kwargs["variant"] = base["variant"]
         if "unet" in record:
             kwargs["unet"] = unet
-        pipeline = getattr(diffusers, record["pipeline"]).from_pretrained(
-            base["directory"], use_safetensors=True, local_files_only=True, **kwargs)
+        cls = getattr(diffusers, record["pipeline"])
+        if "safety_checker" in inspect.signature(cls.__init__).parameters:
+            kwargs.update(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+        pipeline = cls.from_pretrained(base["directory"], use_safetensors=True, local_files_only=True, **kwargs)
         unet = pipeline.unet
     if "lora" in record:
         fuse_lora(unet, record["lora"], record["pipeline"])

@@ -103,6 +103,10 @@ def load_hub_pipeline_models(records: dict[str, str], t2i: dict, device, precisi
     from .hub import load_from_record, verify_record
 
     dtype = TORCH_DTYPES[precision]
+    if dtype != torch.float32 and torch.device(device).type == "cpu":
+        raise RuntimeError(f"compute.precision is {precision}, but this job runs on the CPU (no GPU visible to it): "
+                           f"half precision on a CPU would take days. Give the job a GPU (resources: gpu=1, "
+                           f"compute.device: cuda) or set compute.precision: fp32.")
     unets, pipeline = {}, None
     for role, path in records.items():
         record = read_json(path)
@@ -114,6 +118,9 @@ def load_hub_pipeline_models(records: dict[str, str], t2i: dict, device, precisi
             unets[role] = load_from_record(record, as_pipeline=False, torch_dtype=dtype).to(device)
     pipeline.scheduler = make_scheduler(t2i["scheduler"], pipeline.scheduler)
     pipeline.set_progress_bar_config(disable=True)
+    # decode one image at a time: batches of 1024 px images would otherwise need tens of GB in
+    # the fp32-upcast SDXL VAE, and each image's pixels no longer depend on its batch
+    pipeline.vae.enable_slicing()
     return pipeline, unets
 
 

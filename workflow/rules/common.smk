@@ -211,6 +211,8 @@ def score_inputs(wildcards):
             inputs["clip_weights"] = f"{CHECKPOINTS}/clip.safetensors"  # the embedded suite's own CLIP
         elif config["clip"].get("path"):
             inputs["clip_weights"] = config["clip"]["path"]  # a missing file stops the run before sampling
+        else:
+            inputs["clip_weights"] = f"{CHECKPOINTS}/clip_weights.json"  # rule fetch_clip, before sampling
     if (ref_method, ref_setting) != (wildcards.method, wildcards.setting):
         inputs["reference_shards"] = shards_of(ref_method, ref_setting)
         # the reference run's features, for the paired bootstrap SE of the FID difference

@@ -53,6 +53,24 @@ rule train_clip:
         "../scripts/train_clip.py"
 
 
+# A pretrained CLIP (the paper configs' ViT-g-14) found or downloaded before any sampling, and
+# pinned by sha256: an offline node or a failed download stops the run at once, not after it.
+rule fetch_clip:
+    output:
+        f"{CHECKPOINTS}/clip_weights.json",
+    params:
+        clip=as_param(config.get("clip")),
+    threads: 1
+    resources:
+        **job_resources("fetch_clip"),
+    conda:
+        "../../environment.yml"
+    log:
+        f"{LOGS}/fetch_clip.log",
+    script:
+        "../scripts/fetch_clip.py"
+
+
 # Text-to-image paper configs: the prompt list (one MS-COCO val2014 caption per image, seeded,
 # or a fixed list such as BK-SDM's)
 # and the FID reference batch of the real images (ADM layout: Inception statistics of every
@@ -65,6 +83,8 @@ rule coco_prompts:
     params:
         prompts=as_param(T2I_PROMPTS),
         lock=downloads_lock(),
+        needed=max([method_num_samples(config, m) for m in config["methods"] if method_family(m) == "pipeline"],
+                   default=0),
     threads: 1
     resources:
         **job_resources("coco_prompts"),

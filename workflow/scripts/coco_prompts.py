@@ -7,4 +7,5 @@ from diffrepro.t2i.coco import prompts_job
 
 with job(snakemake, uses_torch=False) as log:
     prompts_job(annotations=snakemake.input.annotations, prompts=json.loads(snakemake.params.prompts),
-                lock=snakemake.params.lock, output=snakemake.output[0], log=log)
+                lock=snakemake.params.lock, output=snakemake.output[0],
+                needed=snakemake.params.needed, log=log)

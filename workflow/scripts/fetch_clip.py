@@ -1,0 +1,10 @@
+"""Rule `fetch_clip`: see workflow/rules/metrics.smk."""
+
+import json
+
+from diffrepro.clip_score import fetch_clip_job
+from diffrepro.snakejob import job
+
+with job(snakemake, uses_torch=False) as log:
+    fetch_clip_job(clip=json.loads(snakemake.params.clip), allow_downloads=snakemake.config.get("allow_downloads", False),
+                   output=snakemake.output[0], log=log)
