@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 
 import numpy as np
@@ -117,3 +119,73 @@ def test_a_fused_lora_equals_the_active_adapter(tmp_path, empty_cache):
         out = fused(x, 10, encoder_hidden_states=context, added_cond_kwargs=added).sample
     torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-5)
     assert (out - plain).abs().max() > 1e-2
+
+
+@pytest.fixture
+def fake_hub(tmp_path, monkeypatch):
+    from fake_hub import FakeHub
+
+    hub = FakeHub()
+    monkeypatch.setenv("HF_ENDPOINT", hub.url)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
+    yield hub
+    hub.close()
+
+
+def test_a_pipeline_is_downloaded_with_only_what_it_loads_then_found_offline(tmp_path, fake_hub, monkeypatch):
+    """From a hub on 127.0.0.1: the configured variant of the components model_index.json
+    names, not the safety checker, other variants, .bin pickles or the single-file checkpoint."""
+    pipe = sd_pipeline(sd_unet(2, layers=1))
+    pipe.save_pretrained(tmp_path / "repo", safe_serialization=True)
+    fp16 = sd_pipeline(sd_unet(2, layers=1)).to(torch.float16)
+    fp16.save_pretrained(tmp_path / "repo16", safe_serialization=True, variant="fp16")
+    variants = {str(p.relative_to(tmp_path / "repo16")): p.read_bytes()
+                for p in (tmp_path / "repo16").rglob("*.fp16.safetensors")}
+    index = json.loads((tmp_path / "repo" / "model_index.json").read_text())
+    index["safety_checker"] = ["stable_diffusion", "StableDiffusionSafetyChecker"]
+    extra = {"model_index.json": json.dumps(index).encode(), "v1-5.ckpt": b"pickle", **variants,
+             "safety_checker/config.json": b"{}", "safety_checker/model.safetensors": b"nsfw",
+             "unet/diffusion_pytorch_model.bin": b"pickle"}
+    fake_hub.add("someone/sd", tmp_path / "repo", extra)
+    spec = {"id": "someone/sd", "pipeline": "StableDiffusionPipeline"}
+    record = fetch_hub_model(spec, config_key="models.sd.hub", as_pipeline=True, allow_downloads=True,
+                             log=lambda *_: None)
+    weights = {"text_encoder/model.safetensors", "unet/diffusion_pytorch_model.safetensors",
+               "vae/diffusion_pytorch_model.safetensors"}
+    assert set(record["base"]["files"]) == weights
+    assert {f for f in fake_hub.downloaded() if not f.endswith((".json", ".txt"))} == weights
+    loaded = load_from_record(record)
+    for a, b in zip(pipe.unet.state_dict().values(), loaded.unet.state_dict().values()):
+        assert torch.equal(a, b)
+    # the fp16 variant of the same repository: its files only
+    record16 = fetch_hub_model({**spec, "variant": "fp16"}, config_key="models.sd.hub", as_pipeline=True,
+                               allow_downloads=True, log=lambda *_: None)
+    assert set(record16["base"]["files"]) == set(variants) and len(variants) == 3
+    # a LoRA repository: only its weight file
+    fake_hub.repos["someone/lora"] = {"pytorch_lora_weights.safetensors": b"lora", "README.md": b"#",
+                                      "pytorch_lora_weights.bin": b"pickle"}
+    unet_only = fetch_hub_model({**spec, "lora": {"id": "someone/lora"}}, config_key="models.small.hub",
+                                as_pipeline=False, allow_downloads=True, log=lambda *_: None)
+    assert unet_only["lora"]["files"] == {"pytorch_lora_weights.safetensors": hashlib.sha256(b"lora").hexdigest()}
+    assert "pytorch_lora_weights.bin" not in fake_hub.downloaded() and "README.md" not in fake_hub.downloaded()
+    # then offline, from the cache, with no request
+    fake_hub.requests.clear()
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    again = fetch_hub_model(spec, config_key="models.sd.hub", as_pipeline=True, allow_downloads=True,
+                            log=lambda *_: None)
+    assert again["base"]["files"] == record["base"]["files"] and fake_hub.requests == []
+
+
+def test_a_failing_hub_is_named_with_the_fix(fake_hub):
+    fake_hub.failing = True
+    with pytest.raises(HubModelUnavailable, match=r"'someone/sd' is not available: the download failed [\s\S]*"
+                                                  r"503[\s\S]*huggingface-cli download someone/sd --local-dir DIR "
+                                                  r"--include 'model_index.json' --include '\*/\*.json'"):
+        fetch_hub_model({"id": "someone/sd"}, config_key="models.sd.hub", as_pipeline=True, allow_downloads=True,
+                        log=lambda *_: None)
+    fake_hub.failing = False
+    with pytest.raises(HubModelUnavailable, match="'someone/missing' is not available"):
+        fetch_hub_model({"id": "someone/missing"}, config_key="models.sd.hub", as_pipeline=False,
+                        allow_downloads=True, log=lambda *_: None)

@@ -47,29 +47,36 @@ def _unavailable(model_id: str, config_key: str, why: str, patterns: list[str] |
 
 def resolve_model(model_id: str, *, config_key: str, path: str | None = None,
                   allow_downloads: bool = False, allow_patterns: list[str] | None = None,
-                  ignore_patterns: list[str] | None = None, revision: str | None = None) -> Path:
-    """The local directory of `model_id` (a diffusers pipeline, a U-Net or a LoRA repository)."""
+                  ignore_patterns: list[str] | None = None, revision: str | None = None,
+                  hint_patterns: list[str] | None = None) -> Path:
+    """The local directory of `model_id` (a diffusers pipeline, a U-Net or a LoRA repository);
+    hint_patterns: the files to name in an error's download command (default allow_patterns)."""
     if path:
         directory = Path(path).expanduser().resolve()
         if not directory.is_dir() or not any(directory.iterdir()):
             raise _unavailable(model_id, config_key, f"{config_key} {directory} is not a directory with the model",
-                               allow_patterns)
+                               hint_patterns or allow_patterns)
         return directory
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import LocalEntryNotFoundError
 
     try:
         # the cache as the environment names it now (huggingface_hub reads it once, at import)
+        # the cache and endpoint (a mirror) as the environment names them now: huggingface_hub
+        # reads them once, at import
         return Path(snapshot_download(model_id, allow_patterns=allow_patterns, ignore_patterns=ignore_patterns,
                                       revision=revision, cache_dir=os.environ.get("HF_HUB_CACHE"),
+                                      endpoint=os.environ.get("HF_ENDPOINT"),
                                       local_files_only=downloads_off(allow_downloads)))
-    except LocalEntryNotFoundError:
-        raise _unavailable(model_id, config_key, "it is not in the Hugging Face cache and downloads are "
-                                                 "off (allow_downloads is false or HF_HUB_OFFLINE=1)",
-                           allow_patterns) from None
+    except LocalEntryNotFoundError as err:
+        # huggingface_hub falls back to the cache when the hub cannot be reached or refuses
+        why = ("it is not in the Hugging Face cache and downloads are off (allow_downloads is false or "
+               "HF_HUB_OFFLINE=1)" if downloads_off(allow_downloads) else
+               f"the download failed and it is not in the Hugging Face cache ({err})")
+        raise _unavailable(model_id, config_key, why, hint_patterns or allow_patterns) from None
     except Exception as err:  # network errors, a gated or renamed repository
         raise _unavailable(model_id, config_key, f"the download failed ({type(err).__name__}: {err})",
-                           allow_patterns) from None
+                           hint_patterns or allow_patterns) from None
 
 
 # Components a pipeline is loaded without: the NSFW filter would black out flagged samples (and
@@ -118,12 +125,13 @@ def _resolved(spec: dict, config_key: str, allow_downloads: bool, subfolder: str
     repository is the U-Net); whole_pipeline: every component model_index.json names but `skip`."""
     variant, key = spec.get("variant"), f"{config_key}.path"
 
-    def resolve(allow, ignore=None):
+    def resolve(allow, ignore=None, hint=None):
         return resolve_model(spec["id"], config_key=key, path=spec.get("path"), allow_downloads=allow_downloads,
-                             allow_patterns=allow, ignore_patterns=ignore, revision=spec.get("revision"))
+                             allow_patterns=allow, ignore_patterns=ignore, revision=spec.get("revision"),
+                             hint_patterns=hint)
 
     if whole_pipeline:
-        directory = resolve(["model_index.json"])
+        directory = resolve(["model_index.json"], hint=["model_index.json", *_weight_patterns(variant, ["*/"])[0]])
         if not (directory / "model_index.json").is_file():
             raise _unavailable(spec["id"], key, f"{directory} has no model_index.json: it is not a diffusers pipeline")
         components = pipeline_components(directory, skip)
