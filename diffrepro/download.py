@@ -111,6 +111,15 @@ def fetch(remote: RemoteFile, dest: str | os.PathLike, lock_path: str | os.PathL
     return digest
 
 
+def verify_placed(path: str | os.PathLike | None, remote: dict | None, lock_path: str | os.PathLike,
+                  log: Callable[[str], object] = print) -> None:
+    """A file the download rule fetched, or one placed by hand ({file, url} `remote`; None: not a
+    download), checked against (or pinned into) the lock. Snakemake never reruns the download
+    rule for a file that exists, so the jobs that read downloads verify them with this."""
+    if isinstance(remote, dict) and path:
+        fetch(RemoteFile(remote["file"], remote["url"]), path, lock_path, allow_downloads=False, log=log)
+
+
 def repin(name: str, lock_path: str | os.PathLike = DEFAULT_LOCK) -> bool:
     """Forget the pinned checksum of `name`; the next download pins a new one."""
     lock_path = Path(lock_path)

@@ -320,14 +320,11 @@ def _clip_scores(images, labels, config: dict, clip_weights: str | None, prompts
 
 
 def verify_downloads(paths: dict[str, str], scoring: dict, lock_path: str, log=print) -> None:
-    """Check downloaded scoring files against the lock (or pin them): Snakemake never reruns
-    the download rule for a file placed by hand, so this is where such a file is verified."""
-    from .download import RemoteFile, fetch
+    """Check downloaded scoring files against the lock (or pin them)."""
+    from .download import verify_placed
 
     for key, path in paths.items():
-        remote = scoring.get(key)
-        if isinstance(remote, dict) and path:
-            fetch(RemoteFile(remote["file"], remote["url"]), path, lock_path, allow_downloads=False, log=log)
+        verify_placed(path, scoring.get(key), lock_path, log)
 
 
 def _adm_scores(images, labels, *, reference_path, scoring, device, weights_path):

@@ -151,25 +151,18 @@ def reference_batch(archive_path: str | Path, extractor, *, size: int, mode: str
             "num_images": np.asarray(len(pool))}
 
 
-def _verified(path: str, remote: dict | None, lock: str, log) -> None:
-    """A file the download rule fetched, or one placed by hand (Snakemake never reruns the
-    download for an existing file): checked against, or pinned into, the lock."""
-    if isinstance(remote, dict):
-        from ..download import RemoteFile, fetch
-
-        fetch(RemoteFile(remote["file"], remote["url"]), path, lock, allow_downloads=False, log=log)
-
-
 def prompts_job(*, annotations: str, prompts: dict, lock: str, output: str, needed: int = 0, log=print) -> None:
     """Rule coco_prompts: the prompt list every text-to-image sampling job reads; `needed`:
     the most images a method samples (image i is generated from prompt i)."""
     from ..io import write_json
 
+    from ..download import verify_placed
+
     if "metadata_csv" in prompts:
-        _verified(annotations, prompts["metadata_csv"], lock, log)
+        verify_placed(annotations, prompts["metadata_csv"], lock, log)
         selected = read_metadata_csv(annotations, prompts.get("count"))
     else:
-        _verified(annotations, prompts.get("annotations"), lock, log)
+        verify_placed(annotations, prompts.get("annotations"), lock, log)
         selected = select_prompts(read_captions(annotations, prompts.get("member", CAPTIONS_MEMBER)),
                                   prompts.get("count"), prompts.get("seed", 0))
     if len(selected) < needed:
@@ -184,9 +177,10 @@ def reference_job(*, images: str, reference: dict, lock: str, output: str, incep
     """Rule t2i_reference: the ADM-layout reference batch of the real images (all of the
     archive's, or with reference.images: prompts only those the prompts were taken from)."""
     from .. import adm_metrics
+    from ..download import verify_placed
     from ..io import read_json, write_npz
 
-    _verified(images, reference.get("archive"), lock, log)
+    verify_placed(images, reference.get("archive"), lock, log)
     file_names = None
     if reference.get("images", "all") == "prompts":
         file_names = list(dict.fromkeys(p["file_name"] for p in read_json(prompts_path)))
