@@ -12,6 +12,7 @@ import itertools
 
 from .methods import MethodSpec, get_method, load_plugins, register_aliases
 from .methods import reference_run as _reference_run_of
+from .models.unet_config import unet_config_problems
 from .report.paper import PAPER_DIR, load_paper_table
 
 TABLE_KINDS = ("tstitch", "tstitch3", "tstitch_samplers", "tstitch_sd", "parataa", "bksdm", "speedit",
@@ -324,6 +325,15 @@ def _check_text_to_image(config: dict) -> None:
         if "config" not in t2i["scheduler"]:
             raise ConfigError(f"config key t2i.scheduler.config: model {name!r} is trained here and its "
                               f"pipeline has no scheduler of its own to take the config from")
+        prediction = t2i["scheduler"]["config"].get("prediction_type", "epsilon")
+        if prediction != "epsilon":
+            raise ConfigError(f"config key t2i.scheduler.config.prediction_type: {prediction!r}, but model "
+                              f"{name!r} is trained here to predict the noise; remove the key or set it "
+                              f"to 'epsilon'")
+        problems = unet_config_problems(model_config(config, name))
+        if problems:
+            where = f"models.{name}.distil" if "distil" in entry else f"models.{name}.config"
+            raise ConfigError(f"config key {where}: not a UNet2DConditionModel config: {'; '.join(problems)}")
         width, heads = t2i["text_encoder"]["hidden_size"], t2i["text_encoder"]["heads"]
         cross = model_config(config, name).get("cross_attention_dim", 1280)
         if cross != width:

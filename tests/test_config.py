@@ -294,3 +294,43 @@ def test_bksdm_students_derive_their_config_from_the_teacher(config):
     bad["models"]["bk_tiny"]["config"] = teacher
     with pytest.raises(WorkflowError, match=r"is not valid under any of the given schemas[\s\S]*bk_tiny"):
         full_check(bad)
+
+
+@pytest.mark.parametrize("mutate, expected", [
+    (lambda m: m["config"].update(layer_per_block=2),
+     r"models.sd_small.config: not a UNet2DConditionModel config: unknown keys \['layer_per_block'\]"),
+    (lambda m: m["config"].update(up_block_types=["UpBlock2D"]),
+     r"models.sd_small.config: .*up_block_types has 1 entries for 2 down blocks"),
+    (lambda m: m["config"].update(block_out_channels=[16, 36]),
+     r"block_out_channels \[16, 36\] are not all divisible by norm_num_groups 8"),
+])
+def test_a_trained_unet_config_is_checked_before_any_job(config, mutate, expected):
+    mutate(config["models"]["sd_small"])
+    with pytest.raises(ConfigError, match=expected):
+        full_check(config)
+
+
+def test_unet_config_checks_agree_with_diffusers(config):
+    """The key list is diffusers' own signature, and every problem named would fail the build."""
+    import inspect
+
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    from diffrepro.models.unet_config import UNET_CONFIG_KEYS, unet_config_problems
+
+    assert UNET_CONFIG_KEYS == set(inspect.signature(UNet2DConditionModel.__init__).parameters) - {"self"}
+    good = config["models"]["sd_large"]["config"]
+    for bad in ({**good, "layer_per_block": 2}, {**good, "up_block_types": good["up_block_types"][:2]},
+                {**good, "attention_head_dim": [4, 4]}, {**good, "block_out_channels": [16, 32, 36]}):
+        assert unet_config_problems(bad)
+        with pytest.raises((TypeError, ValueError)), torch.device("meta"):
+            UNet2DConditionModel(**bad)
+    assert unet_config_problems(good) == []
+
+
+def test_trained_unets_must_predict_the_noise(config):
+    config["t2i"]["scheduler"]["config"]["prediction_type"] = "v_prediction"
+    with pytest.raises(ConfigError, match=r"t2i.scheduler.config.prediction_type: 'v_prediction', but model "
+                                          r"'sd_small' is trained here to predict the noise"):
+        full_check(config)
