@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 
 import torch
 
@@ -65,55 +65,24 @@ def train_t2i_unet(unet_config: dict, train: TrainConfig, t2i: dict, images: tor
                              sort_keys=True)
     start, history = load_resume(resume, model, ema, optimizer, generator, fingerprint=fingerprint, log=log)
 
+    run = _Run(model, ema, optimizer, generator, schedule, contexts, kd, train, images, labels)
+    began = time.perf_counter()
     model.train()
     try:
-        return _train_loop(model, ema, optimizer, generator, schedule, contexts, kd, train, images, labels,
-                           output, resume, fingerprint, start, history, log, stop_after, unet_config, encoder,
-                           distil)
+        for it in range(start, train.iterations):
+            loss, parts = run.step(it)
+            done = it + 1
+            if done % train.log_every == 0 or done == train.iterations:
+                history.append({"iteration": done, "loss": loss, **parts})
+                log(f"iter {done}/{train.iterations} loss {loss:.4f}"
+                    + "".join(f" {k} {v:.4f}" for k, v in parts.items()))
+            if done % train.checkpoint_every == 0 or done == train.iterations:
+                save_resume(resume, done, model, ema, optimizer, generator, history, fingerprint)
+            if stop_after is not None and done >= stop_after:
+                return {"stopped_at": done}
     finally:
         if kd is not None:
             kd.close()  # the teacher is the caller's: take the feature hooks off it
-
-
-def training_inputs(t2i: dict) -> dict:
-    """The part of the t2i section a U-Net's training depends on (not steps or guidance)."""
-    return {"scheduler": t2i["scheduler"], "text_encoder": t2i["text_encoder"]}
-
-
-def _train_loop(model, ema, optimizer, generator, schedule, contexts, kd, train, images, labels, output,
-                resume, fingerprint, start, history, log, stop_after, unet_config, encoder, distil) -> dict:
-    began = time.perf_counter()
-    for it in range(start, train.iterations):
-        index = torch.randint(len(images), (train.batch_size,), generator=generator)
-        x0, y = images[index], labels[index].clone()
-        y[torch.rand(train.batch_size, generator=generator) < PROMPT_DROPOUT] = NUM_PROMPT_CLASSES
-        t = torch.randint(schedule.config.num_train_timesteps, (train.batch_size,), generator=generator)
-        noise = torch.randn(x0.shape, generator=generator)
-        x_t = schedule.add_noise(x0, noise, t)
-        if kd is None:
-            loss = torch.nn.functional.mse_loss(model(x_t, t, encoder_hidden_states=contexts[y]).sample, noise)
-            parts = {}
-        else:
-            terms = kd(x_t, t, contexts[y], noise)
-            loss, parts = terms["total"], {k: terms[k].item() for k in ("task", "out_kd", "feat_kd")}
-        for group in optimizer.param_groups:
-            group["lr"] = train.lr * min(1.0, (it + 1) / max(train.warmup, 1))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        decay = min(train.ema_decay, (1 + it) / (10 + it))  # EMA warm-up, as train_dit
-        with torch.no_grad():
-            for p_ema, p in zip(ema.parameters(), model.parameters()):
-                p_ema.lerp_(p, 1.0 - decay)
-        done = it + 1
-        if done % train.log_every == 0 or done == train.iterations:
-            history.append({"iteration": done, "loss": loss.item(), **parts})
-            log(f"iter {done}/{train.iterations} loss {loss.item():.4f}"
-                + "".join(f" {k} {v:.4f}" for k, v in parts.items()))
-        if done % train.checkpoint_every == 0 or done == train.iterations:
-            save_resume(resume, done, model, ema, optimizer, generator, history, fingerprint)
-        if stop_after is not None and done >= stop_after:
-            return {"stopped_at": done}
     metadata = {"model_config": json.dumps(unet_config), "train_config": json.dumps(asdict(train))}
     summary = {"model_config": unet_config, "train_config": asdict(train), "arch": "sd_unet",
                "distil": None if distil is None else {"variant": distil["variant"],
@@ -125,6 +94,53 @@ def _train_loop(model, ema, optimizer, generator, schedule, contexts, kd, train,
                "sha256": save_checkpoint(output, ema.state_dict(), metadata)}
     resume.unlink(missing_ok=True)
     return summary
+
+
+def training_inputs(t2i: dict) -> dict:
+    """The part of the t2i section a U-Net's training depends on (not steps or guidance)."""
+    return {"scheduler": t2i["scheduler"], "text_encoder": t2i["text_encoder"]}
+
+
+@dataclass
+class _Run:
+    """What one optimisation step needs: the models, the data and the one generator that draws
+    batches, prompt drops, timesteps and noise (so a resumed run continues the same stream)."""
+    model: torch.nn.Module
+    ema: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    generator: torch.Generator
+    schedule: object  # diffusers DDPMScheduler: the forward process
+    contexts: torch.Tensor  # prompt embeddings; the last row is the unconditional prompt
+    kd: object | None  # bksdm.FeatureKD when distilling
+    train: TrainConfig
+    images: torch.Tensor
+    labels: torch.Tensor
+
+    def step(self, it: int) -> tuple[float, dict]:
+        """One step at iteration `it` (0-based); returns the loss and, distilling, its parts."""
+        train, generator = self.train, self.generator
+        index = torch.randint(len(self.images), (train.batch_size,), generator=generator)
+        x0, y = self.images[index], self.labels[index].clone()
+        y[torch.rand(train.batch_size, generator=generator) < PROMPT_DROPOUT] = NUM_PROMPT_CLASSES
+        t = torch.randint(self.schedule.config.num_train_timesteps, (train.batch_size,), generator=generator)
+        noise = torch.randn(x0.shape, generator=generator)
+        x_t = self.schedule.add_noise(x0, noise, t)
+        if self.kd is None:
+            prediction = self.model(x_t, t, encoder_hidden_states=self.contexts[y]).sample
+            loss, parts = torch.nn.functional.mse_loss(prediction, noise), {}
+        else:
+            terms = self.kd(x_t, t, self.contexts[y], noise)
+            loss, parts = terms["total"], {k: terms[k].item() for k in ("task", "out_kd", "feat_kd")}
+        for group in self.optimizer.param_groups:
+            group["lr"] = train.lr * min(1.0, (it + 1) / max(train.warmup, 1))
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        decay = min(train.ema_decay, (1 + it) / (10 + it))  # EMA warm-up, as train_dit
+        with torch.no_grad():
+            for p_ema, p in zip(self.ema.parameters(), self.model.parameters()):
+                p_ema.lerp_(p, 1.0 - decay)
+        return loss.item(), parts
 
 
 def distil_student_job(*, teacher_path: str, teacher_config: dict, distil: dict, t2i: dict,
