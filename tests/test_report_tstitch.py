@@ -137,6 +137,17 @@ def test_off_grid_ratio_gets_no_paper_numbers(paper_df: pd.DataFrame) -> None:
     assert pd.isna(table.iloc[1]["paper_fid"])
 
 
+def test_quarter_ratios_meet_their_own_paper_rows() -> None:
+    """LCM's 4-step grid (0, 0.25, ..., 1): each row gets its own paper time, once."""
+    lcm = load_paper_table(TSTITCH_YAML, "lcm_sdxl_ssd1b")
+    records = [make_record(r, 10.0) for r in (0.0, 0.25, 0.5, 0.75, 1.0)]
+    table = build_table(records, lcm)
+    assert table["ratio"].tolist() == [0.0, 0.25, 0.5, 0.75, 1.0]
+    assert table["paper_time_s"].tolist() == [1.029, 0.968, 0.921, 0.870, 0.823]
+    near = build_table([make_record(0.0, 10.0), make_record(0.2, 10.0), make_record(0.3, 10.0)], lcm)
+    assert near["paper_time_s"].isna().tolist() == [False, True, True]
+
+
 def test_missing_r0_raises(paper_df: pd.DataFrame) -> None:
     records = [r for r in make_records() if r["params"]["ratio"] != 0.0]
     with pytest.raises(ValueError, match="r=0"):

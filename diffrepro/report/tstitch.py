@@ -83,10 +83,10 @@ def _our_row(record: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def _grid_key(ratio: float) -> int | None:
-    """Ratio in tenths, or None off the paper's 0.1 grid (so 0.25 never meets the paper's 0.2)."""
-    tenths = round(ratio * 10)
-    return tenths if abs(ratio * 10 - tenths) < 1e-6 else None
+def ratio_key(ratio: float) -> int:
+    """A ratio in thousandths, to join our rows with the paper's: 0.25 meets the paper's 0.25
+    (LCM's quarter steps) and never its 0.2. Never NaN: pandas joins NaN keys with each other."""
+    return round(ratio * 1000)
 
 
 def _value_at(df: pd.DataFrame, ratio: float, column: str) -> float | None:
@@ -128,7 +128,7 @@ def _paper_columns(paper_df: pd.DataFrame) -> pd.DataFrame:
         paper["paper_time_s"] = math.nan
     base = _value_at(paper, 0.0, "paper_time_s")
     paper["paper_speedup"] = math.nan if base is None else base / paper["paper_time_s"]
-    paper["_key"] = [_grid_key(r) for r in paper["ratio"]]
+    paper["_key"] = [ratio_key(r) for r in paper["ratio"]]
     return paper.drop(columns="ratio")
 
 
@@ -144,7 +144,7 @@ def build_table(records: Iterable[Mapping[str, Any]], paper_df: pd.DataFrame,
         ours["ours_speedup"] = ours["_paired_speedup"]
     else:  # older timing files: ratio of medians measured in separate jobs
         ours["ours_speedup"] = _value_at(ours, 0.0, "ours_time_8_s") / ours["ours_time_8_s"]
-    ours["_key"] = [_grid_key(r) for r in ours["ratio"]]
+    ours["_key"] = [ratio_key(r) for r in ours["ratio"]]
 
     table = ours.merge(_paper_columns(paper_df), on="_key", how="left")[TABLE_COLUMNS]
     table.attrs["timing_batch"] = timing_batch

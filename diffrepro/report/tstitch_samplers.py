@@ -18,7 +18,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from diffrepro.io import write_text  # noqa: E402
-from diffrepro.report.tstitch import _grid_key, _label, _savefig_atomic  # noqa: E402
+from diffrepro.report.tstitch import _label, _savefig_atomic, ratio_key  # noqa: E402
 
 # Our sampler names -> the paper table's
 PAPER_SAMPLER_NAMES = {"ddpm": "DDPM", "ddim": "DDIM", "dpmsolver++": "DPM-Solver++"}
@@ -54,10 +54,10 @@ def build_table(records: Iterable[Mapping[str, Any]], paper_df: pd.DataFrame) ->
         raise ValueError("more than one record for a (sampler, steps, ratio)")
     ours["ours_fid_relative"] = _relative_to_r0(ours, "ours_fid")
     paper = paper_df.rename(columns={"fid": "paper_fid"}).assign(
-        steps=lambda d: d["steps"].astype(int), _key=lambda d: [_grid_key(r) for r in d["ratio"]])
+        steps=lambda d: d["steps"].astype(int), _key=lambda d: [ratio_key(r) for r in d["ratio"]])
     paper = paper.drop(columns="ratio")
     ours["_paper_sampler"] = ours["sampler"].map(PAPER_SAMPLER_NAMES)
-    ours["_key"] = [_grid_key(r) for r in ours["ratio"]]
+    ours["_key"] = [ratio_key(r) for r in ours["ratio"]]
     table = ours.merge(paper.rename(columns={"sampler": "_paper_sampler"}),
                        on=["_paper_sampler", "steps", "_key"], how="left")
     table["paper_fid_relative"] = _relative_to_r0(table, "paper_fid")
