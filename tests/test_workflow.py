@@ -165,6 +165,14 @@ def test_every_reproduce_target_dry_runs(workdir, config_file):
     assert all(planned.get(t) == 1 for t in targets), planned
 
 
+def test_the_lcm_paper_config_plans_one_table_per_step_count(workdir):
+    """2, 4 and 8 steps as the released script runs them: separate settings and tables, so no
+    step count overwrites another's samples."""
+    result = snakemake(workdir, "-n", "reproduce_tstitch_sd_table", "--configfile", "config/paper/tstitch_lcm.yaml")
+    planned = job_counts(result.stdout)
+    assert planned["table"] == 3 and planned["time"] == 3 + 5 + 9, planned
+
+
 def test_killed_run_resumes(tmp_path):
     """Kill a run with SIGTERM once sampling has started, resume it, kill the resumed run
     with SIGKILL a few shards later, and resume again: the job graph finishes.
