@@ -290,6 +290,10 @@ def _check_family(spec: MethodSpec, entry: dict, config: dict, where: str) -> No
         if any(hub) and not all(hub):
             raise ConfigError(f"config key {where}.models: mixes hub models with models the workflow trains; "
                               f"a pipeline's U-Nets must all come from the hub or all be trained here")
+        if compute["precision"] != "fp32" and compute["device"] == "cpu":
+            raise ConfigError(f"config key compute.precision: {compute['precision']} with compute.device: cpu; "
+                              f"half precision on a CPU would take days. Set compute.device: cuda (or auto "
+                              f"with GPU jobs) or compute.precision: fp32")
         if compute["compile"] or (compute["precision"] != "fp32" and not all(hub)):
             raise ConfigError(f"config key compute: text-to-image methods ({spec.name!r}) run without "
                               f"torch.compile, and in fp32 unless all their models are hub pipelines (loaded "

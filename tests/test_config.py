@@ -334,3 +334,31 @@ def test_trained_unets_must_predict_the_noise(config):
     with pytest.raises(ConfigError, match=r"t2i.scheduler.config.prediction_type: 'v_prediction', but model "
                                           r"'sd_small' is trained here to predict the noise"):
         full_check(config)
+
+
+def test_scheduler_classes_are_those_the_sd_pipelines_accept():
+    """The schema's list is diffusers' own: the SD pipelines' compatibles and LCM's / TCD's."""
+    import diffusers
+    from diffusers.schedulers.scheduling_utils import KarrasDiffusionSchedulers
+
+    schema = yaml.safe_load(Path(SCHEMA).read_text())
+    allowed = set(schema["properties"]["t2i"]["properties"]["scheduler"]["properties"]["class"]["enum"])
+    assert allowed == {s.name for s in KarrasDiffusionSchedulers} - {"DPMSolverSDEScheduler"} | {"LCMScheduler",
+                                                                                                  "TCDScheduler"}
+    assert all(hasattr(getattr(diffusers, name), "set_timesteps") for name in allowed)
+
+
+@pytest.mark.parametrize("mutate, expected", [
+    (lambda c: c["t2i"]["scheduler"].update({"class": "PNDMSchedular"}), r"'PNDMSchedular' is not one of"),
+    (lambda c: c["t2i"].update(image_size=1020), r"1020 is not a multiple of 8"),
+])
+def test_text_to_image_schema_errors(paper_t2i, mutate, expected):
+    mutate(paper_t2i)
+    with pytest.raises(WorkflowError, match=expected):
+        full_check(paper_t2i)
+
+
+def test_half_precision_on_an_explicit_cpu_is_refused(paper_t2i):
+    paper_t2i["compute"]["device"] = "cpu"
+    with pytest.raises(ConfigError, match=r"compute.precision: fp16 with compute.device: cpu"):
+        full_check(paper_t2i)
