@@ -73,6 +73,21 @@ def test_the_record_pins_every_weight_file_and_a_changed_file_is_caught(tmp_path
         verify_record(record, "large.hub.json")
 
 
+@pytest.mark.parametrize("missing, named", [("vae", "vae has no config.json"),
+                                             ("tokenizer", "the CLIPTokenizer that model_index.json names")])
+def test_an_incomplete_pipeline_is_refused_naming_the_missing_component(tmp_path, empty_cache, missing, named):
+    """A partial cache or copy must not be recorded without a component (the job would fail
+    later inside diffusers, with no word of the model or the fix)."""
+    import shutil
+
+    sd_pipeline(sd_unet(2, layers=1)).save_pretrained(tmp_path / "large", safe_serialization=True)
+    shutil.rmtree(tmp_path / "large" / missing)
+    with pytest.raises(HubModelUnavailable, match=rf"'someone/large' is not available: .*{named}.*incomplete "
+                                                  rf"download[\s\S]*huggingface-cli download someone/large"):
+        fetch_hub_model({"id": "someone/large", "pipeline": "StableDiffusionPipeline",
+                         "path": str(tmp_path / "large")}, config_key="models.large.hub", as_pipeline=True)
+
+
 def test_a_pipeline_with_a_unet_from_another_repository(tmp_path, empty_cache):
     """LCM-SDXL: SDXL's pipeline around latent-consistency/lcm-sdxl's U-Net."""
     base = sdxl_pipeline(sdxl_unet(0, layers=1))

@@ -112,11 +112,17 @@ def _weight_files(folder: Path, variant: str | None) -> list[Path]:
     return sorted(p for p in folder.glob("*.safetensors") if tag(p) == variant)
 
 
-def pipeline_components(directory: Path, skip: tuple[str, ...] = ()) -> list[str]:
-    """The component folders model_index.json names (those with a class), less `skip`."""
+def pipeline_components(directory: Path, skip: tuple[str, ...] = ()) -> dict[str, str]:
+    """The component folders model_index.json names (those with a class), less `skip`: {name: class}."""
     index = json.loads((directory / "model_index.json").read_text())
-    return sorted(name for name, value in index.items() if not name.startswith("_") and isinstance(value, list)
-                  and value and value[0] is not None and name not in skip)
+    return {name: value[-1] for name, value in sorted(index.items())
+            if not name.startswith("_") and isinstance(value, list) and value and value[0] is not None
+            and name not in skip}
+
+
+def has_weights(class_name: str) -> bool:
+    """Whether a pipeline component of this class loads weights (tokenizers and schedulers do not)."""
+    return not any(word in class_name for word in ("Tokenizer", "Scheduler", "ImageProcessor", "FeatureExtractor"))
 
 
 def _resolved(spec: dict, config_key: str, allow_downloads: bool, subfolder: str | None,
@@ -134,18 +140,24 @@ def _resolved(spec: dict, config_key: str, allow_downloads: bool, subfolder: str
         directory = resolve(["model_index.json"], hint=["model_index.json", *_weight_patterns(variant, ["*/"])[0]])
         if not (directory / "model_index.json").is_file():
             raise _unavailable(spec["id"], key, f"{directory} has no model_index.json: it is not a diffusers pipeline")
-        components = pipeline_components(directory, skip)
+        classes = pipeline_components(directory, skip)
+        components = list(classes)
     else:
-        components = [subfolder or ""]
+        classes, components = {}, [subfolder or ""]
     allow, ignore = _weight_patterns(variant, [f"{c}/" if c else "" for c in components])
     directory = resolve(["model_index.json", *allow] if whole_pipeline else allow, ignore)
     files = []
     for component in components:
         folder = directory / component if component else directory
+        if whole_pipeline and not has_weights(classes[component]):
+            # a tokenizer or scheduler: files, no weights (a partial cache must not pass for whole)
+            if not folder.is_dir() or not any(folder.iterdir()):
+                raise _unavailable(spec["id"], key, f"{folder} is missing or empty: the {classes[component]} "
+                                   f"that model_index.json names is not there (an incomplete download?)", allow)
+            continue
         if not (folder / "config.json").is_file():
-            if whole_pipeline:
-                continue  # a tokenizer or scheduler: no weights
-            raise _unavailable(spec["id"], key, f"{folder} has no config.json: no model there", allow)
+            raise _unavailable(spec["id"], key, f"{folder} has no config.json: no model there"
+                               + (" (an incomplete download?)" if whole_pipeline else ""), allow)
         found = _weight_files(folder, variant)
         if not found:
             raise _unavailable(
