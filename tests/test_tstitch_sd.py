@@ -133,3 +133,31 @@ def test_lcm_sdxl_guidance_embedding_only_reaches_the_lcm_unet(steps, ratio, sma
     assert all(c is not None and c.shape[-1] == 8 for c in conds["large"])
     np.testing.assert_array_equal(run_stitched(pipe, small, 0.0, steps, guidance=0.0)[0],
                                   run(pipe, steps, guidance=0.0))
+
+
+def test_the_sd15_lcm_pipeline_uses_its_released_rule():
+    """TStitchLCM (LatentConsistencyModelPipeline) compares i / len(timesteps) with r, r = 0 and
+    1 meaning one U-Net alone: at 4 steps and r = 0.5 the small U-Net takes steps 0, 1 and 2."""
+    from diffusers import LatentConsistencyModelPipeline
+
+    from diffrepro.t2i.components import build_text_encoder, build_unet, char_tokenizer
+    from diffrepro.t2i.stitch import uses_small_unet_lcm
+    from t2i_tiny import tiny_vae
+
+    assert [uses_small_unet_lcm(i, 4, 0.5) for i in range(4)] == [True, True, True, False]
+    assert not any(uses_small_unet_lcm(i, 4, 0.0) for i in range(4))
+    assert all(uses_small_unet_lcm(i, 4, 1.0) for i in range(4))
+    small = sd_unet(1, layers=1)
+    torch.manual_seed(2)
+    large = build_unet({**small.config, "layers_per_block": 2, "time_cond_proj_dim": 8}).eval()
+    tokenizer = char_tokenizer(24)
+    pipe = LatentConsistencyModelPipeline(vae=tiny_vae(), text_encoder=build_text_encoder(tokenizer, 0),
+                                          tokenizer=tokenizer, unet=large, scheduler=lcm_scheduler(),
+                                          safety_checker=None, feature_extractor=None,
+                                          requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    images, calls = run_stitched(pipe, small, 0.5, 4, guidance=8.0)
+    assert calls == {"small": 3, "large": 1}
+    assert run_stitched(pipe, small, 0.25, 4, guidance=8.0)[1] == {"small": 2, "large": 2}
+    np.testing.assert_array_equal(run_stitched(pipe, small, 0.0, 4, guidance=8.0)[0], run(pipe, 4, guidance=8.0))
+    assert np.isfinite(images).all()

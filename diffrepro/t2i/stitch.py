@@ -4,8 +4,9 @@ The large pipeline keeps its text encoder, scheduler, VAE and guidance; only the
 redirected. `StitchedUNet` stands in for `pipeline.unet`: it shows the large U-Net to the
 pipeline (config, dtype, add_embedding, ...) and runs the small U-Net while
 `(i + 1) / len(timesteps) <= r` — the released SD/SDXL rule (NVlabs/T-Stitch,
-tstitch_sd_utils.py), with i the step index and len(timesteps) the scheduler's own count
-(PNDM with skip_prk_steps has N + 1 timesteps). The step index comes from the pipeline's
+tstitch_sd_utils.py; its SD-1.5 LCM pipeline compares i / len(timesteps), see RULES), with i
+the step index and len(timesteps) the scheduler's own count (PNDM with skip_prk_steps has
+N + 1 timesteps). The step index comes from the pipeline's
 `callback_on_step_end`, so the rule does not depend on timestep values (PNDM repeats one).
 """
 
@@ -23,15 +24,34 @@ def uses_small_unet(step_index: int, num_timesteps: int, ratio: float) -> bool:
     return (step_index + 1) / num_timesteps <= ratio
 
 
+def uses_small_unet_lcm(step_index: int, num_timesteps: int, ratio: float) -> bool:
+    """The released rule for LatentConsistencyModelPipeline (LCM on SD-1.5, TStitchLCM): the
+    step index itself against r, with r = 0 and r = 1 meaning the large or small U-Net alone.
+    At 4 steps and r = 0.5 the small U-Net takes 3 steps, where the SD rule gives it 2."""
+    if ratio in (0.0, 1.0):
+        return ratio == 1.0
+    return step_index / num_timesteps <= ratio
+
+
+# The rule each pipeline class's released T-Stitch code applies (by class name, MRO included).
+RULES = {"LatentConsistencyModelPipeline": uses_small_unet_lcm}
+
+
+def stitch_rule(pipeline):
+    return next((RULES[c.__name__] for c in type(pipeline).__mro__ if c.__name__ in RULES), uses_small_unet)
+
+
 class StitchedUNet(torch.nn.Module):
     """The large U-Net as the pipeline sees it; the small one for the first steps."""
 
-    def __init__(self, small: torch.nn.Module, large: torch.nn.Module, ratio: float, scheduler):
+    def __init__(self, small: torch.nn.Module, large: torch.nn.Module, ratio: float, scheduler,
+                 rule=uses_small_unet):
         super().__init__()
         if not 0.0 <= ratio <= 1.0:
             raise ValueError(f"T-Stitch ratio must be in [0, 1], got {ratio}")
         self.small, self.large = small, large
         self.ratio = ratio
+        self.rule = rule
         self._scheduler = scheduler
         self.step_index = 0
         self.calls: Counter = Counter()  # U-Net calls per role, for the step counts
@@ -50,7 +70,7 @@ class StitchedUNet(torch.nn.Module):
 
     def role(self) -> str:
         n = len(self._scheduler.timesteps)
-        return "small" if uses_small_unet(self.step_index, n, self.ratio) else "large"
+        return "small" if self.rule(self.step_index, n, self.ratio) else "large"
 
     def forward(self, sample, timestep, *args, **kwargs):
         role = self.role()
@@ -77,7 +97,7 @@ def stitched(pipeline, small_unet: torch.nn.Module, ratio: float):
     large = pipeline.unet
     if isinstance(large, StitchedUNet):
         raise ValueError("the pipeline is already stitched")
-    wrapper = StitchedUNet(small_unet, large, ratio, pipeline.scheduler)
+    wrapper = StitchedUNet(small_unet, large, ratio, pipeline.scheduler, rule=stitch_rule(pipeline))
     # Plain attribute swap: DiffusionPipeline.__setattr__ would re-register the module and
     # rewrite the pipeline's config entry for "unet".
     object.__setattr__(pipeline, "unet", wrapper)
