@@ -179,6 +179,15 @@ def _check_scoring(config: dict) -> None:
         raise ConfigError("config key scoring: set reference_batch or reference_images, not both")
     if has_images and backend != "adm":
         raise ConfigError("config key scoring.reference_images: needs scoring.backend: adm")
+    if config["scoring"].get("is_protocol", "adm") != "adm" and backend != "adm":
+        raise ConfigError("config key scoring.is_protocol: chooses the adm backend's Inception Score; the "
+                          "digits backend has one IS (is_splits splits); remove the key or set scoring.backend: adm")
+    if config["scoring"].get("is_protocol") == "torch_fidelity":
+        splits = config["scoring"]["is_splits"]
+        for method in config["methods"]:
+            if method_num_samples(config, method) < splits:
+                raise ConfigError(f"config key scoring.is_splits: {splits} splits, but methods.{method} scores "
+                                  f"{method_num_samples(config, method)} samples; lower is_splits")
     if backend == "adm" and "training" in config:
         raise ConfigError("config key training: training-method runs are scored with the digits "
                           "backend only; remove the training section or set scoring.backend: digits")

@@ -335,6 +335,12 @@ def _adm_scores(images, labels, *, reference_path, scoring, device, weights_path
     features = adm_metrics.inception_features(extractor, images)
     scores = adm_metrics.scores_from_features(features, reference_path, extractor,
                                               fid_method=scoring.get("fid_method", "sqrtm"))
+    labels = ADM_LABELS
+    if scoring.get("is_protocol", "adm") == "torch_fidelity":
+        scores.update(torch_fidelity_inception_score(features["logits"], scoring["is_splits"]))
+        scores["provenance"]["is_protocol"] = (f"torch-fidelity isc: {scoring['is_splits']} splits of the "
+                                               f"shuffled samples (seed 2020), unbiased logits")
+        labels = {**ADM_LABELS, "inception_score": "IS (Inception, torch-fidelity)"}
     ref = metrics.load_reference_statistics(reference_path)
     scores["fid_bootstrap_se"] = metrics.fid_bootstrap_se(
         features["pool"], ref["mu"], ref["sigma"], reps=scoring["bootstrap_reps"], seed=scoring["seed"],
@@ -342,7 +348,17 @@ def _adm_scores(images, labels, *, reference_path, scoring, device, weights_path
     extra = {"fid_implementation": scores["provenance"]["implementation"],
              "fid_mode": scores["provenance"]["mode"], "adm": scores.pop("provenance")}
     files = {"reference_batch": reference_path, "inception_weights": extra["adm"]["weights_path"]}
-    return scores, ADM_LABELS, files, extra, features["pool"]
+    return scores, labels, files, extra, features["pool"]
+
+
+def torch_fidelity_inception_score(logits: np.ndarray, splits: int) -> dict:
+    """IS as torch-fidelity's `fidelity --isc` computes it (BK-SDM's eval_scores.sh): its own
+    function, on the same unbiased logits the ADM evaluator uses, split `splits` ways after
+    its seeded shuffle, where the ADM evaluator takes consecutive splits of 5,000."""
+    from torch_fidelity.metric_isc import KEY_METRIC_ISC_MEAN, KEY_METRIC_ISC_STD, isc_features_to_metric
+
+    result = isc_features_to_metric(torch.from_numpy(np.asarray(logits, dtype=np.float64)), splits=splits)
+    return {"inception_score": result[KEY_METRIC_ISC_MEAN], "inception_score_std": result[KEY_METRIC_ISC_STD]}
 
 
 def bootstrap_distance(scoring: dict):

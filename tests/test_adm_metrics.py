@@ -387,6 +387,28 @@ def test_inception_score_behaviour():
     assert adm.inception_score(uniformish) == pytest.approx(np.exp(kl.mean()), rel=1e-12)
 
 
+def test_torch_fidelity_inception_score_splits_the_shuffled_samples():
+    """BK-SDM's IS (torch-fidelity --isc): N // splits samples per split after a seeded shuffle,
+    where the ADM evaluator takes consecutive splits of 5,000."""
+    from diffrepro.jobs import torch_fidelity_inception_score
+
+    confident = np.zeros((20, 1008))
+    confident[np.arange(20), np.arange(20) * 7] = 60.0  # 20 distinct, certain classes
+    scores = torch_fidelity_inception_score(confident, splits=4)
+    assert scores["inception_score"] == pytest.approx(5.0, rel=1e-6)  # each split: 5 distinct classes
+    assert adm.inception_score(confident) == pytest.approx(20.0, rel=1e-6)
+    rng = np.random.default_rng(1)
+    logits = rng.normal(scale=2.0, size=(30, 1008))
+    shuffled = logits[np.random.RandomState(2020).permutation(30)]
+    per_split = []
+    for part in np.split(shuffled, 3):
+        p = scipy.special.softmax(part, axis=1)
+        per_split.append(np.exp((p * (np.log(p) - np.log(p.mean(axis=0, keepdims=True)))).sum(axis=1).mean()))
+    scores = torch_fidelity_inception_score(logits, splits=3)
+    assert scores["inception_score"] == pytest.approx(np.mean(per_split), rel=1e-10)
+    assert scores["inception_score_std"] == pytest.approx(np.std(per_split), rel=1e-8)
+
+
 # ---------------------------------------------------------------------------------------
 # precision / recall
 # ---------------------------------------------------------------------------------------

@@ -362,3 +362,13 @@ def test_half_precision_on_an_explicit_cpu_is_refused(paper_t2i):
     paper_t2i["compute"]["device"] = "cpu"
     with pytest.raises(ConfigError, match=r"compute.precision: fp16 with compute.device: cpu"):
         full_check(paper_t2i)
+
+
+def test_the_is_protocol_is_the_adm_backends_and_needs_enough_samples(config, paper_t2i):
+    config["scoring"]["is_protocol"] = "torch_fidelity"
+    with pytest.raises(ConfigError, match=r"scoring.is_protocol: chooses the adm backend's Inception Score"):
+        full_check(config)
+    paper_t2i["scoring"].update(is_protocol="torch_fidelity", is_splits=10)
+    paper_t2i["sampling"]["num_samples"] = 8
+    with pytest.raises(ConfigError, match=r"scoring.is_splits: 10 splits, but methods.tstitch_sd scores 8 samples"):
+        full_check(paper_t2i)

@@ -59,7 +59,8 @@ def t2i_config(url, models, weights, clip_path) -> dict:
         "clip": {"model": "tiny-test", "config": TINY_CONFIG, "path": str(clip_path)},
         "sampling": {"num_samples": 4, "num_shards": 1, "batch_size": 4},
         "timing": {"batch_size": 1, "warmup": 0, "repeats": 2, "forward_repeats": 2, "threads": 1},
-        "scoring": {"backend": "adm", "inception_weights": str(weights), "is_splits": 1, "fid_method": "factored",
+        "scoring": {"backend": "adm", "inception_weights": str(weights), "is_splits": 2, "is_protocol": "torch_fidelity",
+                    "fid_method": "factored",
                     "bootstrap_reps": 2, "seed": 0,
                     "reference_images": {"archive": {"file": "val2014.zip", "url": f"{url}/val2014.zip"},
                                          "size": 8, "keep": 4}},
@@ -111,6 +112,10 @@ def test_hub_models_are_pinned_and_scored_with_their_captions(t2i_run):
     for metric in ("fid", "sfid", "inception_score", "precision", "recall", "clip_score"):
         assert np.isfinite(scores["metrics"][metric]), metric
     assert scores["provenance"]["adm"]["reference"]["num_images"] == 4  # the computed reference batch
+    # BK-SDM's IS: torch-fidelity's splits, not the ADM evaluator's
+    assert scores["provenance"]["adm"]["is_protocol"].startswith("torch-fidelity isc: 2 splits")
+    assert scores["labels"]["inception_score"] == "IS (Inception, torch-fidelity)"
+    assert np.isfinite(scores["metrics"]["inception_score_std"])
     assert scores["provenance"]["clip"]["model"] == "tiny-test"
     with np.load(work / "results/t2i_smoke/samples/bksdm_tiny/default/shard-0.npz") as shard:
         assert shard["images"].shape == (4, 8, 8, 3)  # 16 px decoded, resized to fid_size
