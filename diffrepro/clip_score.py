@@ -42,7 +42,7 @@ import numpy as np
 import torch
 
 from .checkpoints import ChecksumMismatch
-from .download import OFFLINE_ENV, DownloadUnavailable
+from .download import HUB_OFFLINE_ENV, DownloadUnavailable, offline_reason
 from .io import sha256_file
 
 DEFAULT_MODEL = "ViT-g-14"
@@ -50,8 +50,6 @@ DEFAULT_PRETRAINED = "laion2b_s34b_b88k"
 SCORE_NOTE = ("cosine similarity of L2-normalised open_clip image and text embeddings, one per "
               "image, averaged over images (BK-SDM src/eval_clip_score.py); not x100 and not "
               "clamped at 0 like torchmetrics' CLIPScore")
-# huggingface_hub reads these once at import; they are re-read here on every call.
-_OFFLINE_VARS = tuple(dict.fromkeys((*OFFLINE_ENV, "TRANSFORMERS_OFFLINE")))
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
 _PROVENANCE_ATTR = "_diffrepro_clip_provenance"
 
@@ -140,16 +138,6 @@ class ResolvedWeights:
     path: str
     source: str               # "local path", "hugging face cache", "url cache" or "download"
     hf_repo_id: str | None    # the Hub repo open_clip uses for the tag, if any
-
-
-def offline_reason(allow_downloads: bool) -> str | None:
-    """Why no download may happen now (None: downloads allowed)."""
-    if not allow_downloads:
-        return "allow_downloads is false"
-    for var in _OFFLINE_VARS:
-        if os.environ.get(var, "").strip().lower() in ("1", "true", "yes", "on"):
-            return f"{var}={os.environ[var]}"
-    return None
 
 
 def hf_hub_cache_dir() -> str:
@@ -241,7 +229,7 @@ def resolve_weights(spec: ClipSpec, allow_downloads: bool = False) -> ResolvedWe
     what = (f"CLIP weights for open_clip {spec.model} pretrained={spec.pretrained}"
             + (f" (Hugging Face repo {source['hf_repo_id']}, files "
                f"{', '.join(source['filenames'])})" if source["hf_repo_id"] else ""))
-    reason = offline_reason(allow_downloads)
+    reason = offline_reason(allow_downloads, HUB_OFFLINE_ENV)
     if reason is not None:
         raise ClipWeightsUnavailable(
             f"{what} are not in the cache {cache_dir} and downloads are off ({reason}).\n"

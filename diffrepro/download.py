@@ -37,6 +37,10 @@ DEFAULT_LOCK = "config/paper/downloads.lock.json"
 CHUNK = 1 << 20
 PROGRESS_EVERY_S = 10.0
 OFFLINE_ENV = ("HF_HUB_OFFLINE", "DIFFREPRO_OFFLINE")
+# Hugging Face loads (hub models, CLIP weights) are also off with transformers' own variable,
+# as huggingface_hub reads it.
+HUB_OFFLINE_ENV = (*OFFLINE_ENV, "TRANSFORMERS_OFFLINE")
+TRUE_VALUES = ("1", "true", "yes", "on")  # huggingface_hub's ENV_VARS_TRUE_VALUES, any case
 
 
 @dataclass(frozen=True)
@@ -86,7 +90,7 @@ def fetch(remote: RemoteFile, dest: str | os.PathLike, lock_path: str | os.PathL
         return _verify_or_pin(remote, dest, lock_path, log, on_mismatch=(
             f"{dest} was left as it is; if it is the wrong file, delete it and rerun"))
 
-    reason = _offline_reason(allow_downloads)
+    reason = offline_reason(allow_downloads)
     if reason:
         raise DownloadUnavailable(
             f"{remote.name} is missing and downloads are disabled ({reason}). Either download "
@@ -171,11 +175,14 @@ def _verify_or_pin(remote: RemoteFile, path: Path, lock_path: Path, log, on_mism
     return digest
 
 
-def _offline_reason(allow_downloads: bool) -> str | None:
+def offline_reason(allow_downloads: bool, variables: tuple[str, ...] = OFFLINE_ENV) -> str | None:
+    """Why no download may happen now (None: downloads allowed). The variables are read now,
+    on every call (huggingface_hub reads its own once, at import), and read as huggingface_hub
+    reads them: HF_HUB_OFFLINE=0 or =false leaves downloads on."""
     if not allow_downloads:
         return "allow_downloads is false"
-    for var in OFFLINE_ENV:
-        if os.environ.get(var, "").strip().lower() in ("1", "true", "yes", "on"):
+    for var in variables:
+        if os.environ.get(var, "").strip().lower() in TRUE_VALUES:
             return f"{var}={os.environ[var]}"
     return None
 

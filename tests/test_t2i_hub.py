@@ -34,6 +34,22 @@ def test_offline_missing_model_names_the_id_and_the_fix(empty_cache):
     assert time.perf_counter() - began < 5
 
 
+@pytest.mark.parametrize("var, value, off", [("HF_HUB_OFFLINE", "false", False), ("HF_HUB_OFFLINE", "0", False),
+                                             ("HF_HUB_OFFLINE", "YES", True), ("TRANSFORMERS_OFFLINE", "1", True),
+                                             ("DIFFREPRO_OFFLINE", "on", True)])
+def test_offline_variables_are_read_as_huggingface_hub_reads_them(monkeypatch, var, value, off):
+    """Hub models and CLIP weights agree on what turns downloads off."""
+    from diffrepro.download import HUB_OFFLINE_ENV, offline_reason
+    from diffrepro.t2i.hub import downloads_off
+
+    for name in HUB_OFFLINE_ENV:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv(var, value)
+    assert downloads_off(True) is off
+    assert (offline_reason(True, HUB_OFFLINE_ENV) == f"{var}={value}") is off
+    assert downloads_off(False)
+
+
 def test_a_bad_local_path_is_named(tmp_path):
     with pytest.raises(HubModelUnavailable, match="pipeline.path .* is not a directory"):
         resolve_model("stabilityai/stable-diffusion-xl-base-1.0", config_key="pipeline.path",

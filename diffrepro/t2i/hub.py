@@ -18,6 +18,7 @@ import os
 import re
 from pathlib import Path
 
+from ..download import HUB_OFFLINE_ENV, offline_reason
 from ..io import sha256_file
 
 RECORD_FORMAT = 1
@@ -33,7 +34,7 @@ class HubModelChanged(RuntimeError):
 
 
 def downloads_off(allow_downloads: bool) -> bool:
-    return not allow_downloads or os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0")
+    return offline_reason(allow_downloads, HUB_OFFLINE_ENV) is not None
 
 
 def _unavailable(model_id: str, config_key: str, why: str, patterns: list[str] | None = None) -> HubModelUnavailable:
