@@ -138,7 +138,7 @@ def test_distillation_starts_from_the_teacher_and_resumes_exactly(tmp_path, vari
     a, b = load_checkpoint(tmp_path / "whole.safetensors"), load_checkpoint(tmp_path / "cut.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert set(whole["history"][0]) == {"iteration", "loss", "task", "out_kd", "feat_kd"}
-    assert whole["distil"] == {"variant": variant, "weights": [1.0, 1.0, 1.0]}
+    assert whole["distil"] == {"variant": variant, "weights": [1.0, 1.0, 1.0], "max_grad_norm": None}
     # one step of lr 1e-3 from the teacher-initialised student: still close to it, not random
     start = build_student(teacher, variant).state_dict()
     first = train_t2i_unet(config, TrainConfig(iterations=1, batch_size=8, lr=1e-3, warmup=1, seed=0),
@@ -146,6 +146,33 @@ def test_distillation_starts_from_the_teacher_and_resumes_exactly(tmp_path, vari
     one = load_checkpoint(tmp_path / "one.safetensors")
     assert first["final_loss"] > 0
     assert max((one[k] - start[k]).abs().max().item() for k in start) < 0.01
+
+
+def test_distillation_clips_the_gradient_norm_when_asked(tmp_path):
+    """BK-SDM's kd_train.sh clips at 1: a bound far above the norm changes nothing, a tight one
+    changes the weights, and a resume file made with another bound is not resumed."""
+    from diffrepro.models.bksdm_config import student_config
+
+    images, labels = load_digits_tensors()
+    torch.manual_seed(0)
+    teacher = build_unet(SD_SHAPED).eval()
+    train = TrainConfig(iterations=2, batch_size=8, lr=1e-3, warmup=1, seed=0, checkpoint_every=1, log_every=1)
+
+    def run(out, clip, **kw):
+        return train_t2i_unet(student_config(SD_SHAPED, "small"), train, T2I, images, labels, tmp_path / out,
+                              log=lambda *a: None, distil={"teacher": teacher, "variant": "small",
+                                                           "max_grad_norm": clip}, **kw)
+
+    for name, clip in (("none", None), ("loose", 1e9), ("tight", 1e-4)):
+        run(f"{name}.safetensors", clip)
+    none, loose, tight = (load_checkpoint(tmp_path / f"{n}.safetensors") for n in ("none", "loose", "tight"))
+    assert all(torch.equal(none[k], loose[k]) for k in none)
+    assert not all(torch.equal(none[k], tight[k]) for k in none)
+    assert run("tight.safetensors", 1e-4)["distil"]["max_grad_norm"] == 1e-4
+    run("switch.safetensors", 1e-4, stop_after=1)
+    run("switch.safetensors", None)  # another bound: starts over, does not resume the clipped run
+    switched = load_checkpoint(tmp_path / "switch.safetensors")
+    assert all(torch.equal(none[k], switched[k]) for k in none)
 
 
 def test_the_embedded_clip_learns_to_match_digits_to_their_prompts(tmp_path):

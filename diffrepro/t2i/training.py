@@ -35,8 +35,9 @@ def noise_schedule(t2i: dict):
 def train_t2i_unet(unet_config: dict, train: TrainConfig, t2i: dict, images: torch.Tensor,
                    labels: torch.Tensor, output: str, log=print, stop_after: int | None = None,
                    distil: dict | None = None) -> dict:
-    """`distil`: {"teacher": U-Net, "variant": base|small|tiny, "weights": (task, out, feat)};
-    `unet_config` is then the student's (bksdm.student_config of the teacher's)."""
+    """`distil`: {"teacher": U-Net, "variant": base|small|tiny, "weights": (task, out, feat),
+    "max_grad_norm": clip or None}; `unet_config` is then the student's (bksdm.student_config of
+    the teacher's)."""
     generator = torch.Generator().manual_seed(train.seed)
     torch.manual_seed(train.seed)
     model, ema = build_unet(unet_config), build_unet(unet_config)
@@ -61,11 +62,13 @@ def train_t2i_unet(unet_config: dict, train: TrainConfig, t2i: dict, images: tor
                               "text_encoder": state_dict_sha256(encoder),
                               "distil": None if distil is None else [distil["variant"],
                                                                      list(distil.get("weights", (1.0, 1.0, 1.0))),
-                                                                     state_dict_sha256(distil["teacher"])]},
+                                                                     state_dict_sha256(distil["teacher"]),
+                                                                     distil.get("max_grad_norm")]},
                              sort_keys=True)
     start, history = load_resume(resume, model, ema, optimizer, generator, fingerprint=fingerprint, log=log)
 
-    run = _Run(model, ema, optimizer, generator, schedule, contexts, kd, train, images, labels)
+    run = _Run(model, ema, optimizer, generator, schedule, contexts, kd, train, images, labels,
+               max_grad_norm=None if distil is None else distil.get("max_grad_norm"))
     began = time.perf_counter()
     model.train()
     try:
@@ -86,7 +89,8 @@ def train_t2i_unet(unet_config: dict, train: TrainConfig, t2i: dict, images: tor
     metadata = {"model_config": json.dumps(unet_config), "train_config": json.dumps(asdict(train))}
     summary = {"model_config": unet_config, "train_config": asdict(train), "arch": "sd_unet",
                "distil": None if distil is None else {"variant": distil["variant"],
-                                                      "weights": list(distil.get("weights", (1.0, 1.0, 1.0)))},
+                                                      "weights": list(distil.get("weights", (1.0, 1.0, 1.0))),
+                                                      "max_grad_norm": distil.get("max_grad_norm")},
                "parameters": sum(p.numel() for p in ema.parameters()),
                "final_loss": history[-1]["loss"] if history else None, "history": history,
                "seconds_this_run": time.perf_counter() - began,
@@ -115,6 +119,7 @@ class _Run:
     train: TrainConfig
     images: torch.Tensor
     labels: torch.Tensor
+    max_grad_norm: float | None = None  # BK-SDM's distillation clips the gradient norm at 1
 
     def step(self, it: int) -> tuple[float, dict]:
         """One step at iteration `it` (0-based); returns the loss and, distilling, its parts."""
@@ -135,6 +140,8 @@ class _Run:
             group["lr"] = train.lr * min(1.0, (it + 1) / max(train.warmup, 1))
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if self.max_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.max_grad_norm)
         self.optimizer.step()
         decay = min(train.ema_decay, (1 + it) / (10 + it))  # EMA warm-up, as train_dit
         with torch.no_grad():
@@ -152,10 +159,12 @@ def distil_student_job(*, teacher_path: str, teacher_config: dict, distil: dict,
     from .jobs import load_unet
 
     teacher = load_unet(teacher_path, teacher_config, "cpu")
-    train = TrainConfig(**{k: v for k, v in distil.items() if k not in ("teacher", "variant", "kd_weights")})
+    train = TrainConfig(**{k: v for k, v in distil.items()
+                           if k not in ("teacher", "variant", "kd_weights", "max_grad_norm")})
     images, labels = load_digits_tensors()
     summary = train_t2i_unet(student_config(teacher_config, distil["variant"]), train, t2i, images, labels,
                              output, log=log, distil={"teacher": teacher, "variant": distil["variant"],
-                                                      "weights": tuple(distil.get("kd_weights", (1, 1, 1)))})
+                                                      "weights": tuple(distil.get("kd_weights", (1, 1, 1))),
+                                                      "max_grad_norm": distil.get("max_grad_norm")})
     summary["teacher_sha256"] = recorded_sha256(teacher_path)
     return summary
