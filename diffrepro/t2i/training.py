@@ -86,7 +86,7 @@ def train_t2i_unet(unet_config: dict, train: TrainConfig, t2i: dict, images: tor
     finally:
         if kd is not None:
             kd.close()  # the teacher is the caller's: take the feature hooks off it
-    metadata = {"model_config": json.dumps(unet_config), "train_config": json.dumps(asdict(train))}
+    metadata = {"model_config": json.dumps(unet_config, sort_keys=True), "train_config": json.dumps(asdict(train))}
     summary = {"model_config": unet_config, "train_config": asdict(train), "arch": "sd_unet",
                "distil": None if distil is None else {"variant": distil["variant"],
                                                       "weights": list(distil.get("weights", (1.0, 1.0, 1.0))),
