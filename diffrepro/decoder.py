@@ -7,13 +7,13 @@ sampling jobs load that directory and verify the hash, so every shard decodes wi
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from .checkpoints import verify
+from .download import HUB_OFFLINE_ENV, offline_reason
 from .io import sha256_file, write_json
 
 WEIGHTS_FILE = "diffusion_pytorch_model.safetensors"
@@ -43,13 +43,14 @@ def resolve_vae(decoder: dict, allow_downloads: bool) -> Path:
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import LocalEntryNotFoundError
 
-    offline = not allow_downloads or os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0")
+    offline = offline_reason(allow_downloads, HUB_OFFLINE_ENV)
     try:
         directory = snapshot_download(model, allow_patterns=["config.json", WEIGHTS_FILE],
-                                      local_files_only=offline)
+                                      local_files_only=offline is not None)
     except LocalEntryNotFoundError:
-        raise _unavailable(model, "it is not in the Hugging Face cache and downloads are off "
-                                  "(allow_downloads is false or HF_HUB_OFFLINE=1)") from None
+        why = (f"it is not in the Hugging Face cache and downloads are off ({offline})" if offline else
+               "the download failed and it is not in the Hugging Face cache")
+        raise _unavailable(model, why) from None
     except Exception as err:  # network errors, a gated or renamed repository
         raise _unavailable(model, f"the download failed ({type(err).__name__}: {err})") from None
     return Path(directory)

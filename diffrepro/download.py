@@ -177,8 +177,9 @@ def _verify_or_pin(remote: RemoteFile, path: Path, lock_path: Path, log, on_mism
 
 def offline_reason(allow_downloads: bool, variables: tuple[str, ...] = OFFLINE_ENV) -> str | None:
     """Why no download may happen now (None: downloads allowed). The variables are read now,
-    on every call (huggingface_hub reads its own once, at import), and read as huggingface_hub
-    reads them: HF_HUB_OFFLINE=0 or =false leaves downloads on."""
+    on every call (huggingface_hub reads its own once, at import), each with huggingface_hub's
+    notion of true (1/true/yes/on, any case: HF_HUB_OFFLINE=0 or =false leaves downloads on);
+    any one of them set true turns downloads off."""
     if not allow_downloads:
         return "allow_downloads is false"
     for var in variables:

@@ -340,6 +340,7 @@ def _adm_scores(images, labels, *, reference_path, scoring, device, weights_path
         scores.update(torch_fidelity_inception_score(features["logits"], scoring["is_splits"]))
         scores["provenance"]["is_protocol"] = (f"torch-fidelity isc: {scoring['is_splits']} splits of the "
                                                f"shuffled samples (seed 2020), unbiased logits")
+        scores["provenance"]["is_split_size"] = None  # the ADM evaluator's split, not used here
         labels = {**ADM_LABELS, "inception_score": "IS (Inception, torch-fidelity)"}
     ref = metrics.load_reference_statistics(reference_path)
     scores["fid_bootstrap_se"] = metrics.fid_bootstrap_se(

@@ -343,9 +343,11 @@ def test_scheduler_classes_are_those_the_sd_pipelines_accept():
 
     schema = yaml.safe_load(Path(SCHEMA).read_text())
     allowed = set(schema["properties"]["t2i"]["properties"]["scheduler"]["properties"]["class"]["enum"])
-    assert allowed == {s.name for s in KarrasDiffusionSchedulers} - {"DPMSolverSDEScheduler"} | {"LCMScheduler",
-                                                                                                  "TCDScheduler"}
-    assert all(hasattr(getattr(diffusers, name), "set_timesteps") for name in allowed)
+    karras = {s.name for s in KarrasDiffusionSchedulers}
+    assert allowed == karras - {"DPMSolverSDEScheduler", "EDMEulerScheduler"} | {"LCMScheduler", "TCDScheduler"}
+    for name in allowed:  # each takes SD's DDPM betas, which the U-Nets were trained on
+        scheduler = getattr(diffusers, name)(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
+        assert scheduler.config.num_train_timesteps == 1000 and hasattr(scheduler, "set_timesteps")
 
 
 @pytest.mark.parametrize("mutate, expected", [

@@ -148,6 +148,22 @@ def test_quarter_ratios_meet_their_own_paper_rows() -> None:
     assert near["paper_time_s"].isna().tolist() == [False, True, True]
 
 
+def test_a_step_count_with_no_published_numbers_still_gets_its_table(tmp_path) -> None:
+    """LCM at 8 steps (the released script's, not in the paper's figure): an empty paper table."""
+    empty = load_paper_table(TSTITCH_YAML, "lcm_sdxl_ssd1b_8steps")
+    assert empty.empty
+    records = [make_record(i / 8, 10.0 + i) for i in range(9)]
+    table = build_table(records, empty)
+    assert len(table) == 9 and table["paper_time_s"].isna().all() and table["paper_speedup"].isna().all()
+    assert table["ours_speedup"].iloc[0] == pytest.approx(1.0)
+    write_table(table, tmp_path / "t.csv", tmp_path / "t.md", labels=labels_from_records(records), setting_note=NOTE)
+    assert "| 0.125 " in (tmp_path / "t.md").read_text()
+    markdown = claims_markdown(table, NOTE, "no published numbers")
+    assert "speed-up at r = 0.4" in markdown and "not in table" in markdown
+    pareto_plot(table, tmp_path / "p.png", tmp_path / "p.svg", labels=labels_from_records(records), title="LCM 8")
+    assert (tmp_path / "p.png").stat().st_size > 0
+
+
 def test_missing_r0_raises(paper_df: pd.DataFrame) -> None:
     records = [r for r in make_records() if r["params"]["ratio"] != 0.0]
     with pytest.raises(ValueError, match="r=0"):

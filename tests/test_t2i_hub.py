@@ -37,17 +37,20 @@ def test_offline_missing_model_names_the_id_and_the_fix(empty_cache):
 @pytest.mark.parametrize("var, value, off", [("HF_HUB_OFFLINE", "false", False), ("HF_HUB_OFFLINE", "0", False),
                                              ("HF_HUB_OFFLINE", "YES", True), ("TRANSFORMERS_OFFLINE", "1", True),
                                              ("DIFFREPRO_OFFLINE", "on", True)])
-def test_offline_variables_are_read_as_huggingface_hub_reads_them(monkeypatch, var, value, off):
-    """Hub models and CLIP weights agree on what turns downloads off."""
+def test_offline_variables_are_read_as_huggingface_hub_reads_them(monkeypatch, tmp_path, var, value, off):
+    """Hub models, the VAE and CLIP weights read the offline variables one way; a missing hub
+    model's error names the variable that turned downloads off."""
     from diffrepro.download import HUB_OFFLINE_ENV, offline_reason
-    from diffrepro.t2i.hub import downloads_off
 
     for name in HUB_OFFLINE_ENV:
         monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
     monkeypatch.setenv(var, value)
-    assert downloads_off(True) is off
     assert (offline_reason(True, HUB_OFFLINE_ENV) == f"{var}={value}") is off
-    assert downloads_off(False)
+    assert offline_reason(False, HUB_OFFLINE_ENV) == "allow_downloads is false"
+    if off:
+        with pytest.raises(HubModelUnavailable, match=rf"downloads are off \({var}={value}\)"):
+            resolve_model("someone/missing", config_key="models.x.hub.path", allow_downloads=True)
 
 
 def test_a_bad_local_path_is_named(tmp_path):

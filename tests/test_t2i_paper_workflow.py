@@ -114,6 +114,7 @@ def test_hub_models_are_pinned_and_scored_with_their_captions(t2i_run):
     assert scores["provenance"]["adm"]["reference"]["num_images"] == 4  # the computed reference batch
     # BK-SDM's IS: torch-fidelity's splits, not the ADM evaluator's
     assert scores["provenance"]["adm"]["is_protocol"].startswith("torch-fidelity isc: 2 splits")
+    assert scores["provenance"]["adm"]["is_split_size"] is None  # not the ADM evaluator's splits
     assert scores["labels"]["inception_score"] == "IS (Inception, torch-fidelity)"
     assert np.isfinite(scores["metrics"]["inception_score_std"])
     assert scores["provenance"]["clip"]["model"] == "tiny-test"

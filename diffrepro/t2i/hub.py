@@ -33,10 +33,6 @@ class HubModelChanged(RuntimeError):
     pass
 
 
-def downloads_off(allow_downloads: bool) -> bool:
-    return offline_reason(allow_downloads, HUB_OFFLINE_ENV) is not None
-
-
 def _unavailable(model_id: str, config_key: str, why: str, patterns: list[str] | None = None) -> HubModelUnavailable:
     include = "".join(f" --include '{p}'" for p in patterns or [])
     return HubModelUnavailable(
@@ -61,18 +57,17 @@ def resolve_model(model_id: str, *, config_key: str, path: str | None = None,
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import LocalEntryNotFoundError
 
+    off = offline_reason(allow_downloads, HUB_OFFLINE_ENV)  # why downloads are off; None: on
     try:
-        # the cache as the environment names it now (huggingface_hub reads it once, at import)
         # the cache and endpoint (a mirror) as the environment names them now: huggingface_hub
         # reads them once, at import
         return Path(snapshot_download(model_id, allow_patterns=allow_patterns, ignore_patterns=ignore_patterns,
                                       revision=revision, cache_dir=os.environ.get("HF_HUB_CACHE"),
                                       endpoint=os.environ.get("HF_ENDPOINT"),
-                                      local_files_only=downloads_off(allow_downloads)))
+                                      local_files_only=off is not None))
     except LocalEntryNotFoundError as err:
         # huggingface_hub falls back to the cache when the hub cannot be reached or refuses
-        why = ("it is not in the Hugging Face cache and downloads are off (allow_downloads is false or "
-               "HF_HUB_OFFLINE=1)" if downloads_off(allow_downloads) else
+        why = (f"it is not in the Hugging Face cache and downloads are off ({off})" if off else
                f"the download failed and it is not in the Hugging Face cache ({err})")
         raise _unavailable(model_id, config_key, why, hint_patterns or allow_patterns) from None
     except Exception as err:  # network errors, a gated or renamed repository
