@@ -336,6 +336,7 @@ def test_trained_unets_must_predict_the_noise(config):
         full_check(config)
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # diffusers' own numpy-2 notice, per timestep
 def test_scheduler_classes_are_those_the_sd_pipelines_accept():
     """The schema's list is diffusers' own: the SD pipelines' compatibles and LCM's / TCD's."""
     import diffusers
