@@ -185,9 +185,10 @@ def _check_scoring(config: dict) -> None:
     if config["scoring"].get("is_protocol") == "torch_fidelity":
         splits = config["scoring"]["is_splits"]
         for method in config["methods"]:
-            if method_num_samples(config, method) < splits:
+            samples = method_num_samples(config, method)
+            if samples < splits:
                 raise ConfigError(f"config key scoring.is_splits: {splits} splits, but methods.{method} scores "
-                                  f"{method_num_samples(config, method)} samples; lower is_splits")
+                                  f"{samples} samples; lower is_splits")
     if backend == "adm" and "training" in config:
         raise ConfigError("config key training: training-method runs are scored with the digits "
                           "backend only; remove the training section or set scoring.backend: digits")
@@ -343,12 +344,13 @@ def _check_text_to_image(config: dict) -> None:
             raise ConfigError(f"config key t2i.scheduler.config.prediction_type: {prediction!r}, but model "
                               f"{name!r} is trained here to predict the noise; remove the key or set it "
                               f"to 'epsilon'")
-        problems = unet_config_problems(model_config(config, name))
+        unet_config = model_config(config, name)
+        problems = unet_config_problems(unet_config)
         if problems:
             where = f"models.{name}.distil" if "distil" in entry else f"models.{name}.config"
             raise ConfigError(f"config key {where}: not a UNet2DConditionModel config: {'; '.join(problems)}")
         width, heads = t2i["text_encoder"]["hidden_size"], t2i["text_encoder"]["heads"]
-        cross = model_config(config, name).get("cross_attention_dim", 1280)
+        cross = unet_config.get("cross_attention_dim", 1280)
         if cross != width:
             raise ConfigError(f"config key models.{name}.config.cross_attention_dim: {cross} must equal "
                               f"t2i.text_encoder.hidden_size ({width}), the width of the text it attends to")

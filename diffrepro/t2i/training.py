@@ -64,7 +64,7 @@ def train_t2i_unet(unet_config: dict, train: TrainConfig, t2i: dict, images: tor
                                                                      list(distil.get("weights", (1.0, 1.0, 1.0))),
                                                                      state_dict_sha256(distil["teacher"])]
                               # appended only when set: resume files of unclipped runs stay valid
-                              + ([distil["max_grad_norm"]] if distil.get("max_grad_norm") else [])},
+                              + ([distil["max_grad_norm"]] if distil.get("max_grad_norm") is not None else [])},
                              sort_keys=True)
     start, history = load_resume(resume, model, ema, optimizer, generator, fingerprint=fingerprint, log=log)
 
