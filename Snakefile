@@ -51,78 +51,21 @@ onstart:
         check_slurm_partitions(workflow.dag.needrun_jobs())
 
 
-# Tables, plots and targets take seconds: on a cluster they run beside Snakemake itself
-# rather than wait in the queue.
-localrules:
-    table,
-    table_page,
-    plot,
-    convergence_plot,
-    reproduce_all,
-    reproduce_tstitch_table,
-    reproduce_tstitch_pairs,
-    reproduce_tstitch3_table,
-    reproduce_tstitch_samplers,
-    reproduce_tstitch_sd_table,
-    reproduce_bksdm_table,
-    reproduce_parataa_table,
-    reproduce_speedit_curve,
-    reproduce_immiscible_table,
-    training_table,
-    training_plots,
-
-
+# reproduce_all, then one target per table (reproduce_<table>_table) and the table kinds' group
+# targets (reproduce_tstitch_pairs, reproduce_speedit_curve, ...): diffrepro.report.kinds.
+# Targets run beside Snakemake itself, not in a cluster queue.
 rule reproduce_all:
     input:
-        [table_outputs(name) for name in config["tables"]],
+        [table_outputs(name) for name in TABLES],
     default_target: True
+    localrule: True
 
 
-# The main T-Stitch table (DiT-S -> DiT-XL in a paper config), then the other model pairs and
-# the three-model allocations.
-rule reproduce_tstitch_table:
-    input:
-        table_outputs("tstitch") if "tstitch" in config["tables"] else [],
+for target, tables in table_targets(TABLES).items():
 
-
-rule reproduce_tstitch_pairs:
-    input:
-        [path for name, entry in config["tables"].items()
-         if name != "tstitch" and table_kind(entry) == "tstitch" for path in table_outputs(name)],
-
-
-rule reproduce_tstitch3_table:
-    input:
-        tables_of_kind("tstitch3"),
-
-
-rule reproduce_tstitch_samplers:
-    input:
-        tables_of_kind("tstitch_samplers"),
-
-
-# T-Stitch on a diffusers text-to-image pipeline (SD family); embedded: class-prompt U-Nets.
-rule reproduce_tstitch_sd_table:
-    input:
-        tables_of_kind("tstitch_sd"),
-
-
-# BK-SDM: the teacher and its distilled block-removed students, size beside quality and speed.
-rule reproduce_bksdm_table:
-    input:
-        tables_of_kind("bksdm"),
-
-
-rule reproduce_parataa_table:
-    input:
-        tables_of_kind("parataa"),
-
-
-rule reproduce_speedit_curve:
-    input:
-        tables_of_kind("speedit"),
-
-
-rule reproduce_immiscible_table:
-    input:
-        tables_of_kind("immiscible"),
+    rule:
+        name:
+            target
+        input:
+            [path for name in tables for path in table_outputs(name)],
+        localrule: True

@@ -13,13 +13,8 @@ import itertools
 from .methods import MethodSpec, get_method, load_plugins, register_aliases
 from .methods import reference_run as _reference_run_of
 from .models.unet_config import unet_config_problems
+from .report.kinds import DEFAULT_KIND, kind_of, load_table_kinds
 from .report.paper import PAPER_DIR, load_paper_table
-
-TABLE_KINDS = ("tstitch", "tstitch3", "tstitch_samplers", "tstitch_sd", "parataa", "bksdm", "speedit",
-               "immiscible")
-# Tables of training methods (metric against iterations) rather than of sampling settings.
-TRAINING_TABLE_KINDS = ("speedit", "immiscible")
-
 
 class ConfigError(ValueError):
     pass
@@ -99,25 +94,18 @@ def reference_run(config: dict, method: str, setting_values: dict) -> dict:
 
 
 def table_kind(entry: dict) -> str:
-    return entry.get("kind", "tstitch")
+    return kind_of(entry).name
 
 
-def paper_file(kind: str) -> str:
-    """reports/paper/<file>.yaml holding the published tables of a table kind."""
-    # the samplers figure and the SD-family figures are T-Stitch's
-    name = "tstitch" if kind in ("tstitch_samplers", "tstitch_sd") else kind
-    return f"reports/paper/{name}.yaml"
-
-
-def is_training_table(entry: dict) -> bool:
-    return table_kind(entry) in TRAINING_TABLE_KINDS
+def paper_file(kind: str) -> str | None:
+    """reports/paper/<file>.yaml holding the published tables of a table kind (None: it has none)."""
+    paper = load_table_kinds()[kind].paper
+    return None if paper is None else f"reports/paper/{paper}.yaml"
 
 
 def table_methods(entry: dict) -> list[str]:
     """The methods whose settings (or, for a training table, whose training runs) a table reports."""
-    if table_kind(entry) in ("tstitch", "tstitch3", "tstitch_samplers", "tstitch_sd"):
-        return [entry["method"]]
-    return list(entry["methods"])
+    return kind_of(entry).methods(entry)
 
 
 DIT_SAMPLING_KEYS = ("sampler", "steps", "cfg_scale", "guided_channels")
@@ -159,10 +147,7 @@ def check_config(config: dict) -> None:
     if "training" in config:
         _check_training(config["training"])
     for table, entry in config["tables"].items():
-        if is_training_table(entry):
-            _check_training_table(config, table, entry)
-        else:
-            _check_table(config, table, entry)
+        _check_table_entry(config, table, entry)
 
 
 def _check_scoring(config: dict) -> None:
@@ -224,7 +209,6 @@ def _check_training_table(config: dict, table: str, entry: dict) -> None:
     if entry["baseline"] not in entry["methods"]:
         raise ConfigError(f"config key {where}.baseline: {entry['baseline']!r} must be one of the "
                           f"table's methods {entry['methods']}")
-    _check_paper_table(table_kind(entry), entry["paper"], where)
 
 
 def _check_reference(config: dict, method: str, values: dict, where: str) -> None:
@@ -253,11 +237,38 @@ def _check_reference(config: dict, method: str, values: dict, where: str) -> Non
                           f"({method_num_samples(config, ref)}): samples are compared image by image")
 
 
-def _check_table(config: dict, table: str, entry: dict) -> None:
-    kind = table_kind(entry)
-    needed = "methods" if kind in ("parataa", "bksdm") else "method"
+def _check_table_entry(config: dict, table: str, entry: dict) -> None:
+    """What every table needs (a registered kind, its methods, its published table), then what
+    its kind checks."""
+    kinds = load_table_kinds()
+    where = f"tables.{table}"
+    name = entry.get("kind", DEFAULT_KIND)
+    if name not in kinds:
+        raise ConfigError(f"config key {where}.kind: unknown table kind {name!r}; available kinds: "
+                          f"{sorted(kinds)} (a kind is a module in diffrepro/report/kinds/)")
+    kind = kinds[name]
+    needed = "method" if kind.one_method else "methods"
     if needed not in entry:
-        raise ConfigError(f"config key tables.{table}: a {kind} table needs '{needed}'")
+        raise ConfigError(f"config key {where}: a {name} table needs '{needed}'")
+    if kind.stage == "training":
+        _check_training_table(config, table, entry)
+    else:
+        _check_sampling_table(config, table, entry)
+    if kind.paper is not None:
+        if "paper" not in entry:
+            raise ConfigError(f"config key {where}.paper: a {name} table prints published numbers beside ours; "
+                              f"name one of the tables of reports/paper/{kind.paper}.yaml")
+        try:
+            load_paper_table(PAPER_DIR / f"{kind.paper}.yaml", entry["paper"])
+        except KeyError as err:
+            raise ConfigError(f"config key {where}.paper: {err.args[0]}") from err
+    elif "paper" in entry:
+        raise ConfigError(f"config key {where}.paper: a {name} table has no published numbers; remove the key")
+    if kind.check is not None:
+        kind.check(config, table, entry)
+
+
+def _check_sampling_table(config: dict, table: str, entry: dict) -> None:
     for method in table_methods(entry):
         if method not in config["methods"]:
             raise ConfigError(f"config key tables.{table}: method {method!r} is not configured "
@@ -267,23 +278,6 @@ def _check_table(config: dict, table: str, entry: dict) -> None:
             if ref not in table_methods(entry):
                 raise ConfigError(f"config key tables.{table}.methods: {method} is measured against "
                                   f"{ref}; list {ref} in the table too")
-    _check_paper_table(kind, entry["paper"], f"tables.{table}")
-    if kind in ("tstitch", "tstitch_sd"):
-        from .report.paper import paper_timing_batch
-
-        published = paper_timing_batch(PAPER_DIR.parent.parent / paper_file(kind), entry["paper"])
-        batch = method_timing(config, entry["method"])["batch_size"]
-        if batch != published:
-            raise ConfigError(f"config key methods.{entry['method']}.timing.batch_size: {batch}, but the paper "
-                              f"times {published} image(s) (tables.{table}.paper); set it to {published}")
-
-
-def _check_paper_table(kind: str, name: str, where: str) -> None:
-    """The published table a config table names must exist in reports/paper/<kind>.yaml."""
-    try:
-        load_paper_table(PAPER_DIR.parent.parent / paper_file(kind), name)
-    except KeyError as err:
-        raise ConfigError(f"config key {where}.paper: {err.args[0]}") from err
 
 
 # The model architecture each method family runs: the suite's DiT or a diffusers U-Net.

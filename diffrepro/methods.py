@@ -15,6 +15,7 @@ import importlib
 import pkgutil
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
@@ -106,9 +107,13 @@ def register_method(name: str, *, setting: type, roles: Sequence[str], summary: 
 
 
 def load_plugins() -> dict[str, MethodSpec]:
-    """Import every module in methods/ and baselines/ so their registrations run."""
+    """Import every module in methods/ and baselines/ so their registrations run: the installed
+    packages' and those of the working directory (the workflow's), where a user adds a file."""
     for package_name in PLUGIN_PACKAGES:
         package = importlib.import_module(package_name)
+        local = Path.cwd() / package_name
+        if local.is_dir() and all(Path(p).resolve() != local.resolve() for p in package.__path__):
+            package.__path__.append(str(local))
         for info in pkgutil.iter_modules(package.__path__):
             importlib.import_module(f"{package_name}.{info.name}")
     return dict(_REGISTRY)

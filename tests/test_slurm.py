@@ -126,7 +126,7 @@ def test_failed_cluster_job_names_its_logs_and_the_rerun_redoes_only_it(cluster_
     os.utime(checkpoint, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     planned = snakemake(work, "-n", "reproduce_tstitch_table", *CLUSTER, *SMOKE)
     assert job_counts(planned.stdout) == {"sample": 1, "score": 1, "table": 1, "table_page": 1,
-                                          "plot": 1, "reproduce_tstitch_table": 1}
+                                          "figure": 1, "reproduce_tstitch_table": 1}
     # the failed job itself now succeeds on the cluster (the rest is the dry run above)
     snakemake(work, str(shard.relative_to(work)), *CLUSTER, *SMOKE)
     assert shard.exists()

@@ -135,7 +135,7 @@ def test_changing_one_ratio_reruns_only_that_ratio_and_reports(smoke_run):
     changed.write_text(yaml.safe_dump(config))
     result = snakemake(smoke_run, "-n", "reproduce_tstitch_table", "--configfile", str(changed))
     counts = job_counts(result.stdout)
-    assert counts == {"sample": 2, "time": 1, "score": 1, "table": 1, "table_page": 1, "plot": 1,
+    assert counts == {"sample": 2, "time": 1, "score": 1, "table": 1, "table_page": 1, "figure": 1,
                       "reproduce_tstitch_table": 1}, counts
     assert "r0.7" in result.stdout and "r0.4/" not in result.stdout
 
@@ -155,8 +155,11 @@ def test_invalid_config_fails_before_any_job(workdir):
 
 @pytest.mark.parametrize("config_file", ["config/default.yaml", "config/smoke.yaml"])
 def test_every_reproduce_target_dry_runs(workdir, config_file):
-    targets = re.findall(r"^rule (reproduce_\w+):", (ROOT / "Snakefile").read_text(), re.M)
-    assert "reproduce_all" in targets and "reproduce_tstitch_table" in targets
+    from diffrepro.report.kinds import table_targets
+
+    tables = yaml.safe_load((ROOT / config_file).read_text())["tables"]
+    targets = ["reproduce_all", *table_targets(tables)]
+    assert "reproduce_tstitch_table" in targets and "reproduce_speedit_curve" in targets
     # one dry run for all targets: each parse of the Snakefile costs seconds. --forceall plans
     # every job of every target whatever is already built (a target whose config has no
     # table of its kind is an empty target, planned too).

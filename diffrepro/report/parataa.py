@@ -23,7 +23,8 @@ import pandas as pd  # noqa: E402
 
 from diffrepro.io import write_text  # noqa: E402
 from diffrepro.report.paper import PAPER_DIR, load_paper_table, paper_source  # noqa: E402
-from diffrepro.report.tstitch import _savefig_atomic, labels_from_records  # noqa: E402,F401
+from diffrepro.report.figures import save_figure as _savefig_atomic, wrapped_title  # noqa: E402
+from diffrepro.report.format import fmt as _fmt, label as _label, labels_from_records  # noqa: E402,F401
 
 PARATAA_YAML = PAPER_DIR / "parataa.yaml"
 METHODS = ("sequential", "picard", "parataa")
@@ -33,7 +34,6 @@ METHOD_COLORS = {"sequential": "C0", "picard": "C1", "parataa": "C2"}
 NO_LOSS_SIGMAS = 2.0
 VISIBLE_DEVIATION = 0.1  # max abs. pixel deviation (data range [-1, 1]) that counts as a different image
 NOT_CONFIGURED = "cannot be checked (no such settings configured)"
-DEFAULT_LABELS = {"fid": "FID", "inception_score": "IS", "class_accuracy": "class accuracy"}
 
 TABLE_COLUMNS = [
     "steps", "method", "setting", "window", "order", "memory", "warm_start", "tolerance",
@@ -119,12 +119,8 @@ def build_table(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
 # ---------------------------------------------------------------------------------------------
 
 
-def _label(labels: Mapping[str, str], key: str) -> str:
-    return labels.get(key, DEFAULT_LABELS[key])
 
 
-def _fmt(value: Any, spec: str) -> str:
-    return "—" if value is None or pd.isna(value) else format(value, spec)
 
 
 def _pm(values: Iterable[float], errors: Iterable[float], spec: str) -> list[str]:
@@ -162,9 +158,9 @@ def _markdown_frame(df: pd.DataFrame, labels: Mapping[str, str]) -> pd.DataFrame
     })
 
 
-def _published() -> tuple[pd.DataFrame, float, float]:
-    runs = load_paper_table(PARATAA_YAML, "parataa_iterations")
-    claim = load_paper_table(PARATAA_YAML, "parataa_claims").set_index("claim")
+def _published(path: str | os.PathLike = PARATAA_YAML) -> tuple[pd.DataFrame, float, float]:
+    runs = load_paper_table(path, "parataa_iterations")
+    claim = load_paper_table(path, "parataa_claims").set_index("claim")
     return runs, float(claim.loc["step_reduction", "low"]), float(claim.loc["step_reduction", "high"])
 
 
@@ -179,9 +175,9 @@ def _paper_runs(runs: pd.DataFrame, method: str) -> str:
     return "; ".join(out) if out else "not published"
 
 
-def published_markdown() -> str:
+def published_markdown(path: str | os.PathLike = PARATAA_YAML) -> str:
     """The papers' numbers, read from parataa.yaml so no report retypes them."""
-    runs, low, high = _published()
+    runs, low, high = _published(path)
     shown = pd.DataFrame({
         "model": runs["model"], "sampler": runs["sampler"], "steps": runs["steps"].astype(str),
         "method": runs["method"].map(METHOD_NAMES),
@@ -194,12 +190,13 @@ def published_markdown() -> str:
     return "\n".join([
         "## Published", "",
         f"- Abstract: {low:g}-{high:g}× fewer steps (sequential steps / parallel iterations).",
-        f"- Source: {paper_source(PARATAA_YAML, 'parataa_iterations')['source']}.", "",
+        f"- Source: {paper_source(path, 'parataa_iterations')['source']}.", "",
         shown.to_markdown(index=False, disable_numparse=True), "",
     ])
 
 
-def table_markdown(df: pd.DataFrame, *, labels: Mapping[str, str], setting_note: str) -> str:
+def table_markdown(df: pd.DataFrame, *, labels: Mapping[str, str], setting_note: str,
+                   published: str | os.PathLike = PARATAA_YAML) -> str:
     return "\n".join([
         "# ParaTAA: parallel sampling against sequential DDIM (same noise, same steps)", "",
         f"- **ours**: {setting_note}. Metrics: {_label(labels, 'fid')}; "
@@ -212,15 +209,16 @@ def table_markdown(df: pd.DataFrame, *, labels: Mapping[str, str], setting_note:
         "batch; implied speed-up = (steps / iterations) / window-batch cost, a lower bound: windows "
         "shrink near the end of the trajectory, so the mean call is smaller than a full window.", "",
         _markdown_frame(df, labels).to_markdown(index=False, disable_numparse=True), "",
-        published_markdown(),
+        published_markdown(published),
     ])
 
 
 def write_table(df: pd.DataFrame, csv_path: str | os.PathLike, md_path: str | os.PathLike, *,
-                setting_note: str, labels: Mapping[str, str]) -> None:
+                setting_note: str, labels: Mapping[str, str],
+                published: str | os.PathLike = PARATAA_YAML) -> None:
     """Write the table as CSV (machine) and Markdown with the paper's numbers (people), atomically."""
     write_text(csv_path, df.to_csv(index=False, float_format="%.10g"))
-    write_text(md_path, table_markdown(df, labels=labels, setting_note=setting_note))
+    write_text(md_path, table_markdown(df, labels=labels, setting_note=setting_note, published=published))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -391,13 +389,13 @@ def _claim_warm_start(df: pd.DataFrame) -> dict:
     return claim
 
 
-def claims(df: pd.DataFrame) -> list[dict[str, str]]:
+def claims(df: pd.DataFrame, published: str | os.PathLike = PARATAA_YAML) -> list[dict[str, str]]:
     """The papers' claims with pre-declared rules, judged on the table's numbers.
 
     Each claim: key, claim, paper_value, ours_value, verdict, rule, note (may be empty); claims
     judged per step count come once per steps value.
     """
-    runs, low, high = _published()
+    runs, low, high = _published(published)
     return [
         *_claims_step_reduction(df, runs, low, high),
         *_claims_fewer_iterations(df, runs),
@@ -407,8 +405,8 @@ def claims(df: pd.DataFrame) -> list[dict[str, str]]:
     ]
 
 
-def claims_markdown(df: pd.DataFrame, setting_note: str) -> str:
-    found = claims(df)
+def claims_markdown(df: pd.DataFrame, setting_note: str, published: str | os.PathLike = PARATAA_YAML) -> str:
+    found = claims(df, published)
     rows = pd.DataFrame({
         "claim": [c["claim"] for c in found],
         "paper": [c["paper_value"] for c in found],
@@ -477,7 +475,7 @@ def convergence_plot(records: Iterable[Mapping[str, Any]], png_path: str | os.Pa
             ax.set_title(f"{steps} steps (dotted: ParaTAA's absolute tolerance)", fontsize=10)
             ax.legend(fontsize=7)
             ax.grid(alpha=0.3)
-        fig.suptitle(title)
+        wrapped_title(fig, title)
         _save(fig, png_path, svg_path)
 
 
@@ -528,5 +526,5 @@ def pareto_plot(df: pd.DataFrame, png_path: str | os.PathLike, svg_path: str | o
             ax.grid(alpha=0.3)
             if ax.has_data():
                 ax.legend(fontsize=8)
-        fig.suptitle(title)
+        wrapped_title(fig, title)
         _save(fig, png_path, svg_path)

@@ -4,7 +4,6 @@ p(t) and w(t) of every method, and the cost of preparing a batch against batch s
 from __future__ import annotations
 
 import os
-import textwrap
 from itertools import cycle
 from typing import Mapping, Sequence
 
@@ -16,7 +15,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from .training import seed_curves  # noqa: E402
-from .tstitch import _savefig_atomic  # noqa: E402
+from .figures import save_figure as _savefig_atomic, wrapped_title  # noqa: E402
 
 
 # Several methods share a part (uniform, P2 and Min-SNR have the same p(t)): distinct dashes
@@ -25,7 +24,7 @@ LINE_STYLES = ("-", "--", "-.", ":", (0, (5, 1)), (0, (3, 1, 1, 1, 1, 1)))
 
 
 def _title(fig, text: str) -> None:
-    fig.suptitle("\n".join(textwrap.wrap(text, 150)), fontsize=9)
+    wrapped_title(fig, text)
 
 
 def _save(fig, png: str | os.PathLike, svg: str | os.PathLike) -> None:

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
-from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 import matplotlib
@@ -20,6 +18,9 @@ import matplotlib.pyplot as plt  # noqa: E402  (backend must be chosen first)
 import pandas as pd  # noqa: E402
 
 from diffrepro.io import write_text  # noqa: E402
+from diffrepro.report.figures import save_figure as _savefig_atomic, wrapped_title  # noqa: E402
+from diffrepro.report.format import fmt as _fmt, images as _images, label as _label  # noqa: E402,F401
+from diffrepro.report.format import labels_from_records  # noqa: E402,F401  (tests and callers import it here)
 
 # The DiT paper times a batch of 8 images (the SD figures: one image); our time column is only
 # comparable at the paper's batch, which a table gets from build_table(timing_batch=...).
@@ -50,11 +51,6 @@ PAPER_NOTE = (
     "DiT-S/2 -> DiT-XL/2 on ImageNet 256x256, DDIM 100, CFG 1.5; FID-5K from the ADM evaluator "
     "(Inception features); time for 8 images on one RTX 3090 (T-Stitch README Figure 1)"
 )
-DEFAULT_LABELS = {
-    "fid": "FID",
-    "inception_score": "IS",
-    "class_accuracy": "class accuracy",
-}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -99,8 +95,6 @@ def timing_batch(df: pd.DataFrame) -> int:
     return int(df.attrs.get("timing_batch", TIMING_BATCH))
 
 
-def _images(n: int) -> str:
-    return f"{n} image{'s' if n != 1 else ''}"
 
 
 def _check_ours(ours: pd.DataFrame, expected_batch: int) -> None:
@@ -156,24 +150,10 @@ def build_table(records: Iterable[Mapping[str, Any]], paper_df: pd.DataFrame,
 # ---------------------------------------------------------------------------------------------
 
 
-def labels_from_records(records: Iterable[Mapping[str, Any]]) -> dict[str, str]:
-    """The metric labels the scorer wrote; records that disagree are a bug upstream."""
-    labels: dict[str, str] = {}
-    for record in records:
-        for key, label in record.get("labels", {}).items():
-            if labels.setdefault(key, label) != label:
-                raise ValueError(
-                    f"records disagree on the label of {key!r}: {labels[key]!r} vs {label!r}"
-                )
-    return labels
 
 
-def _label(labels: Mapping[str, str], key: str) -> str:
-    return labels.get(key, DEFAULT_LABELS[key])
 
 
-def _fmt(value: Any, spec: str) -> str:
-    return "—" if value is None or pd.isna(value) else format(value, spec)
 
 
 def _markdown_frame(df: pd.DataFrame, labels: Mapping[str, str]) -> pd.DataFrame:
@@ -259,20 +239,6 @@ def _comparability(labels: Mapping[str, str]) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
-def _savefig_atomic(fig: plt.Figure, path: str | os.PathLike) -> None:
-    """Save to a temp file with the same extension (matplotlib picks the format from it), then rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        # No timestamp in the SVG, so an unchanged plot gives an unchanged file.
-        metadata = {"Date": None} if path.suffix.lower() == ".svg" else None
-        fig.savefig(tmp, dpi=150, metadata=metadata)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _annotate(ax: plt.Axes, xs: Iterable[float], ys: Iterable[float], ratios: Iterable[float],
@@ -340,7 +306,7 @@ def pareto_plot(
         try:
             _plot_ours(left, df, labels)
             _plot_shapes(right, df)
-            fig.suptitle(title)
+            wrapped_title(fig, title)
             fig.tight_layout()
             _savefig_atomic(fig, png_path)
             _savefig_atomic(fig, svg_path)

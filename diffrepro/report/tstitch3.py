@@ -19,7 +19,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from diffrepro.io import write_text  # noqa: E402
-from diffrepro.report.tstitch import TIMING_BATCH, _label, _savefig_atomic  # noqa: E402
+from diffrepro.report.figures import save_figure as _savefig_atomic, wrapped_title  # noqa: E402
+from diffrepro.report.format import fmt as _fmt, label as _label  # noqa: E402
+from diffrepro.report.pareto import pareto_frontier  # noqa: E402  (the tests import it here too)
+from diffrepro.report.tstitch import TIMING_BATCH  # noqa: E402
 
 COLUMNS = ["small", "medium", "large", "ours_fid", "ours_fid_se", "ours_fid_diff_se",
            "ours_small_steps", "ours_medium_steps", "ours_large_steps", "ours_time_8_s",
@@ -41,13 +44,6 @@ def _row(record: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def pareto_frontier(times: Iterable[float], fids: Iterable[float]) -> list[bool]:
-    """True where no other point is at least as fast and as good, and strictly better in one."""
-    points = list(zip(times, fids))
-    return [not any(t2 <= t and f2 <= f and (t2 < t or f2 < f) for t2, f2 in points)
-            for t, f in points]
-
-
 def build_table(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
     table = pd.DataFrame([_row(r) for r in records])
     if table.empty:
@@ -64,8 +60,6 @@ def build_table(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
     return table.sort_values(["small", "medium"], ignore_index=True)[COLUMNS]
 
 
-def _fmt(value: Any, spec: str) -> str:
-    return "—" if value is None or pd.isna(value) else format(value, spec)
 
 
 def table_markdown(df: pd.DataFrame, *, labels: Mapping[str, str], setting_note: str) -> str:
@@ -146,7 +140,7 @@ def pareto_plot(df: pd.DataFrame, png_path: str | os.PathLike, svg_path: str | o
             ax.set_ylabel(f"ours: {_label(labels, 'fid')}")
             ax.grid(alpha=0.3)
             ax.legend(fontsize=8)
-            ax.set_title(title, fontsize=9)
+            wrapped_title(fig, title)
             fig.tight_layout()
             _savefig_atomic(fig, png_path)
             _savefig_atomic(fig, svg_path)

@@ -18,7 +18,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from diffrepro.io import write_text  # noqa: E402
-from diffrepro.report.tstitch import _label, _savefig_atomic, ratio_key  # noqa: E402
+from diffrepro.report.figures import save_figure as _savefig_atomic, wrapped_title  # noqa: E402
+from diffrepro.report.format import fmt as _fmt, label as _label  # noqa: E402
+from diffrepro.report.tstitch import ratio_key  # noqa: E402
 
 # Our sampler names -> the paper table's
 PAPER_SAMPLER_NAMES = {"ddpm": "DDPM", "ddim": "DDIM", "dpmsolver++": "DPM-Solver++"}
@@ -64,8 +66,6 @@ def build_table(records: Iterable[Mapping[str, Any]], paper_df: pd.DataFrame) ->
     return table.sort_values(["sampler", "steps", "ratio"], ignore_index=True)[COLUMNS]
 
 
-def _fmt(value: Any, spec: str) -> str:
-    return "—" if value is None or pd.isna(value) else format(value, spec)
 
 
 def table_markdown(df: pd.DataFrame, *, labels: Mapping[str, str], setting_note: str,
@@ -141,7 +141,7 @@ def pareto_plot(df: pd.DataFrame, png_path: str | os.PathLike, svg_path: str | o
                 ax.grid(alpha=0.3)
                 ax.legend(fontsize=8)
             left.set_ylabel("FID / FID at r = 0 of the same sampler and steps")
-            fig.suptitle(title)
+            wrapped_title(fig, title)
             fig.tight_layout()
             _savefig_atomic(fig, png_path)
             _savefig_atomic(fig, svg_path)

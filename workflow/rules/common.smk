@@ -1,8 +1,10 @@
 import json
 import re
 
-from diffrepro.config import (compute_settings, model_config, paper_file, is_training_table, method_num_samples, method_num_shards,
-                              method_timing, reference_run, table_kind, table_methods)
+from diffrepro.config import (compute_settings, model_config, paper_file, method_num_samples, method_num_shards,
+                              method_timing, reference_run)
+from diffrepro.report.kinds import kind_of, table_targets
+from diffrepro.report.notes import setting_note
 from diffrepro.methods import get_method
 from diffrepro.report.paper import paper_short_name, paper_timing_batch
 # Paths and parameter helpers shared by the rule files.
@@ -235,101 +237,54 @@ def names_pattern(names):
     return "|".join(names) if names else "(?!)"
 
 
-# Tables of sampling settings (rule `table`) and of training runs (rule `training_table`).
-SAMPLE_TABLES = [t for t, e in config["tables"].items() if not is_training_table(e)]
-TRAINING_TABLES = [t for t, e in config["tables"].items() if is_training_table(e)]
+# Tables: each kind is a plugin (diffrepro/report/kinds/); rules `table` and `figure` serve all.
+TABLES = config["tables"]
+KINDS = {name: kind_of(entry) for name, entry in TABLES.items()}
+FIGURES = sorted({figure for kind in KINDS.values() for figure in kind.figures})
 
 
 def table_outputs(name):
-    if is_training_table(config["tables"][name]):
-        return training_table_outputs(name)
-    outputs = [
-        f"{REPORTS}/{name}_table.csv",
-        f"{REPORTS}/{name}_table.md",
-        f"{REPORTS}/{name}_claims.md",
-        f"{REPORTS}/{name}_table.html",
-        f"{REPORTS}/{name}_pareto.png",
-        f"{REPORTS}/{name}_pareto.svg",
-    ]
-    if table_kind(config["tables"][name]) == "parataa":
-        outputs += [f"{REPORTS}/{name}_convergence.png", f"{REPORTS}/{name}_convergence.svg"]
-    return outputs
-
-
-def tables_of_kind(kind):
-    """Outputs of every configured table of this kind (a paper config has one per model pair)."""
-    return [path for name, entry in config["tables"].items() if table_kind(entry) == kind
-            for path in table_outputs(name)]
+    outputs = [f"{REPORTS}/{name}_{part}" for part in ("table.csv", "table.md", "claims.md", "table.html")]
+    return outputs + [f"{REPORTS}/{name}_{figure}.{ext}" for figure in KINDS[name].figures for ext in ("png", "svg")]
 
 
 def report_category(wildcards):
-    """The HTML report groups results by paper: the short name of the paper the table
-    reproduces."""
-    kind = table_kind(config["tables"][wildcards.table])
-    return paper_short_name(paper_file(kind))
-
-
-def table_settings(wildcards):
-    """(method, setting id) of every row of the table."""
-    methods = table_methods(config["tables"][wildcards.table])
-    return [(m, s) for m in methods for s in SETTINGS[m]]
+    """The HTML report groups results by paper (the title up to its colon, "T-Stitch")."""
+    kind = KINDS[wildcards.table]
+    return "Comparisons" if kind.paper is None else paper_short_name(paper_file(kind.name))
 
 
 def table_inputs(wildcards):
-    rows = table_settings(wildcards)
-    kind = table_kind(config["tables"][wildcards.table])
-    hub_models = {model for m in table_methods(config["tables"][wildcards.table])
-                  for model in config["methods"][m]["models"].values() if "hub" in config["models"][model]}
+    name = wildcards.table
+    entry, kind = TABLES[name], KINDS[name]
+    methods = kind.methods(entry)
+    paper = {"paper": paper_file(kind.name)} if kind.paper is not None else {}
+    if kind.stage == "training":
+        return {"scores": [f"{RESULTS}/training/scores/{m}.json" for m in methods],
+                "timing": f"{RESULTS}/training/timing.json", **paper}
+    rows = [(m, s) for m in methods for s in SETTINGS[m]]
+    hub_models = {model for m in methods for model in config["methods"][m]["models"].values()
+                  if "hub" in config["models"][model]}
     return {
         "scores": [f"{RESULTS}/scores/{m}/{s}.json" for m, s in rows],
         "timings": [f"{RESULTS}/timing/{m}/{s}.json" for m, s in rows],
         "features": [f"{RESULTS}/scores/{m}/{s}.features.npz" for m, s in rows],
         "reference": reference_statistics_path(),
-        "paper": paper_file(kind),
+        **paper,
         # the BK-SDM table counts a hub U-Net's size from the config in its repository
         **{f"hub_{model}": checkpoint_path(model) for model in sorted(hub_models)},
     }
 
 
-def plot_inputs(wildcards):
-    return {
-        "csv": f"{REPORTS}/{wildcards.table}_table.csv",
-        "scores": table_inputs(wildcards)["scores"],
-    }
+def table_context(wildcards):
+    kind = KINDS[wildcards.table]
+    return as_param(kind.context(config, TABLES[wildcards.table]) if kind.context else {})
 
 
-def setting_note(wildcards):
-    s = config["sampling"]
-    entry = config["tables"][wildcards.table]
-    kind = table_kind(entry)
-    method = table_methods(entry)[-1]
-    roles = config["methods"][method]["models"]
-    models = ", ".join(f"{role}={model}" for role, model in roles.items())
-    if len(table_methods(entry)) > 1 and all(len(config["methods"][m]["models"]) == 1 for m in table_methods(entry)):
-        models = ", ".join(f"{m}={next(iter(config['methods'][m]['models'].values()))}" for m in table_methods(entry))
-    if kind == "tstitch_samplers":
-        sampler = "sampler and steps per row"
-    elif method_family(method) == "pipeline":
-        t2i = config["t2i"]
-        large = config["models"][roles.get("large", roles.get("model"))]
-        pipeline = large["hub"].get("pipeline", "StableDiffusionPipeline") if "hub" in large else "StableDiffusionPipeline"
-        size = f", {t2i['image_size']} px scored at {t2i.get('fid_size') or t2i['image_size']} px" if t2i.get("image_size") else ""
-        prompts = (f", {t2i['prompts']['count'] or 'all'} MS-COCO captions" if t2i.get("prompts")
-                   else ", class prompts")
-        sampler = (f"diffusers {pipeline}, {t2i['scheduler']['class']}-{t2i['steps']}, "
-                   f"guidance {t2i['guidance_scale']}{size}{prompts}")
-    else:
-        sampler = s["sampler"].upper() + ("" if kind == "parataa" else f"-{s['steps']}")
-    timing = method_timing(config, method)
-    compute = compute_settings(config)
-    precision = (f"{compute['precision']}{', TF32' if compute['tf32'] else ''}"
-                 f"{', torch.compile' if compute['compile'] else ''}")
-    cfg = "" if method_family(method) == "pipeline" else f", CFG {s['cfg_scale']}"
-    return (
-        f"suite {SUITE}: {sampler}{cfg}, "
-        f"{method_num_samples(config, method)} samples per setting, models {models}, "
-        f"precision {precision}; timing: batch of {timing['batch_size']}, median of {timing['repeats']}"
-    )
+def timing_batch(wildcards):
+    """The batch the paper's times are for (our time axis is for the same batch)."""
+    entry, kind = TABLES[wildcards.table], KINDS[wildcards.table]
+    return paper_timing_batch(paper_file(kind.name), entry["paper"]) if kind.paper else 8
 
 
 # --------------------------------------------------------------------------------------
@@ -364,38 +319,10 @@ def training_score_inputs(wildcards):
     }
 
 
-def training_table_inputs(wildcards):
-    entry = config["tables"][wildcards.table]
-    return {
-        "scores": [f"{RESULTS}/training/scores/{m}.json" for m in entry["methods"]],
-        "timing": f"{RESULTS}/training/timing.json",
-        "paper": f"reports/paper/{table_kind(entry)}.yaml",
-    }
-
-
-def training_table_outputs(name):
-    return [f"{REPORTS}/{name}_{part}" for part in (
-        "table.csv", "table.md", "claims.md", "table.html", "curves.png", "curves.svg",
-        "schedules.png", "schedules.svg", "cost.png", "cost.svg")]
-
-
-def training_setting_note(wildcards):
-    t = TRAINING
-    e = t["evaluation"]
-    m = t["model"]
-    return (f"suite {SUITE}: DiT (hidden {m['hidden_size']}, depth {m['depth']}) trained from "
-            f"scratch per method and seed ({len(t['seeds'])} seeds), {t['train']['iterations']} "
-            f"iterations of batch {t['train']['batch_size']}, lr {t['train']['lr']}, EMA weights "
-            f"scored at iterations {t['snapshots']} with {e['num_samples']} samples "
-            f"({e['sampler'].upper()}-{e['steps']}, CFG {e['cfg_scale']}); held-out "
-            f"{t['validation']['fraction']:.0%} of the digits for the validation loss")
-
-
 # The training methods some table reports, in table order. (Snakemake merges a --configfile
 # into config/default.yaml key by key, so training.methods may also hold the default's.)
-TRAINING_TABLE_METHODS = list(dict.fromkeys(
-    m for t in TRAINING_TABLES for m in config["tables"][t]["methods"]
-))
+TRAINING_TABLES = [name for name, kind in KINDS.items() if kind.stage == "training"]
+TRAINING_TABLE_METHODS = list(dict.fromkeys(m for t in TRAINING_TABLES for m in TABLES[t]["methods"]))
 
 
 def training_timing_methods():

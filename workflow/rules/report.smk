@@ -1,4 +1,5 @@
-# Paper-vs-reproduced tables, claims and Pareto plots.
+# Tables, claims and figures. A table kind (diffrepro/report/kinds/) decides what they hold;
+# these rules serve every kind, of sampling settings and of training runs alike.
 rule table:
     input:
         unpack(table_inputs),
@@ -7,12 +8,13 @@ rule table:
         md=f"{REPORTS}/{{table}}_table.md",
         claims=f"{REPORTS}/{{table}}_claims.md",
     wildcard_constraints:
-        table=names_pattern(SAMPLE_TABLES),
+        table=names_pattern(TABLES),
     params:
-        kind=lambda w: table_kind(config["tables"][w.table]),
-        paper_table=lambda w: config["tables"][w.table]["paper"],
-        setting_note=setting_note,
+        entry=lambda w: as_param(TABLES[w.table]),
+        setting_note=lambda w: setting_note(config, w.table),
         scoring=as_param(config["scoring"]),
+        context=table_context,
+    localrule: True
     conda:
         "../../environment.yml"
     log:
@@ -30,8 +32,11 @@ rule table_page:
         report(f"{REPORTS}/{{table}}_table.html", caption="../report/table.rst",
                category=report_category, subcategory="Tables",
                labels={"table": "{table}", "content": "paper vs ours, claims"}),
+    wildcard_constraints:
+        table=names_pattern(TABLES),
     params:
         title=lambda w: f"{w.table}: paper vs ours",
+    localrule: True
     conda:
         "../../environment.yml"
     log:
@@ -40,41 +45,28 @@ rule table_page:
         "../scripts/table_page.py"
 
 
-rule plot:
+rule figure:
     input:
-        unpack(plot_inputs),
+        unpack(table_inputs),
+        csv=f"{REPORTS}/{{table}}_table.csv",
     output:
-        png=report(f"{REPORTS}/{{table}}_pareto.png", caption="../report/pareto.rst",
-                   category=report_category, subcategory="Pareto plots",
-                   labels={"table": "{table}", "plot": "Pareto"}),
-        svg=f"{REPORTS}/{{table}}_pareto.svg",
+        png=report(f"{REPORTS}/{{table}}_{{figure}}.png", caption="../report/figure.rst",
+                   category=report_category, subcategory=lambda w: KINDS[w.table].group(w.figure),
+                   labels={"table": "{table}", "figure": "{figure}"}),
+        svg=f"{REPORTS}/{{table}}_{{figure}}.svg",
+    wildcard_constraints:
+        table=names_pattern(TABLES),
+        figure=names_pattern(FIGURES),
     params:
-        kind=lambda w: table_kind(config["tables"][w.table]),
-        title=lambda w: f"{w.table}: {setting_note(w)}",
-        timing_batch=lambda w: paper_timing_batch(paper_file(table_kind(config["tables"][w.table])),
-                                                  config["tables"][w.table]["paper"]),
+        entry=lambda w: as_param(TABLES[w.table]),
+        title=lambda w: f"{w.table}: {setting_note(config, w.table)}",
+        timing_batch=timing_batch,
+        context=table_context,
+        caption=lambda w: KINDS[w.table].caption(w.figure, w.table),
+    localrule: True
     conda:
         "../../environment.yml"
     log:
-        f"{LOGS}/plot/{{table}}.log",
+        f"{LOGS}/figure/{{table}}_{{figure}}.log",
     script:
-        "../scripts/plot.py"
-
-
-# Parallel samplers: residual against parallel iteration, per method and memory size.
-rule convergence_plot:
-    input:
-        scores=lambda w: table_inputs(w)["scores"],
-    output:
-        png=report(f"{REPORTS}/{{table}}_convergence.png", caption="../report/convergence.rst",
-                   category=report_category, subcategory="Convergence",
-                   labels={"table": "{table}", "plot": "convergence"}),
-        svg=f"{REPORTS}/{{table}}_convergence.svg",
-    params:
-        title=lambda w: f"{w.table}: {setting_note(w)}",
-    conda:
-        "../../environment.yml"
-    log:
-        f"{LOGS}/convergence_plot/{{table}}.log",
-    script:
-        "../scripts/convergence_plot.py"
+        "../scripts/figure.py"

@@ -1,5 +1,5 @@
 # Training-method runs: one DiT trained from scratch per (method, seed), scored at every
-# snapshot; the cost of each method per iteration; the SpeeD / Immiscible tables and plots.
+# snapshot; the cost of each method per iteration (their tables: rule `table`, report.smk).
 rule train_method:
     output:
         checkpoints=[
@@ -69,57 +69,3 @@ rule time_training:
         f"{LOGS}/time_training.log",
     script:
         "../scripts/time_training.py"
-
-
-rule training_table:
-    input:
-        unpack(training_table_inputs),
-    output:
-        csv=f"{REPORTS}/{{table}}_table.csv",
-        md=f"{REPORTS}/{{table}}_table.md",
-        claims=f"{REPORTS}/{{table}}_claims.md",
-    wildcard_constraints:
-        table=names_pattern(TRAINING_TABLES),
-    params:
-        entry=lambda w: as_param(config["tables"][w.table]),
-        setting_note=training_setting_note,
-        scoring=as_param(config["scoring"]),
-    conda:
-        "../../environment.yml"
-    log:
-        f"{LOGS}/training_table/{{table}}.log",
-    script:
-        "../scripts/training_table.py"
-
-
-rule training_plots:
-    input:
-        unpack(training_table_inputs),
-    output:
-        curves=report(f"{REPORTS}/{{table}}_curves.png", caption="../report/curves.rst",
-                      category=report_category, subcategory="Training curves",
-                      labels={"table": "{table}", "plot": "FID against iterations"}),
-        curves_svg=f"{REPORTS}/{{table}}_curves.svg",
-        schedules=report(f"{REPORTS}/{{table}}_schedules.png", caption="../report/schedules.rst",
-                         category=report_category, subcategory="Training curves",
-                         labels={"table": "{table}", "plot": "p(t) and w(t)"}),
-        schedules_svg=f"{REPORTS}/{{table}}_schedules.svg",
-        cost=report(f"{REPORTS}/{{table}}_cost.png", caption="../report/cost.rst",
-                    category=report_category, subcategory="Training curves",
-                    labels={"table": "{table}", "plot": "cost per iteration"}),
-        cost_svg=f"{REPORTS}/{{table}}_cost.svg",
-    wildcard_constraints:
-        table=names_pattern(TRAINING_TABLES),
-    params:
-        entry=lambda w: as_param(config["tables"][w.table]),
-        components=lambda w: as_param(
-            {m: TRAINING["methods"][m] for m in config["tables"][w.table]["methods"]}
-        ),
-        train=as_param(TRAINING.get("train")),
-        title=lambda w: f"{w.table}: {training_setting_note(w)}",
-    conda:
-        "../../environment.yml"
-    log:
-        f"{LOGS}/training_plots/{{table}}.log",
-    script:
-        "../scripts/training_plots.py"

@@ -1,0 +1,58 @@
+"""The one-line description of how a table's numbers were made, printed under every table and
+figure ("suite digits: DDIM-100, CFG 1.5, 800 samples per setting, ...")."""
+
+from __future__ import annotations
+
+from ..config import compute_settings, method_num_samples, method_timing
+from ..methods import get_method
+from .kinds import kind_of
+
+
+def setting_note(config: dict, table: str) -> str:
+    entry = config["tables"][table]
+    kind = kind_of(entry)
+    if kind.stage == "training":
+        return training_setting_note(config)
+    methods = kind.methods(entry)
+    s = config["sampling"]
+    method = methods[-1]
+    roles = config["methods"][method]["models"]
+    models = ", ".join(f"{role}={model}" for role, model in roles.items())
+    if len(methods) > 1 and all(len(config["methods"][m]["models"]) == 1 for m in methods):
+        models = ", ".join(f"{m}={next(iter(config['methods'][m]['models'].values()))}" for m in methods)
+    pipeline_family = get_method(method).family == "pipeline"
+    if kind.name == "tstitch_samplers":
+        sampler = "sampler and steps per row"
+    elif pipeline_family:
+        t2i = config["t2i"]
+        large = config["models"][roles.get("large", roles.get("model"))]
+        pipeline = large["hub"].get("pipeline", "StableDiffusionPipeline") if "hub" in large else "StableDiffusionPipeline"
+        size = f", {t2i['image_size']} px scored at {t2i.get('fid_size') or t2i['image_size']} px" if t2i.get("image_size") else ""
+        prompts = (f", {t2i['prompts']['count'] or 'all'} MS-COCO captions" if t2i.get("prompts")
+                   else ", class prompts")
+        sampler = (f"diffusers {pipeline}, {t2i['scheduler']['class']}-{t2i['steps']}, "
+                   f"guidance {t2i['guidance_scale']}{size}{prompts}")
+    else:
+        sampler = s["sampler"].upper() + ("" if kind.name == "parataa" else f"-{s['steps']}")
+    timing = method_timing(config, method)
+    compute = compute_settings(config)
+    precision = (f"{compute['precision']}{', TF32' if compute['tf32'] else ''}"
+                 f"{', torch.compile' if compute['compile'] else ''}")
+    cfg = "" if pipeline_family else f", CFG {s['cfg_scale']}"
+    return (
+        f"suite {config['suite']}: {sampler}{cfg}, "
+        f"{method_num_samples(config, method)} samples per setting, models {models}, "
+        f"precision {precision}; timing: batch of {timing['batch_size']}, median of {timing['repeats']}"
+    )
+
+
+def training_setting_note(config: dict) -> str:
+    t = config["training"]
+    e = t["evaluation"]
+    m = t["model"]
+    return (f"suite {config['suite']}: DiT (hidden {m['hidden_size']}, depth {m['depth']}) trained from "
+            f"scratch per method and seed ({len(t['seeds'])} seeds), {t['train']['iterations']} "
+            f"iterations of batch {t['train']['batch_size']}, lr {t['train']['lr']}, EMA weights "
+            f"scored at iterations {t['snapshots']} with {e['num_samples']} samples "
+            f"({e['sampler'].upper()}-{e['steps']}, CFG {e['cfg_scale']}); held-out "
+            f"{t['validation']['fraction']:.0%} of the digits for the validation loss")
