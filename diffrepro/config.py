@@ -148,6 +148,10 @@ def check_config(config: dict) -> None:
         _check_training(config["training"])
     for table, entry in config["tables"].items():
         _check_table_entry(config, table, entry)
+    for table in config.get("reproducibility", {}).get("tables") or []:
+        if table not in config["tables"]:
+            raise ConfigError(f"config key reproducibility.tables: {table!r} is not a configured table; "
+                              f"configured: {sorted(config['tables'])}")
 
 
 def _check_scoring(config: dict) -> None:

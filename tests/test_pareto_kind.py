@@ -61,7 +61,8 @@ def test_a_method_added_as_the_readme_says_reaches_a_table_and_a_plot(smoke_run,
     config, and reproduce_<table>_table builds its table and plot beside T-Stitch."""
     work = tmp_path / "work"
     shutil.copytree(smoke_run, work, symlinks=True)  # the smoke models and T-Stitch results are reused
-    (work / "methods").mkdir()
+    for package in ("methods", "baselines"):  # the checkout's plugins, as a user's clone has them
+        shutil.copytree(ROOT / package, work / package, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(ROOT / "docs/examples/guidance_interval.py", work / "methods/guidance_interval.py")
     config = yaml.safe_load((work / "config/smoke.yaml").read_text())
     example = yaml.safe_load((ROOT / "docs/examples/guidance_interval.yaml").read_text())

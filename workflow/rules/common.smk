@@ -1,5 +1,7 @@
 import json
+import os
 import re
+from types import SimpleNamespace
 
 from diffrepro.config import (compute_settings, model_config, paper_file, method_num_samples, method_num_shards,
                               method_timing, reference_run)
@@ -274,6 +276,18 @@ def table_inputs(wildcards):
         # the BK-SDM table counts a hub U-Net's size from the config in its repository
         **{f"hub_{model}": checkpoint_path(model) for model in sorted(hub_models)},
     }
+
+
+# REPRODUCIBILITY.md (rule `reproducibility`): the tables this build regenerates, and their files.
+REPRODUCIBILITY = config.get("reproducibility", {})
+# the config files this run read (a standalone config is read alone: see the Snakefile)
+CONFIG_FILES = [os.path.relpath(f) for f in (workflow.overwrite_configfiles if config.get("standalone")
+                                             else workflow.configfiles)]
+REPRODUCIBILITY_FILES = {
+    name: {"table": f"{REPORTS}/{name}_table.md", "claims": f"{REPORTS}/{name}_claims.md",
+           "scores": table_inputs(SimpleNamespace(table=name))["scores"]}
+    for name in REPRODUCIBILITY.get("tables") or TABLES
+}
 
 
 def table_context(wildcards):

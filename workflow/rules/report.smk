@@ -70,3 +70,25 @@ rule figure:
         f"{LOGS}/figure/{{table}}_{{figure}}.log",
     script:
         "../scripts/figure.py"
+
+
+# REPRODUCIBILITY.md from the tables, claims and score provenance, with the prose of
+# workflow/report/reproducibility.md.j2: `snakemake --cores all reproducibility`. reproducibility.tables
+# limits which tables this build regenerates; the others are listed as not regenerated.
+rule reproducibility:
+    input:
+        [path for made in REPRODUCIBILITY_FILES.values()
+         for path in (made["table"], made["claims"], *made["scores"])],
+        template="workflow/report/reproducibility.md.j2",
+    output:
+        REPRODUCIBILITY.get("output", f"{REPORTS}/REPRODUCIBILITY.md"),
+    params:
+        files=as_param(REPRODUCIBILITY_FILES),
+        config_file=", ".join(CONFIG_FILES),
+    localrule: True
+    conda:
+        "../../environment.yml"
+    log:
+        f"{LOGS}/reproducibility.log",
+    script:
+        "../scripts/reproducibility.py"
