@@ -59,8 +59,9 @@ class Contract:
     off: Callable | NoExactOff            # off(ctx): asserts off = reference exactly
     batch: dict                           # the setting of the batch-invariance check
     baseline: dict | None = None          # methods.<name>.baseline, for settings without reference()
-    # Denoiser-family samples are bitwise batch-invariant on the CPU. A diffusers U-Net's
-    # convolutions are not (oneDNN blocks by batch size): float noise, as tests/test_t2i_jobs.py.
+    # The tiny DiTs are bitwise batch-invariant on the CPU (tests/test_parallel.py relies on it).
+    # A diffusers U-Net's convolutions need not be (oneDNN may block by batch size; bitwise on
+    # this machine): a float-noise tolerance, as tests/test_t2i_jobs.py; a wrong seed is O(1).
     batch_atol: float = 0.0
     extra: dict = field(default_factory=dict)
 
