@@ -1,3 +1,18 @@
+"""Shared fixtures: tiny DiTs, the smoke DAG run, a local file server.
+
+Two tiers:
+- fast, the working loop (about a minute on 2 cores): `python -m pytest -m "not slow"`
+  (add -q, -x, or a file; unit tests, the method contract, Snakemake dry runs).
+- full, what CI runs (under 15 minutes): `bash scripts/run_tests.sh`, every test.
+
+A test is marked `slow` (pytest.mark.slow) when it runs a Snakemake job graph (the smoke DAG,
+a killed and resumed run, --report, the paper pipelines on fakes), needs the SLURM test
+cluster, or takes more than about 5 s on its own in a full run's `--durations=0`. The cost of
+a session- or module-scoped fixture falls on whichever test uses it first, so every test that
+uses an expensive fixture is slow: the hook below marks the users of EXPENSIVE_FIXTURES (a
+new test that uses smoke_run is slow without anyone remembering to say so).
+"""
+
 import functools
 import http.server
 import threading
@@ -10,6 +25,19 @@ from diffrepro.diffusion.guidance import GuidedDenoiser
 from diffrepro.models.dit import DiTConfig, build_dit
 
 torch.set_num_threads(1)
+
+# fixture -> why a test using it (directly or through another fixture) is slow
+EXPENSIVE_FIXTURES = {
+    "smoke_run": "runs the whole smoke DAG with Snakemake (minutes)",
+    "cluster": "starts a SLURM test cluster and submits jobs to it",
+}
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m deselects
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if EXPENSIVE_FIXTURES.keys() & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
 
 
 def tiny_dit(seed: int, hidden: int = 32, depth: int = 1) -> torch.nn.Module:

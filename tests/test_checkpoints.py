@@ -5,9 +5,12 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 from diffrepro.checkpoints import read_metadata
 
 
+@pytest.mark.slow  # three fresh interpreters importing torch: ~5 s
 def test_identical_weights_and_metadata_give_identical_files(tmp_path):
     """safetensors orders several metadata keys at random; save_checkpoint stores one."""
     script = ("import sys, torch; from diffrepro.checkpoints import save_checkpoint; "

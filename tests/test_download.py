@@ -35,10 +35,17 @@ class Handler(BaseHTTPRequestHandler):
         url = urlsplit(self.path)
         query = {k: v[0] for k, v in parse_qs(url.query).items()}
         record = {"path": url.path, "query": query, "headers": dict(self.headers), "sent": 0}
+        finished = threading.Event()
         with state["lock"]:
             state["requests"].append(record)
+            state["finished"].append(finished)
             hit = sum(r["path"] == url.path for r in state["requests"])
+        try:
+            self.route(url, query, record, hit)
+        finally:
+            finished.set()
 
+    def route(self, url, query: dict, record: dict, hit: int) -> None:
         if url.path == "/file.bin":
             record["sent"] = self.send_file()
         elif url.path == "/drop.bin":  # full Content-Length, then the connection dies
@@ -115,15 +122,25 @@ class Handler(BaseHTTPRequestHandler):
         return len(body)
 
 
+class RecordingServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    @property
+    def requests(self) -> list[dict]:
+        """The requests so far, once their handlers have finished: a client can have read the
+        whole body before its handler thread records what it sent."""
+        for finished in list(self.state["finished"]):
+            assert finished.wait(5), "a request handler did not finish"
+        return self.state["requests"]
+
+
 @pytest.fixture
 def server():
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    httpd.daemon_threads = True
-    httpd.state = {"requests": [], "lock": threading.Lock()}
+    httpd = RecordingServer(("127.0.0.1", 0), Handler)
+    httpd.state = {"requests": [], "finished": [], "lock": threading.Lock()}
     thread = threading.Thread(target=httpd.serve_forever, args=(0.01,), daemon=True)
     thread.start()
     httpd.url = f"http://127.0.0.1:{httpd.server_port}"
-    httpd.requests = httpd.state["requests"]
     yield httpd
     httpd.shutdown()
     httpd.server_close()

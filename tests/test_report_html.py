@@ -14,6 +14,8 @@ import pytest
 
 from workflow_run import ROOT, SMOKE, snakemake
 
+pytestmark = pytest.mark.slow  # every test reads the report of the smoke run
+
 SCREENSHOT = ROOT / "test-output/report.png"
 
 

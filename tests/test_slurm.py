@@ -61,6 +61,7 @@ def comparable(table: pd.DataFrame) -> pd.DataFrame:
     return table[[c for c in table.columns if not TIMING_COLUMN.search(c)]]
 
 
+@pytest.mark.slow
 def test_cluster_run_equals_a_local_run(cluster_run, smoke_run):
     work, output = cluster_run
     submitted = submitted_rules(output)
@@ -77,6 +78,7 @@ def test_cluster_run_equals_a_local_run(cluster_run, smoke_run):
     assert (work / "reports/smoke/tstitch_table.html").stat().st_size > 1000
 
 
+@pytest.mark.slow
 def test_a_missing_partition_fails_before_anything_is_submitted(cluster, tmp_path):
     """A site profile sends sampling to a partition that does not exist: the run stops before
     the first submission (not hours later, when sampling would start), naming the partition,
@@ -97,6 +99,7 @@ def test_a_missing_partition_fails_before_anything_is_submitted(cluster, tmp_pat
     assert not (work / "results").exists() and not (work / "resources").exists()
 
 
+@pytest.mark.slow
 def test_failed_cluster_job_names_its_logs_and_the_rerun_redoes_only_it(cluster_run):
     """A shard job fails on the cluster (its checkpoint is corrupt on the shared disk): the
     run fails naming the job's logs; after the file is fixed, only that shard and what

@@ -19,6 +19,7 @@ from diffrepro.snakejob import job_counts
 from workflow_run import ROOT, SNAKEMAKE, copy_repository, snakemake
 
 
+@pytest.mark.slow
 def test_smoke_dag_produces_table_plot_and_claims(smoke_run):
     reports = smoke_run / "reports/smoke"
     table = pd.read_csv(reports / "tstitch_table.csv")
@@ -35,6 +36,7 @@ def test_smoke_dag_produces_table_plot_and_claims(smoke_run):
         assert (reports / plot).stat().st_size > 1000
 
 
+@pytest.mark.slow
 def test_score_files_carry_provenance(smoke_run):
     import json
 
@@ -48,6 +50,7 @@ def test_score_files_carry_provenance(smoke_run):
     assert "git" in prov and "device" in prov and "tf32_matmul" in prov
 
 
+@pytest.mark.slow
 def test_timing_files_record_the_measurement(smoke_run):
     import json
 
@@ -63,6 +66,7 @@ def test_timing_files_record_the_measurement(smoke_run):
     assert timing["speedup_vs_baseline"] > 0
 
 
+@pytest.mark.slow
 def test_parataa_table_compares_parallel_samplers_with_the_sequential_one(smoke_run):
     import json
 
@@ -93,6 +97,7 @@ def test_parataa_table_compares_parallel_samplers_with_the_sequential_one(smoke_
         assert (reports / plot).stat().st_size > 1000
 
 
+@pytest.mark.slow
 def test_training_tables_curves_and_scores(smoke_run):
     """Every training method trained per seed, scored at every snapshot, tabled and plotted."""
     config = yaml.safe_load((smoke_run / "config/smoke.yaml").read_text())
@@ -123,11 +128,13 @@ def test_training_tables_curves_and_scores(smoke_run):
     assert set(timing["methods"]) == table_methods
 
 
+@pytest.mark.slow
 def test_second_run_has_nothing_to_do(smoke_run):
     result = snakemake(smoke_run, "-n", "reproduce_all", "--configfile", "config/smoke.yaml")
     assert "Nothing to be done" in result.stdout + result.stderr
 
 
+@pytest.mark.slow
 def test_changing_one_ratio_reruns_only_that_ratio_and_reports(smoke_run):
     config = yaml.safe_load((smoke_run / "config/smoke.yaml").read_text())
     config["methods"]["tstitch"]["grid"]["ratio"] = [0.0, 0.4, 0.7, 1.0]
@@ -176,6 +183,7 @@ def test_the_lcm_paper_config_plans_one_table_per_step_count(workdir):
     assert planned["table"] == 3 and planned["time"] == 3 + 5 + 9, planned
 
 
+@pytest.mark.slow
 def test_killed_run_resumes(tmp_path):
     """Kill a run with SIGTERM once sampling has started, resume it, kill the resumed run
     with SIGKILL a few shards later, and resume again: the job graph finishes.
@@ -216,6 +224,7 @@ def test_killed_run_resumes(tmp_path):
     assert len(shards) == 4 and all(len(np.load(s)["images"]) == 20 for s in shards)
 
 
+@pytest.mark.slow
 def test_results_from_elsewhere_are_reused_after_touch(smoke_run, tmp_path):
     """A fresh clone given the result files of another run (a cluster's, copied over) has no
     Snakemake metadata and arbitrary modification times; `--touch` marks the files up to

@@ -1,0 +1,354 @@
+"""One contract over every registered method (as diffusers runs one SchedulerCommonTest over
+every scheduler), on tiny models, for every name `load_plugins()` returns:
+
+(a) settings: a few valid settings give the pinned, distinct, file-name-safe ids (ids name
+    result files: an id that changes orphans results); invalid values and unknown keys are
+    refused with ValueError;
+(b) off = reference exactly: the run a setting is measured against (`reference_run`: the
+    setting's `reference()` or the method's configured baseline) is what the method claims
+    it is, e.g. T-Stitch at ratio 0 is the large model alone, a parallel sampler converged
+    at tolerance 0 is the sequential sampler;
+(c) batch-size invariance: per-image generators make an image's sample the same whatever
+    batch it is drawn in.
+
+A newly registered method fails here until it declares its contract in CONTRACTS below (a
+method with no exact "off" declares `NoExactOff(reason)`).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import pytest
+import torch
+
+# The library internals this test uses, all in one place.
+from diffrepro.diffusion.guidance import GuidedDenoiser
+from diffrepro.diffusion.samplers import make_sampler
+from diffrepro.diffusion.sampling import initial_noise_and_labels
+from diffrepro.methods import get_method, load_plugins, reference_run
+
+SEED = 3
+NUM_CLASSES = 10
+DIT_SHAPE = (1, 8, 8)      # tests/conftest.py's tiny DiTs
+LATENT_SHAPE = (4, 8, 8)   # tests/t2i_tiny.py's tiny SD U-Nets
+STEPS = 8                  # sampler steps where a setting does not fix its own
+DEFAULT_SAMPLER = "ddpm"   # draws noise every step: per-image generators matter
+T2I_STEPS = 4
+INDICES = list(range(5))
+SPLIT = ([0, 1, 2], [3, 4])  # the same images in two smaller batches
+
+
+# --------------------------------------------------------------------------------------
+# What each method promises
+# --------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class NoExactOff:
+    """The method has no setting that is exactly its reference; `reason` says why."""
+    reason: str
+
+
+@dataclass
+class Contract:
+    ids: dict[str, dict]                  # pinned setting id -> setting values
+    invalid: list[dict]                   # values make_setting must refuse with ValueError
+    off: Callable | NoExactOff            # off(ctx): asserts off = reference exactly
+    batch: dict                           # the setting of the batch-invariance check
+    baseline: dict | None = None          # methods.<name>.baseline, for settings without reference()
+    # The tiny DiTs are bitwise batch-invariant on the CPU (tests/test_parallel.py relies on it).
+    # A diffusers U-Net's convolutions need not be (oneDNN may block by batch size; bitwise on
+    # this machine): a float-noise tolerance, as tests/test_t2i_jobs.py; a wrong seed is O(1).
+    batch_atol: float = 0.0
+    extra: dict = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------------------
+# Tiny models and how the harness calls a method (seeding as diffrepro's sampling jobs do)
+# --------------------------------------------------------------------------------------
+
+class Context:
+    def __init__(self, dits: dict, t2i: dict):
+        self.dits, self.t2i = dits, t2i
+
+    def denoisers(self, roles) -> dict:
+        """One tiny DiT per role; "model" (a single-model method) is the large one."""
+        return {role: self.dits["large" if role == "model" else role] for role in roles}
+
+    def run(self, name: str, values: dict, indices=INDICES, sampler: str | None = None):
+        spec = get_method(name)
+        setting = spec.make_setting(values)
+        if spec.family == "pipeline":
+            pipeline, unets = self.pipeline_for(spec.roles)
+            call = pipeline_call(pipeline, indices, getattr(setting, "steps", None) or T2I_STEPS)
+            return spec.run(pipeline, unets, call, setting)
+        assert spec.family == "denoiser", f"unknown method family {spec.family!r}"
+        noise, labels, generators = initial_noise_and_labels(SEED, indices, DIT_SHAPE, NUM_CLASSES)
+        return spec.run(self.denoisers(spec.roles), sampler_for(spec, setting, sampler), noise, labels,
+                        generators, setting)
+
+    def pipeline_for(self, roles):
+        """The pipeline around the large (or only) U-Net, and the U-Nets by role."""
+        if "large" in roles:
+            return self.t2i["pipeline"], {role: self.t2i[role] for role in roles}
+        return self.t2i["pipeline"], {"model": self.t2i["large"]}
+
+
+def sampler_for(spec, setting, configured: str | None = None):
+    """The setting's own sampler and steps if it names them, else the configured sampler (by
+    default the first one a restricted method supports, else DEFAULT_SAMPLER)."""
+    name = (getattr(setting, "sampler", None) or configured
+            or (spec.samplers[0] if spec.samplers else DEFAULT_SAMPLER))
+    return make_sampler(name, getattr(setting, "steps", None) or STEPS)
+
+
+def alone(denoiser, sampler_name: str = DEFAULT_SAMPLER, steps: int = STEPS, indices=INDICES):
+    """One model through the sampler, written out here: the reference 'off' is compared with."""
+    noise, labels, generators = initial_noise_and_labels(SEED, indices, DIT_SHAPE, NUM_CLASSES)
+    sampler, x = make_sampler(sampler_name, steps), noise
+    with torch.no_grad():
+        for i, t in enumerate(sampler.timesteps):
+            x = sampler.step(i, denoiser(x, t, labels), x, generators)
+    return x
+
+
+def pipeline_call(pipeline, indices, steps: int):
+    """`call(**kwargs)`: the pipeline on the fixed per-image noise, prompts and generators;
+    returns the final latents."""
+    noise, labels, generators = initial_noise_and_labels(SEED, indices, LATENT_SHAPE, NUM_CLASSES)
+    prompts = [f"a handwritten digit {int(label)}" for label in labels]
+
+    def call(**kwargs):
+        with torch.no_grad():
+            return pipeline(prompts, num_inference_steps=steps, guidance_scale=7.5, latents=noise.clone(),
+                            generator=generators, output_type="latent", return_dict=False, **kwargs)[0]
+    return call
+
+
+def reference_of(name: str, values: dict) -> dict:
+    return reference_run(name, values, CONTRACTS[name].baseline)
+
+
+# --------------------------------------------------------------------------------------
+# (b) per method: off = reference exactly
+# --------------------------------------------------------------------------------------
+
+def assert_differ(a: torch.Tensor, b: torch.Tensor):
+    """The models disagree: an 'equal to this model' check below means something."""
+    assert not torch.allclose(a, b, atol=1e-3), "the tiny models give the same samples: the check is vacuous"
+
+
+def off_tstitch(ctx: Context):
+    # the configured baseline of every setting: ratio 0 with the setting's own sampler and steps
+    for values in ({"ratio": 0.4}, {"ratio": 0.6, "sampler": "dpmsolver++", "steps": 5}):
+        ref = reference_of("tstitch", values)
+        assert ref == {"method": "tstitch", "params": {**values, "ratio": 0.0}}
+        out = ctx.run(ref["method"], ref["params"])
+        sampler, steps = values.get("sampler", DEFAULT_SAMPLER), values.get("steps", STEPS)
+        assert torch.equal(out.samples, alone(ctx.dits["large"], sampler, steps))
+        assert dict(out.model_steps) == {"large": steps}
+    small = ctx.run("tstitch", {"ratio": 1.0})
+    assert torch.equal(small.samples, alone(ctx.dits["small"])) and dict(small.model_steps) == {"small": STEPS}
+    assert_differ(small.samples, alone(ctx.dits["large"]))
+
+
+def off_tstitch3(ctx: Context):
+    ref = reference_of("tstitch3", {"small": 0.2, "medium": 0.4})
+    assert ref == {"method": "tstitch3", "params": {"small": 0.0, "medium": 0.0}}
+    for values, role in ((ref["params"], "large"), ({"small": 1.0, "medium": 0.0}, "small"),
+                         ({"small": 0.0, "medium": 1.0}, "medium")):
+        out = ctx.run("tstitch3", values)
+        assert torch.equal(out.samples, alone(ctx.dits[role])), (values, role)
+        assert dict(out.model_steps) == {role: STEPS}
+    assert_differ(alone(ctx.dits["medium"]), alone(ctx.dits["large"]))
+
+
+def off_parallel(name: str, exact: dict):
+    """A parallel DDIM solver at tolerance 0 is its reference, the sequential sampler with the
+    same steps (float64 states against float32 arithmetic: rounding only)."""
+    def check(ctx: Context):
+        ref = reference_of(name, exact)
+        assert ref == {"method": "sequential", "params": {"steps": exact["steps"]}}
+        # the reference runs with the configured sampler, which a DDIM solver requires be DDIM
+        out, sequential = ctx.run(name, exact), ctx.run(ref["method"], ref["params"], sampler="ddim")
+        torch.testing.assert_close(out.samples, sequential.samples.to(out.samples.dtype), atol=2e-4, rtol=1e-5)
+        if "converged" in out.per_image:
+            assert out.per_image["converged"].all()
+        # and the sequential run is the DDIM sampler alone
+        assert torch.equal(sequential.samples, alone(ctx.dits["large"], "ddim", exact["steps"]))
+        loose = ctx.run(name, {**exact, **CONTRACTS[name].extra["loose"]})
+        assert not torch.equal(loose.samples, out.samples), "a loose tolerance changed nothing: vacuous"
+    return check
+
+
+def off_sequential(ctx: Context):
+    # its own reference: the plain sampler, one call of the one model per step
+    assert reference_of("sequential", {"steps": 5}) == {"method": "sequential", "params": {"steps": 5}}
+    for sampler in ("ddpm", "ddim"):
+        out = ctx.run("sequential", {"steps": STEPS}, sampler=sampler)
+        assert torch.equal(out.samples, alone(ctx.dits["large"], sampler)) and dict(out.model_steps) == {"model": STEPS}
+
+
+def off_text_to_image(ctx: Context):
+    # the baseline itself ({}): the pipeline exactly as it is, the step count on the side
+    ref = reference_of("text_to_image", {})
+    assert ref == {"method": "text_to_image", "params": {}}
+    out = ctx.run(ref["method"], ref["params"])
+    plain = pipeline_call(ctx.t2i["pipeline"], INDICES, T2I_STEPS)()
+    assert torch.equal(out.samples, plain)
+    assert dict(out.model_steps) == {"model": len(ctx.t2i["pipeline"].scheduler.timesteps)}
+
+
+def off_tstitch_sd(ctx: Context):
+    pipeline = ctx.t2i["pipeline"]
+    ref = reference_of("tstitch_sd", {"ratio": 0.5})
+    assert ref == {"method": "tstitch_sd", "params": {"ratio": 0.0}}
+    large = ctx.run(ref["method"], ref["params"])
+    assert torch.equal(large.samples, pipeline_call(pipeline, INDICES, T2I_STEPS)())
+    assert dict(large.model_steps) == {"large": T2I_STEPS}
+    assert pipeline.unet is ctx.t2i["large"]  # given back after the run
+    small = ctx.run("tstitch_sd", {"ratio": 1.0})
+    small_pipeline = type(pipeline)(**{**pipeline.components, "unet": ctx.t2i["small"]})
+    small_pipeline.set_progress_bar_config(disable=True)
+    small_alone = pipeline_call(small_pipeline, INDICES, T2I_STEPS)()
+    assert torch.equal(small.samples, small_alone) and dict(small.model_steps) == {"small": T2I_STEPS}
+    assert_differ(small.samples, large.samples)
+
+
+# --------------------------------------------------------------------------------------
+# The contracts
+# --------------------------------------------------------------------------------------
+
+PARATAA_EXACT = {"steps": 6, "window": 4, "order": 2, "memory": 2, "tolerance": 0.0, "relative_tolerance": 0.0}
+PICARD_EXACT = {"steps": 6, "window": 4, "tolerance": 0.0}
+
+CONTRACTS: dict[str, Contract] = {
+    "tstitch": Contract(
+        ids={"r0": {"ratio": 0.0}, "r0.4": {"ratio": 0.4}, "r1": {"ratio": 1.0},
+             "ddpm20-r0.2": {"ratio": 0.2, "sampler": "ddpm", "steps": 20},
+             "dpmsolver++10-r0.2": {"ratio": 0.2, "sampler": "dpmsolver++", "steps": 10}},
+        invalid=[{"ratio": -0.1}, {"ratio": 1.2}, {"ratio": 0.5, "sampler": "euler"},
+                 {"ratio": 0.5, "steps": 1}, {"ratio": 0.5, "steps": 10.5}],
+        off=off_tstitch, batch={"ratio": 0.5}, baseline={"ratio": 0.0}),
+    "tstitch3": Contract(
+        ids={"s0-m0": {"small": 0.0, "medium": 0.0}, "s0.2-m0.4": {"small": 0.2, "medium": 0.4},
+             "s0.4-m0.2": {"small": 0.4, "medium": 0.2}, "s1-m0": {"small": 1.0, "medium": 0.0}},
+        invalid=[{"small": 0.7, "medium": 0.4}, {"small": -0.1, "medium": 0.0}, {"small": 0.0, "medium": 1.5}],
+        off=off_tstitch3, batch={"small": 0.3, "medium": 0.4}, baseline={"small": 0.0, "medium": 0.0}),
+    "parataa": Contract(
+        ids={"n25-w25-k25-m2-tol0.001-rtol0.001-it25": {"steps": 25, "window": 25, "order": 25, "memory": 2},
+             "n25-w5-k1-m1-tol0-rtol0-it10": {"steps": 25, "window": 5, "memory": 1, "tolerance": 0.0,
+                                               "relative_tolerance": 0.0, "max_iterations": 10},
+             "n25-w25-k25-m2-tol0.001-rtol0.001-it25-warm": {"steps": 25, "window": 25, "order": 25,
+                                                             "warm_start": True}},
+        invalid=[{"steps": 0, "window": 1}, {"steps": 10, "window": 11}, {"steps": 10, "window": 4, "order": 5},
+                 {"steps": 10, "window": 4, "memory": 0}, {"steps": 10, "window": 4, "tolerance": -1.0},
+                 {"steps": 10, "window": 4, "max_iterations": -1}],
+        off=off_parallel("parataa", PARATAA_EXACT), batch={"steps": 6, "window": 3, "order": 2, "memory": 2},
+        extra={"loose": {"tolerance": 0.5, "relative_tolerance": 0.0}}),
+    "picard": Contract(
+        ids={"n25-w10-tol0.1-it25": {"steps": 25, "window": 10},
+             "n25-w25-tol0-it5": {"steps": 25, "window": 25, "tolerance": 0.0, "max_iterations": 5}},
+        invalid=[{"steps": 10, "window": 0}, {"steps": 10, "window": 11}, {"steps": 10, "window": 4, "tolerance": -0.1},
+                 {"steps": 10, "window": 4, "max_iterations": -1}],
+        off=off_parallel("picard", PICARD_EXACT), batch={"steps": 6, "window": 3, "tolerance": 0.05},
+        extra={"loose": {"tolerance": 10.0}}),  # (the random tiny DiT: |x| ~ 500)
+    "sequential": Contract(
+        ids={"n25": {"steps": 25}, "n100": {"steps": 100}},
+        invalid=[{"steps": 0}, {"steps": -5}],
+        off=off_sequential, batch={"steps": STEPS}),
+    "text_to_image": Contract(
+        ids={"default": {}, "steps25": {"steps": 25}},
+        invalid=[{"steps": 0}, {"steps": 1001}, {"steps": 2.5}],
+        off=off_text_to_image, batch={}, baseline={}, batch_atol=1e-4),
+    "tstitch_sd": Contract(
+        ids={"r0": {"ratio": 0.0}, "r0.4": {"ratio": 0.4}, "8-r0.25": {"ratio": 0.25, "steps": 8}},
+        invalid=[{"ratio": -0.5}, {"ratio": 1.5}, {"ratio": 0.5, "steps": 0}, {"ratio": 0.5, "steps": 2.5}],
+        off=off_tstitch_sd, batch={"ratio": 0.5}, baseline={"ratio": 0.0}, batch_atol=1e-4),
+}
+
+# Read at collection, before any test loads a config: a config's `plugin:` entries (aliases, the
+# same method under another name) are registered later and need no contract of their own.
+REGISTERED = sorted(load_plugins())
+
+
+def contract(name: str) -> Contract:
+    if name not in CONTRACTS:
+        pytest.fail(f"method {name!r} is registered but declares no contract: add it to CONTRACTS in "
+                    f"tests/test_method_contract.py (valid and invalid settings, its exact 'off' or NoExactOff(reason), "
+                    f"a setting for the batch check)")
+    return CONTRACTS[name]
+
+
+@pytest.fixture(scope="module")
+def ctx(tiny_models):
+    from conftest import tiny_dit
+    from t2i_tiny import sd_pipeline, sd_unet
+
+    from diffusers import DDPMScheduler
+
+    dits = {"small": GuidedDenoiser(tiny_models["small"], 1.5),
+            "medium": GuidedDenoiser(tiny_dit(3, hidden=24), 1.5),
+            "large": GuidedDenoiser(tiny_models["large"], 1.5)}
+    small, large = sd_unet(1, layers=1), sd_unet(2, layers=2)
+    pipeline = sd_pipeline(large)
+    # a scheduler that draws noise at every step: the per-image generators are used
+    pipeline.scheduler = DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                       steps_offset=1, clip_sample=False)  # as the pipeline would set it
+    return Context(dits, {"pipeline": pipeline, "small": small, "large": large})
+
+
+# --------------------------------------------------------------------------------------
+# The tests
+# --------------------------------------------------------------------------------------
+
+def test_every_registered_method_and_no_other_has_a_contract():
+    assert sorted(CONTRACTS) == REGISTERED
+
+
+@pytest.mark.parametrize("name", REGISTERED)
+def test_settings_round_trip_to_pinned_distinct_ids(name):
+    spec, expected = get_method(name), contract(name)
+    assert len(expected.ids) >= 2
+    for setting_id, values in expected.ids.items():
+        setting = spec.make_setting(dict(values))
+        assert spec.setting_id(setting) == setting_id, values
+        again = spec.make_setting(dict(values))
+        assert again == setting and hash(again) == hash(setting)  # frozen: a stable value
+        assert spec.setting_id(again) == setting_id
+        assert re.fullmatch(r"[A-Za-z0-9._+-]+", setting_id), f"{setting_id!r} is not a safe file name"
+    for values in expected.invalid:
+        with pytest.raises(ValueError):
+            spec.make_setting(dict(values))
+    valid = dict(next(iter(expected.ids.values())))
+    with pytest.raises(ValueError, match="no setting"):
+        spec.make_setting({**valid, "no_such_field": 1})
+
+
+@pytest.mark.parametrize("name", REGISTERED)
+def test_off_is_the_reference_exactly(name, ctx):
+    off = contract(name).off
+    if isinstance(off, NoExactOff):
+        pytest.skip(f"{name}: no exact 'off' ({off.reason})")
+    off(ctx)
+
+
+@pytest.mark.parametrize("name", REGISTERED)
+def test_samples_do_not_depend_on_the_batch(name, ctx):
+    spec, expected = get_method(name), contract(name)
+    whole = ctx.run(name, expected.batch)
+    parts = [ctx.run(name, expected.batch, indices=batch) for batch in SPLIT]
+    assert whole.samples.shape[0] == len(INDICES)
+    assert set(whole.model_steps) <= set(spec.roles) and sum(whole.model_steps.values()) > 0
+    split = torch.cat([p.samples for p in parts])
+    if expected.batch_atol:
+        torch.testing.assert_close(split, whole.samples, atol=expected.batch_atol, rtol=expected.batch_atol)
+    else:
+        assert torch.equal(split, whole.samples)
+    for key, values in whole.per_image.items():
+        np.testing.assert_array_equal(np.concatenate([p.per_image[key] for p in parts]), values, err_msg=key)
+    # and the images differ from each other: the check compares something
+    assert not torch.allclose(whole.samples[0], whole.samples[1])
