@@ -33,7 +33,8 @@ class TStitchSetting:
 
 
 def uses_small_model(t: int, ratio: float, num_timesteps: int = NUM_TRAIN_TIMESTEPS) -> bool:
-    """The released DiT rule: small model while t_orig / 1000 >= 1 - r (original timestep)."""
+    """The released T-Stitch rule for DiT (NVlabs/T-Stitch dit/models.py, TStitch): small model
+    while t_orig / 1000 >= 1 - r, t_orig the original (not respaced) timestep."""
     return t / num_timesteps >= 1 - ratio
 
 
