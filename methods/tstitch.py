@@ -42,7 +42,7 @@ def uses_small_model(t: int, ratio: float, num_timesteps: int = NUM_TRAIN_TIMEST
 def tstitch(models, sampler, noise, labels, generators, setting: TStitchSetting) -> MethodOutput:
     """Trajectory stitching: small denoiser first, large denoiser from the switch on."""
     # torch comes with the sampling loop: imported here, not at the top, because the
-    # workflow imports every plugin to read its config (README, "Add a method")
+    # workflow imports every plugin to read its config (docs/extending.md)
     from diffrepro.diffusion.sampling import sample_loop
 
     small, large = models["small"], models["large"]
