@@ -56,5 +56,5 @@ def check_slurm_partitions(jobs: Iterable, available: set[str] | None = None) ->
         raise ClusterConfigError(
             f"SLURM has no partition {wrong}. Partitions on this cluster: "
             f"{', '.join(sorted(available)) or 'none'}. Set slurm_partition in your profile "
-            "(default-resources, or set-resources per rule; see README, 'Running on a SLURM "
-            "cluster'). Nothing was submitted.")
+            "(default-resources, or set-resources per rule; see docs/cluster.md, 'Adapting the profile "
+            "to your site'). Nothing was submitted.")

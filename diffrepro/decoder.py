@@ -77,7 +77,7 @@ def load_vae(info: dict, device: torch.device | str = "cpu"):
 
 @torch.no_grad()
 def decode_to_uint8(vae, latents: torch.Tensor, scale: float, chunk: int = 32) -> np.ndarray:
-    """(N, H, W, 3) uint8 images, as DiT's sample.py: decode z / scale, then
+    """(N, H, W, 3) uint8 images, as DiT's sample_ddp.py: decode z / scale, then
     clamp(127.5 x + 128) truncated to uint8. `chunk` latents at a time: a 256 px decode of a
     whole sampling batch needs several GB of activations."""
     out = []

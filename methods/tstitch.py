@@ -33,7 +33,8 @@ class TStitchSetting:
 
 
 def uses_small_model(t: int, ratio: float, num_timesteps: int = NUM_TRAIN_TIMESTEPS) -> bool:
-    """The released DiT rule: small model while t_orig / 1000 >= 1 - r (original timestep)."""
+    """The released T-Stitch rule for DiT (NVlabs/T-Stitch dit/models.py, TStitch): small model
+    while t_orig / 1000 >= 1 - r, t_orig the original (not respaced) timestep."""
     return t / num_timesteps >= 1 - ratio
 
 
@@ -41,7 +42,7 @@ def uses_small_model(t: int, ratio: float, num_timesteps: int = NUM_TRAIN_TIMEST
 def tstitch(models, sampler, noise, labels, generators, setting: TStitchSetting) -> MethodOutput:
     """Trajectory stitching: small denoiser first, large denoiser from the switch on."""
     # torch comes with the sampling loop: imported here, not at the top, because the
-    # workflow imports every plugin to read its config (README, "Add a method")
+    # workflow imports every plugin to read its config (docs/extending.md)
     from diffrepro.diffusion.sampling import sample_loop
 
     small, large = models["small"], models["large"]

@@ -1,4 +1,4 @@
-"""Classifier-free guidance as DiT applies it."""
+"""Classifier-free guidance in DiT's style: one batch [x; x], guidance on the first channels."""
 
 from __future__ import annotations
 
@@ -9,11 +9,16 @@ import torch.nn as nn
 class GuidedDenoiser:
     """Runs the model on [x; x] with labels [y; null] and guides epsilon.
 
-    As DiT's forward_with_cfg, guidance applies to the first `guided_channels` channels
-    only (3 in the paper's code, "for exact reproducibility"; all channels when the data
-    has fewer), and the remaining channels (the rest of epsilon and the learned variance)
-    come from the conditional half. A scale of 1 runs the conditional model alone, as
-    DiT's sample.py does.
+    Guidance applies to the first min(`guided_channels`, C) output channels, C being the
+    data's channel count, so it never reaches the learned-variance channels; the remaining
+    channels (the rest of epsilon and the whole variance) come from the conditional half.
+    With C >= `guided_channels` this is DiT's forward_with_cfg (3 channels in the paper's
+    code, "for exact reproducibility": 3 of the 4 latent epsilon channels). DiT's code
+    slices `[:, :3]` of the whole output, so for C < 3 it also guides variance channels
+    (for the 1-channel digits: the one variance channel). We do not: DDPM samples, which
+    use the learned variance, differ from DiT's rule there; DDIM and DPM-Solver++ samples,
+    which use epsilon only, do not. A scale of 1 runs the conditional model alone, as
+    DiT's sample_ddp.py does (its sample.py always runs both halves).
     """
 
     def __init__(self, model: nn.Module, cfg_scale: float, guided_channels: int = 3,
