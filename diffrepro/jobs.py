@@ -407,8 +407,12 @@ def attach_paired_fid_se(records: list[dict], feature_paths: Sequence[str], refe
 
 
 def merge_records(score_paths: Sequence[str], timing_paths: Sequence[str]) -> list[dict]:
-    """One record per setting: the score file with the timing file under 'timing'."""
-    timings = {(t["method"], t["setting"]): t for t in map(read_json, timing_paths)}
+    """One record per setting: the score file with its row of the table's timing file
+    (diffrepro.timing.time_table_settings) under 'timing', with that file's provenance."""
+    timings = {}
+    for table in map(read_json, timing_paths):
+        for row in table["settings"]:
+            timings[(row["method"], row["setting"])] = {**row, "provenance": table["provenance"]}
     records = []
     for score in map(read_json, score_paths):
         timing = timings.get((score["method"], score["setting"]))
