@@ -7,23 +7,19 @@ import dataclasses
 import json
 import os
 import time
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import torch
 
 from . import metrics
-from .checkpoints import load_checkpoint
 from .devices import claim_gpu
 from .download import DEFAULT_LOCK
-from .data import real_digits_uint8, to_uint8_nhwc
-from .diffusion.guidance import GuidedDenoiser
-from .diffusion.samplers import make_sampler
-from .diffusion.sampling import initial_noise_and_labels
+from .data import real_digits_uint8
+from .engines import load_engine
+from .engines.denoiser import steps_for
 from .io import read_json, write_json, write_npz
 from .methods import get_method
-from .models.dit import DiT, DiTConfig, build_dit
 from .provenance import provenance
 
 
@@ -39,17 +35,8 @@ def configure_runtime(threads: int, allow_downloads: bool = False) -> None:
 
 
 # --------------------------------------------------------------------------------------
-# Models
+# Device
 # --------------------------------------------------------------------------------------
-
-def load_dit(path: str | Path, model_config: dict) -> DiT:
-    model = build_dit(DiTConfig(**model_config))
-    model.load_state_dict(load_checkpoint(path), strict=True)
-    return model.eval().requires_grad_(False)
-
-
-AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-
 
 def job_device(sampling: dict, device: str | None = None) -> torch.device:
     """The device this job pins: `compute.device` ("auto": a GPU if one is visible, else the
@@ -66,25 +53,6 @@ def job_device(sampling: dict, device: str | None = None) -> torch.device:
     return torch.device(f"cuda:{claim_gpu(torch.cuda.device_count())}") if name == "cuda" else torch.device(name)
 
 
-def load_denoisers(checkpoints: dict[str, str], model_configs: dict[str, dict],
-                   sampling: dict, device: torch.device | str = "cpu") -> dict[str, GuidedDenoiser]:
-    """Guided denoisers on `device`, with the sampling block's precision and compile options."""
-    denoisers = {}
-    for role in checkpoints:
-        model = load_dit(checkpoints[role], model_configs[role]).to(device)
-        if sampling.get("compile", False):
-            model = torch.compile(model)
-        denoisers[role] = GuidedDenoiser(model, sampling["cfg_scale"], sampling["guided_channels"],
-                                         autocast=AUTOCAST_DTYPES[sampling.get("precision", "fp32")])
-    return denoisers
-
-
-def sample_geometry(model_configs: dict[str, dict]) -> tuple[tuple[int, int, int], int]:
-    """(image shape, number of classes) of the samples; every role's model shares them."""
-    config = next(iter(model_configs.values()))
-    return (config["in_channels"], config["input_size"], config["input_size"]), config["num_classes"]
-
-
 # --------------------------------------------------------------------------------------
 # Sampling for scores
 # --------------------------------------------------------------------------------------
@@ -95,56 +63,28 @@ def shard_range(num_samples: int, shard: int, num_shards: int) -> range:
     return range(shard * num_samples // num_shards, (shard + 1) * num_samples // num_shards)
 
 
-def steps_for(setting, sampling: dict) -> int:
-    """The sampler's step count: the setting's own if it has one, else the config's."""
-    return getattr(setting, "steps", None) or sampling["steps"]
-
-
-def sampler_name_for(setting, sampling: dict) -> str:
-    """The sampler: the setting's own if it names one (a samplers x steps grid), else the config's."""
-    return getattr(setting, "sampler", None) or sampling["sampler"]
-
-
-def sampler_for(setting, sampling: dict):
-    """The setting's sampler at the setting's step count."""
-    return make_sampler(sampler_name_for(setting, sampling), steps_for(setting, sampling))
-
-
-def generate(method: str, setting_values: dict, denoisers: dict[str, GuidedDenoiser],
-             sampling: dict, seed: int, indices: Sequence[int], shape, num_classes: int,
-             batch_size: int, log=print, device: torch.device | str = "cpu",
-             to_images=to_uint8_nhwc) -> tuple[np.ndarray, np.ndarray, dict, dict]:
-    """uint8 NHWC images and labels for these image indices, batch by batch, and the
-    method's extras: float samples and its per-image diagnostics and traces. `to_images`
-    maps samples to images (a VAE decoder for latent models)."""
+def generate(engine, method: str, setting_values: dict, seed: int, indices: Sequence[int],
+             batch_size: int, log=print) -> tuple[np.ndarray, np.ndarray, dict, dict]:
+    """uint8 NHWC images and labels for these image indices, batch by batch on `engine`
+    (diffrepro.engines), and the method's extras: samples in model space and its per-image
+    diagnostics and traces."""
     spec = get_method(method)
     setting = spec.make_setting(setting_values)
-    sampler = sampler_for(setting, sampling)
-    images, labels, steps, outputs = [], [], {}, []
+    batches = []
     began = time.perf_counter()
     for start in range(0, len(indices), batch_size):
-        batch = list(indices[start:start + batch_size])
-        noise, y, generators = initial_noise_and_labels(seed, batch, shape, num_classes)
-        out = spec.run(denoisers, sampler, noise.to(device), y.to(device), generators, setting)
-        out.samples = out.samples.float().cpu()
-        images.append(to_images(out.samples))
-        labels.append(y.numpy())
-        outputs.append(out)
-        steps = out.steps_by_role(denoisers)
-        done = start + len(batch)
+        batches.append(engine.run_batch(spec, setting, seed, list(indices[start:start + batch_size])))
+        done = start + len(batches[-1].labels)
         log(f"{method} {spec.setting_id(setting)}: {done}/{len(indices)} images, "
             f"{done / (time.perf_counter() - began):.1f} images/s")
-    return np.concatenate(images), np.concatenate(labels), steps, _merge_extras(outputs)
+    return (np.concatenate([b.images for b in batches]), np.concatenate([b.labels for b in batches]),
+            batches[-1].model_steps, _merge_extras([b.extras for b in batches]))
 
 
-def _merge_extras(outputs) -> dict[str, np.ndarray]:
-    """samples (float32, model space), per_image__<name> and trace__<name> over all batches."""
-    extras = {"samples": np.concatenate([o.samples.numpy() for o in outputs]).astype(np.float32)}
-    for name in outputs[0].per_image:
-        extras[f"per_image__{name}"] = np.concatenate([o.per_image[name] for o in outputs])
-    for name in outputs[0].traces:
-        extras[f"trace__{name}"] = _stack_ragged([o.traces[name] for o in outputs])
-    return extras
+def _merge_extras(parts: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """samples, per_image__<name> and trace__<name> over all batches."""
+    return {name: _stack_ragged([p[name] for p in parts]) if name.startswith("trace__")
+            else np.concatenate([p[name] for p in parts]) for name in parts[0]}
 
 
 def _stack_ragged(blocks: Sequence[np.ndarray]) -> np.ndarray:
@@ -155,29 +95,23 @@ def _stack_ragged(blocks: Sequence[np.ndarray]) -> np.ndarray:
 
 
 def sample_shard(*, method: str, setting_values: dict, checkpoints: dict[str, str],
-                 model_configs: dict[str, dict], sampling: dict, seed: int, num_samples: int,
-                 shard: int, num_shards: int, batch_size: int, output: str, log=print,
-                 device: str | None = None, vae_info: str | None = None) -> None:
-    """One shard of a setting's samples. With `vae_info` (rule fetch_vae's record) the
-    samples are latents, decoded to images by that VAE."""
+                 model_configs: dict[str, dict], sampling: dict, seed: int, batch_size: int, output: str,
+                 indices: Sequence[int] | None = None, num_samples: int | None = None, shard: int = 0,
+                 num_shards: int = 1, log=print, device: str | None = None, vae_info: str | None = None,
+                 prompts_path: str | None = None) -> None:
+    """One shard of a setting's samples, for a method of any family: these image `indices`
+    (or shard `shard` of `num_shards` over `num_samples` images). `vae_info`: a latent
+    denoiser suite's VAE record; `prompts_path`: a text-to-image suite's prompt list."""
     device = job_device(sampling, device)
-    denoisers = load_denoisers(checkpoints, model_configs, sampling, device)
-    to_images, decoder = to_uint8_nhwc, None
-    if vae_info is not None:
-        from .decoder import decode_to_uint8, load_vae
-
-        decoder = read_json(vae_info)
-        vae = load_vae(decoder, device)
-        to_images = lambda latents: decode_to_uint8(vae, latents, decoder["scale"])  # noqa: E731
-    indices = shard_range(num_samples, shard, num_shards)
+    engine = load_engine(method, checkpoints=checkpoints, model_configs=model_configs, sampling=sampling,
+                         device=device, vae_info=vae_info, prompts_path=prompts_path)
+    if indices is None:
+        indices = shard_range(num_samples, shard, num_shards)
     log(f"device {device}, precision {sampling.get('precision', 'fp32')}, "
         f"tf32 {sampling.get('tf32', False)}, compile {sampling.get('compile', False)}")
-    images, labels, steps, extras = generate(method, setting_values, denoisers, sampling, seed,
-                                             indices, *sample_geometry(model_configs), batch_size, log,
-                                             device=device, to_images=to_images)
+    images, labels, steps, extras = generate(engine, method, setting_values, seed, indices, batch_size, log)
     meta = {"method": method, "params": setting_values, "model_steps": steps, "seed": seed,
-            "sampling": sampling, "checkpoints": checkpoints, "device": str(device),
-            "decoder": decoder}
+            "sampling": sampling, "checkpoints": checkpoints, "device": str(device), **engine.meta()}
     write_npz(output, images=images, labels=labels, indices=np.asarray(indices, dtype=np.int64),
               meta=np.asarray(json.dumps(meta, sort_keys=True)), **extras)
 
@@ -385,7 +319,7 @@ def score_setting(*, shards: Sequence[str], reference_path: str, scoring: dict, 
     # Inception (and CLIP) features in full float32: TF32 would change them
     device = job_device({"device": config.get("compute", {}).get("device", "auto"), "tf32": False})
     if "clip" in config and get_method(meta["method"]).family == "pipeline":
-        from .t2i.jobs import read_prompts
+        from .engines.pipeline import read_prompts
 
         clip_record = _clip_scores(images, labels, config, clip_weights, read_prompts(prompts_path), device, log)
     if scoring.get("backend", "digits") == "adm":
@@ -473,8 +407,12 @@ def attach_paired_fid_se(records: list[dict], feature_paths: Sequence[str], refe
 
 
 def merge_records(score_paths: Sequence[str], timing_paths: Sequence[str]) -> list[dict]:
-    """One record per setting: the score file with the timing file under 'timing'."""
-    timings = {(t["method"], t["setting"]): t for t in map(read_json, timing_paths)}
+    """One record per setting: the score file with its row of the table's timing file
+    (diffrepro.timing.time_table_settings) under 'timing', with that file's provenance."""
+    timings = {}
+    for table in map(read_json, timing_paths):
+        for row in table["settings"]:
+            timings[(row["method"], row["setting"])] = {**row, "provenance": table["provenance"]}
     records = []
     for score in map(read_json, score_paths):
         timing = timings.get((score["method"], score["setting"]))

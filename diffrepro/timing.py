@@ -1,175 +1,58 @@
-"""Timing apart from sampling-for-FID: the paper's batch, warm-up, device sync, repeats.
+"""Timing apart from sampling-for-FID, one table at a time: every setting of the table and
+every reference run they are measured against, timed round-robin in one process.
 
-Speed-ups and the loop overhead are measured as ratios of runs made side by side in one
-process: this machine's speed drifts between jobs by tens of percent, within a pair of
-consecutive runs it barely does.
+This machine's speed drifts between jobs by tens of percent and within a job by a few: a
+setting timed in its own job, or long after its reference, carries that drift into its
+speed-up. Here each round times every run once (the paper's batch, device synced) and one
+forward pass of every model used, so a setting's speed-up and its ideal time come from
+measurements taken minutes apart at most, and the per-round ratios cancel the slow drift.
+The rounds start at a different run each time, so no run always follows the same one.
+Methods of any family are timed the same way through their engines (diffrepro.engines).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import statistics
-import time
 from typing import Sequence
 
 import numpy as np
 import torch
 
-from .diffusion.sampling import initial_noise_and_labels
+from .engines import load_engine
+from .engines.clock import timed
 from .io import write_json
-from .jobs import job_device, load_denoisers, sample_geometry, sampler_for
+from .jobs import job_device
 from .methods import get_method
 from .provenance import provenance
 
 
-# --------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class _Run:
+    """One timed unit: a method's setting at a batch size, and what its rounds measured."""
+    method: str
+    setting: object
+    batch_size: int
+    engine_key: str
+    times: list = dataclasses.field(default_factory=list)
+    steps: dict | None = None
+    uniform_batch: bool = True
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _timed(fn, device) -> float:
-    _sync(device)
-    began = time.perf_counter()
-    fn()
-    _sync(device)
-    return time.perf_counter() - began
-
-
-def time_setting(*, method: str, setting_values: dict, baseline: dict,
-                 checkpoints: dict[str, str], model_configs: dict[str, dict], sampling: dict,
-                 seed: int, timing: dict, config: dict, output: str, log=print,
-                 device: str | None = None) -> dict:
-    """Median wall-clock of one batch (the paper's 8 images), speed-up over the baseline
-    run ({"method", "params"}: a setting of this method, or e.g. the sequential sampler a
-    parallel one solves), and the loop's overhead.
-
-    The speed-up is the median over repeats of baseline time / setting time, the two runs
-    made one after the other in this process: across jobs this machine's speed drifts by
-    tens of percent, within a pair it barely does.
-
-    The ideal time is sum over models of (steps run by that model) x (median time of one
-    guided forward pass of it, same batch): sampling with zero loop overhead. This machine
-    is noisy at the scale of one run, so each timed run is paired with forward passes
-    timed right after it, and the overhead is the median of the per-pair ratios
-    run / ideal - 1 (slow drifts cancel within a pair).
-    """
-    device = job_device(sampling, device)
-    denoisers = load_denoisers(checkpoints, model_configs, sampling, device)
-    spec, base_spec = get_method(method), get_method(baseline["method"])
-    setting, base_setting = spec.make_setting(setting_values), base_spec.make_setting(baseline["params"])
-    sampler, base_sampler = sampler_for(setting, sampling), sampler_for(base_setting, sampling)
-    is_baseline = (method, setting) == (baseline["method"], base_setting)
-    shape, num_classes = sample_geometry(model_configs)
-    batch = list(range(timing["batch_size"]))
-
-    def fresh_inputs():
-        noise, labels, generators = initial_noise_and_labels(seed, batch, shape, num_classes)
-        return noise.to(device), labels.to(device), generators
-
-    def timed_run(run_spec, run_sampler, which):
-        """(seconds, method output) of one run; its inputs are drawn outside the timing."""
-        inputs, outputs = fresh_inputs(), []
-        seconds = _timed(lambda: outputs.append(run_spec.run(denoisers, run_sampler, *inputs, which)),
-                         device)
-        return seconds - outputs[0].given_s, outputs[0]
-
-    noise, y, _ = fresh_inputs()
-    middle_t = sampler.timesteps[len(sampler.timesteps) // 2]
-
-    def forward_times(denoiser) -> list[float]:
-        return [_timed(lambda: denoiser(noise, middle_t, y), device)
-                for _ in range(timing["forward_repeats"])]
-
-    with torch.no_grad():
-        for _ in range(timing["warmup"]):
-            spec.run(denoisers, sampler, *fresh_inputs(), setting)
-            for d in denoisers.values():
-                forward_times(d)
-        runs, pair_ratios, speedups, forward = [], [], [], {role: [] for role in denoisers}
-        base_runs = []
-        for _ in range(timing["repeats"]):
-            seconds, out = timed_run(spec, sampler, setting)
-            runs.append(seconds)
-            steps = out.steps_by_role(denoisers)
-            if not is_baseline:
-                base_runs.append(timed_run(base_spec, base_sampler, base_setting)[0])
-                speedups.append(base_runs[-1] / seconds)
-            block = {role: forward_times(d) for role, d in denoisers.items()}
-            for role, times in block.items():
-                forward[role].extend(times)
-            pair_ideal = sum(steps[role] * statistics.median(block[role]) for role in block)
-            pair_ratios.append(runs[-1] / pair_ideal)
-        loop_s = (_loop_only_time(spec, setting, sampler, denoisers, fresh_inputs, noise, middle_t, y,
-                                  device, repeats=timing["forward_repeats"]) if out.uniform_batch else None)
-        window = _window_cost(setting, sampler, denoisers, noise, middle_t, y, device, timing)
-
-    speedups = speedups or [1.0] * len(runs)  # the baseline itself
-    per_step = {role: statistics.median(v) for role, v in forward.items()}
-    ideal = sum(steps[role] * per_step[role] for role in per_step)
-    median = statistics.median(runs)
-    result = {
-        "method": method, "setting": spec.setting_id(setting), "params": dataclasses.asdict(setting),
-        "batch_size": len(batch), "repeats": timing["repeats"], "warmup": timing["warmup"],
-        "forward_repeats": timing["forward_repeats"], "times_s": runs, "median_s": median,
-        "model_steps": steps, "per_step_forward_s": per_step,
-        "baseline": baseline, "baseline_times_s": base_runs or runs, "speedup_pairs": speedups,
-        "speedup_vs_baseline": statistics.median(speedups),
-        "speedup_ci95": _median_ci(speedups),
-        # One guided forward pass on the batch and, for methods that evaluate a window of
-        # steps at once, on the window-sized batch: what a parallel iteration costs here.
-        "forward_s": {"batch": statistics.median(next(iter(forward.values()))), **window},
-        "threads": torch.get_num_threads(), "device": str(device),
-        "provenance": provenance(config, seeds={"seed": seed}, files=checkpoints, device=device),
-    }
-    if out.uniform_batch:
-        # Every call ran on the whole batch: steps x one forward pass is the ideal time.
-        result.update({
-            "ideal_s": ideal, "pair_ratios": pair_ratios,
-            "overhead_fraction": statistics.median(pair_ratios) - 1,
-            "overhead_ci95": [r - 1 for r in _median_ci(pair_ratios)],
-            # The loop alone (method + sampler, network replaced by a constant): its share
-            # of the ideal time, a low-noise view of the same overhead.
-            "loop_only_s": loop_s, "loop_only_fraction": loop_s / ideal})
-    log(f"{method} {result['setting']}: median {median:.4f} s, speed-up "
-        f"{result['speedup_vs_baseline']:.3f}x vs {baseline['method']} "
-        f"{base_spec.setting_id(base_setting)}"
-        + (f", overhead {100 * result['overhead_fraction']:+.2f}% (median of paired ratios)"
-           if out.uniform_batch else ""))
-    write_json(output, result)
-    return result
+    @property
+    def key(self) -> tuple:
+        return self.method, self.setting, self.batch_size
 
 
-def _window_cost(setting, sampler, denoisers, noise, t, y, device, timing) -> dict:
-    """Median time of one forward pass on window x batch rows (methods with a window)."""
-    if not hasattr(setting, "window"):
-        return {"window": None, "window_batch": None}
-    window = min(setting.window, len(sampler.timesteps))
-    denoiser = next(iter(denoisers.values()))
-    x, labels = noise.repeat(window, 1, 1, 1), y.repeat(window)
-    times = [_timed(lambda: denoiser(x, t, labels), device) for _ in range(timing["forward_repeats"])]
-    return {"window": window, "window_batch": statistics.median(times)}
+def table_rounds(timings: Sequence[dict]) -> dict:
+    """Rounds, warm-up rounds and forward passes per round for a table whose methods have
+    these timing sections (config.method_timing): the most any of them asks for."""
+    return {key: max(int(t[name]) for t in timings)
+            for key, name in (("rounds", "repeats"), ("warmup", "warmup"), ("forward_repeats", "forward_repeats"))}
 
 
-class _ConstantDenoiser:
-    """Stands in for a network: returns a fixed output, so a run times only the loop."""
-
-    def __init__(self, output: torch.Tensor):
-        self.output = output
-
-    def __call__(self, x, t, y):
-        return self.output
-
-
-def _loop_only_time(spec, setting, sampler, denoisers, fresh_inputs, noise, t, y, device,
-                    repeats: int) -> float:
-    stand_ins = {role: _ConstantDenoiser(d(noise, t, y)) for role, d in denoisers.items()}
-    times = []
-    for _ in range(repeats):
-        inputs = fresh_inputs()
-        times.append(_timed(lambda: spec.run(stand_ins, sampler, *inputs, setting), device))
-    return statistics.median(times)
+def _quantile(values: Sequence[float], q: float) -> float:
+    return float(np.quantile(np.asarray(values, dtype=np.float64), q))
 
 
 def _median_ci(values: Sequence[float], reps: int = 2000, seed: int = 0) -> list[float]:
@@ -178,3 +61,152 @@ def _median_ci(values: Sequence[float], reps: int = 2000, seed: int = 0) -> list
     data = np.asarray(values)
     medians = np.median(rng.choice(data, size=(reps, len(data)), replace=True), axis=1)
     return [float(np.percentile(medians, 2.5)), float(np.percentile(medians, 97.5))]
+
+
+def time_table_settings(*, settings: Sequence[dict], methods: dict[str, dict], seed: int, config: dict,
+                        output: str | None = None, device: str | None = None,
+                        prompts_path: str | None = None, log=print) -> dict:
+    """Time a table's settings round-robin in this process; returns (and writes) the table's
+    timing file: {"rounds", "warmup", "forward_repeats", "order", "settings": [record, ...]}.
+
+    settings: [{"method", "params", "baseline": {"method", "params"}}], the table's rows with
+        the run each is measured against (a setting of the same method, or e.g. the
+        sequential sampler a parallel one solves); the baseline is timed at its row's batch.
+    methods: for every method named there, {"checkpoints", "model_configs", "sampling",
+        "timing"} (timing: config.method_timing, its batch_size is the method's batch).
+
+    Per row: median and p90 of its times; speed-up = median over rounds of (baseline time /
+    row time) in the same round; ideal time = sum over roles of model_steps[role] x that
+    round's forward time of the role's model (median over rounds), and measured / ideal
+    (median of the per-round ratios). Methods whose network calls do not all run on the
+    whole batch (parallel-in-time samplers) have no ideal time.
+    """
+    first = next(iter(methods.values()))
+    device = job_device(first["sampling"], device)
+    plan = table_rounds([methods[s["method"]]["timing"] for s in settings])
+    engines, engine_of, runs = {}, {}, {}
+
+    def engine_for(method: str) -> str:
+        entry = methods[method]
+        key = json.dumps([get_method(method).family, entry["checkpoints"], entry["model_configs"],
+                          entry["sampling"]], sort_keys=True)
+        if key not in engines:  # methods over the same models share them (e.g. T-Stitch's r = 0, BK-SDM's teacher)
+            engines[key] = load_engine(method, checkpoints=entry["checkpoints"], model_configs=entry["model_configs"],
+                                       sampling=entry["sampling"], device=device, prompts_path=prompts_path)
+        engine_of[method] = key
+        return key
+
+    def run_for(method: str, values: dict, batch_size: int) -> _Run:
+        run = _Run(method, get_method(method).make_setting(values), batch_size, engine_for(method))
+        return runs.setdefault(run.key, run)
+
+    rows = []
+    for entry in settings:
+        batch = int(methods[entry["method"]]["timing"]["batch_size"])
+        rows.append((entry, run_for(entry["method"], entry["params"], batch),
+                     run_for(entry["baseline"]["method"], entry["baseline"]["params"], batch)))
+    order = list(runs.values())
+    # one forward pass per (models, role, batch) a row uses: the ideal time's unit cost
+    forwards = {(run.engine_key, role, run.batch_size): [] for _, run, _ in rows
+                for role in engines[run.engine_key].roles}
+    log(f"{len(rows)} settings, {len(order)} timed runs, {len(forwards)} models x batches; "
+        f"{plan['warmup']} warm-up and {plan['rounds']} timed rounds on {device}")
+
+    def time_run(run: _Run) -> float:
+        engine = engines[run.engine_key]
+        call, outputs = engine.prepare(get_method(run.method), run.setting, seed, range(run.batch_size)), []
+        seconds = timed(lambda: outputs.append(call()), device)
+        run.steps, run.uniform_batch = outputs[0].steps_by_role(engine.roles), outputs[0].uniform_batch
+        return seconds - outputs[0].given_s  # inputs the paper treats as given (ParaTAA's warm start)
+
+    def time_forward(key) -> float:
+        engine_key, role, batch_size = key
+        call = engines[engine_key].forward_pass(role, batch_size, seed)
+        return statistics.median([timed(call, device) for _ in range(plan["forward_repeats"])])
+
+    with torch.no_grad():
+        for _ in range(plan["warmup"]):
+            for run in order:
+                time_run(run)
+            for key in forwards:
+                time_forward(key)
+        for round_index in range(plan["rounds"]):
+            start = round_index % len(order)
+            for run in order[start:] + order[:start]:
+                run.times.append(time_run(run))
+            for key, times in forwards.items():
+                times.append(time_forward(key))
+        records = [_record(entry, run, base, engines[run.engine_key], forwards, plan, seed, device)
+                   for entry, run, base in rows]
+
+    files = {}  # each checkpoint hashed once, however many methods load it
+    for method, entry in methods.items():
+        for role, path in entry["checkpoints"].items():
+            if path not in files.values():
+                files[f"{method}:{role}"] = path
+    result = {**plan, "batch_sizes": sorted({run.batch_size for run in order}),
+              "order": [[run.method, get_method(run.method).setting_id(run.setting), run.batch_size] for run in order],
+              "threads": torch.get_num_threads(), "device": str(device),
+              "provenance": provenance(config, seeds={"seed": seed}, files=files, device=device,
+                                       extra={"models": {m: engines[k].meta() for m, k in engine_of.items()}}),
+              "settings": records}
+    for record in records:
+        log(f"{record['method']} {record['setting']}: median {record['median_s']:.4f} s (p90 {record['p90_s']:.4f}), "
+            f"speed-up {record['speedup_vs_baseline']:.3f}x"
+            + (f", measured/ideal {record['ideal_ratio']:.3f}" if "ideal_ratio" in record else ""))
+    if output is not None:
+        write_json(output, result)
+    return result
+
+
+def _record(entry: dict, run: _Run, base: _Run, engine, forwards: dict, plan: dict, seed: int, device) -> dict:
+    """One row's timing record (the keys the table builders read, as the per-setting timing
+    files had them)."""
+    spec = get_method(run.method)
+    itself = run is base
+    speedups = [1.0] * len(run.times) if itself else [b / t for b, t in zip(base.times, run.times)]
+    per_round = {role: forwards[(run.engine_key, role, run.batch_size)] for role in engine.roles}
+    per_step = {role: statistics.median(times) for role, times in per_round.items()}
+    record = {
+        "method": run.method, "setting": spec.setting_id(run.setting), "params": dataclasses.asdict(run.setting),
+        "batch_size": run.batch_size, "repeats": plan["rounds"], "warmup": plan["warmup"],
+        "forward_repeats": plan["forward_repeats"], "times_s": run.times, "median_s": statistics.median(run.times),
+        "p90_s": _quantile(run.times, 0.9), "model_steps": run.steps, "per_step_forward_s": per_step,
+        "baseline": entry["baseline"], "baseline_times_s": base.times, "speedup_pairs": speedups,
+        "speedup_vs_baseline": statistics.median(speedups), "speedup_ci95": _median_ci(speedups),
+        # one forward pass on the batch and, for methods that evaluate a window of steps at
+        # once, on the window-sized batch: what a parallel iteration costs here
+        "forward_s": {"batch": next(iter(per_step.values()))},
+        "threads": torch.get_num_threads(), "device": str(device),
+    }
+    extra = engine.extra_costs(spec, run.setting, seed, run.batch_size, plan["forward_repeats"], run.uniform_batch)
+    record["forward_s"].update(window=extra.get("window"), window_batch=extra.get("window_batch"))
+    if run.uniform_batch:
+        # every call ran on the whole batch: steps x one forward pass is the ideal time
+        ideals = [sum(run.steps[role] * per_round[role][r] for role in per_round) for r in range(len(run.times))]
+        ratios = [t / ideal for t, ideal in zip(run.times, ideals)]
+        record.update({"ideal_s": statistics.median(ideals), "pair_ratios": ratios,
+                       "ideal_ratio": statistics.median(ratios), "overhead_fraction": statistics.median(ratios) - 1,
+                       "overhead_ci95": [r - 1 for r in _median_ci(ratios)]})
+        if "loop_only_s" in extra:
+            # the loop alone (method + sampler, network replaced by a constant): its share
+            # of the ideal time, a low-noise view of the same overhead
+            record.update(loop_only_s=extra["loop_only_s"],
+                          loop_only_fraction=extra["loop_only_s"] / record["ideal_s"])
+    return record
+
+
+def time_setting(*, method: str, setting_values: dict, baseline: dict, checkpoints: dict[str, str],
+                 model_configs: dict[str, dict], sampling: dict, seed: int, timing: dict, config: dict,
+                 output: str | None = None, device: str | None = None, prompts_path: str | None = None,
+                 log=print) -> dict:
+    """One setting against its baseline run (a table of one row, same models): its timing
+    record, with the provenance; written to `output` if given."""
+    entry = {"checkpoints": checkpoints, "model_configs": model_configs, "sampling": sampling, "timing": timing}
+    table = time_table_settings(settings=[{"method": method, "params": setting_values, "baseline": baseline}],
+                                methods={method: entry, baseline["method"]: entry}, seed=seed, config=config, device=device,
+                                prompts_path=prompts_path, log=log)
+    record = {**table["settings"][0], "provenance": {**table["provenance"], **table["provenance"]["models"][method]}}
+    if output is not None:
+        write_json(output, record)
+    return record

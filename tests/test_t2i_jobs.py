@@ -14,7 +14,8 @@ from diffrepro.checkpoints import load_checkpoint, save_checkpoint
 from diffrepro.data import load_digits_tensors
 from diffrepro.report import tstitch
 from diffrepro.t2i.components import build_unet
-from diffrepro.t2i.jobs import sample_shard_t2i, time_t2i_setting
+from diffrepro.jobs import sample_shard
+from diffrepro.timing import time_setting
 from diffrepro.t2i.training import train_t2i_unet
 from diffrepro.training import TrainConfig
 
@@ -64,9 +65,9 @@ def test_training_resumes_to_identical_weights(tmp_path):
 
 def sample(checkpoints, tmp_path, ratio, indices, name, batch_size=8):
     out = tmp_path / f"{name}.npz"
-    sample_shard_t2i(method="tstitch_sd", setting_values={"ratio": ratio}, checkpoints=checkpoints,
-                     model_configs=CONFIGS, t2i=T2I, seed=3, indices=indices, batch_size=batch_size,
-                     output=str(out), log=lambda *a: None)
+    sample_shard(method="tstitch_sd", setting_values={"ratio": ratio}, checkpoints=checkpoints,
+                 model_configs=CONFIGS, sampling=T2I, seed=3, indices=indices, batch_size=batch_size,
+                 output=str(out), log=lambda *a: None)
     return np.load(out)
 
 
@@ -85,10 +86,10 @@ def test_shards_are_per_image_and_count_steps(checkpoints, tmp_path):
 
 def test_timing_record_has_what_the_table_reads(checkpoints, tmp_path):
     timing = {"batch_size": 1, "warmup": 0, "repeats": 2, "forward_repeats": 2, "threads": 1}
-    result = time_t2i_setting(method="tstitch_sd", setting_values={"ratio": 0.4},
-                              baseline={"method": "tstitch_sd", "params": {"ratio": 0.0}},
-                              checkpoints=checkpoints, model_configs=CONFIGS, t2i=T2I, seed=0, timing=timing,
-                              config={"seed": 0}, output=str(tmp_path / "t.json"), log=lambda *a: None)
+    result = time_setting(method="tstitch_sd", setting_values={"ratio": 0.4},
+                          baseline={"method": "tstitch_sd", "params": {"ratio": 0.0}},
+                          checkpoints=checkpoints, model_configs=CONFIGS, sampling=T2I, seed=0, timing=timing,
+                          config={"seed": 0}, output=str(tmp_path / "t.json"), log=lambda *a: None)
     assert result["model_steps"] == {"small": 2, "large": 4}  # (i + 1) / 6 <= 0.4
     assert result["batch_size"] == 1 and len(result["speedup_pairs"]) == 2
     assert result["ideal_s"] > 0 and result["median_s"] > 0
@@ -203,9 +204,9 @@ def test_a_sampler_that_draws_noise_uses_the_per_image_generators(checkpoints, t
 
     def run(indices, name, batch_size):
         out = tmp_path / f"{name}.npz"
-        sample_shard_t2i(method="tstitch_sd", setting_values={"ratio": 0.4}, checkpoints=checkpoints,
-                         model_configs=CONFIGS, t2i=ddpm, seed=3, indices=indices, batch_size=batch_size,
-                         output=str(out), log=lambda *a: None)
+        sample_shard(method="tstitch_sd", setting_values={"ratio": 0.4}, checkpoints=checkpoints,
+                     model_configs=CONFIGS, sampling=ddpm, seed=3, indices=indices, batch_size=batch_size,
+                     output=str(out), log=lambda *a: None)
         return np.load(out)
 
     whole, first, second = run(range(4), "whole", 4), run(range(2), "a", 1), run(range(2, 4), "b", 2)

@@ -18,7 +18,9 @@ from diffrepro.jobs import read_shard_extras, read_shards
 from diffrepro.t2i import coco
 from diffrepro.t2i.components import unet_step_inputs
 from diffrepro.t2i.hub import HubModelUnavailable, fetch_hub_model
-from diffrepro.t2i.jobs import fid_images, sample_shard_t2i, time_t2i_setting
+from diffrepro.engines.pipeline import fid_images
+from diffrepro.jobs import sample_shard
+from diffrepro.timing import time_setting
 from t2i_tiny import sd_pipeline, sd_unet, sdxl_unet
 
 CAPTIONS = {
@@ -156,9 +158,9 @@ def test_hub_pipelines_sample_decoded_images_from_their_records(hub_sd):
 
     def shard(method, values, roles, indices, batch_size, name):
         out = root / f"{name}.npz"
-        sample_shard_t2i(method=method, setting_values=values, checkpoints={r: records[r2] for r, r2 in roles.items()},
-                         model_configs={}, t2i=T2I, seed=0, indices=indices, batch_size=batch_size, output=str(out),
-                         prompts_path=prompts, log=lambda *_: None)
+        sample_shard(method=method, setting_values=values, checkpoints={r: records[r2] for r, r2 in roles.items()},
+                     model_configs={}, sampling=T2I, seed=0, indices=indices, batch_size=batch_size, output=str(out),
+                     prompts_path=prompts, log=lambda *_: None)
         return str(out)
 
     both = {"small": "small", "large": "large"}
@@ -181,10 +183,10 @@ def test_hub_pipelines_sample_decoded_images_from_their_records(hub_sd):
 def test_hub_pipelines_are_timed_per_image(hub_sd, tmp_path):
     root, records, prompts = hub_sd
     timing = {"batch_size": 1, "warmup": 0, "repeats": 2, "forward_repeats": 2}
-    result = time_t2i_setting(method="tstitch_sd", setting_values={"ratio": 0.4},
-                              baseline={"method": "tstitch_sd", "params": {"ratio": 0.0}}, checkpoints=records,
-                              model_configs={}, t2i=T2I, seed=0, timing=timing, config={},
-                              output=str(tmp_path / "t.json"), prompts_path=prompts, log=lambda *_: None)
+    result = time_setting(method="tstitch_sd", setting_values={"ratio": 0.4},
+                          baseline={"method": "tstitch_sd", "params": {"ratio": 0.0}}, checkpoints=records,
+                          model_configs={}, sampling=T2I, seed=0, timing=timing, config={},
+                          output=str(tmp_path / "t.json"), prompts_path=prompts, log=lambda *_: None)
     assert result["batch_size"] == 1 and len(result["speedup_pairs"]) == 2
     assert set(result["per_step_forward_s"]) == {"small", "large"}
     assert result["provenance"]["text_encoder_sha256"] is None
@@ -240,9 +242,9 @@ def test_the_lcm_paper_path_sdxl_with_an_lcm_unet_and_a_lora_small(tmp_path):
            "fid_size": 16, "precision": "fp32"}
 
     def shard(values, name):
-        sample_shard_t2i(method="tstitch_sd", setting_values=values, checkpoints=records, model_configs={}, t2i=t2i,
-                         seed=0, indices=range(3), batch_size=3, output=str(tmp_path / name),
-                         prompts_path=str(prompts), log=lambda *_: None)
+        sample_shard(method="tstitch_sd", setting_values=values, checkpoints=records, model_configs={}, sampling=t2i,
+                     seed=0, indices=range(3), batch_size=3, output=str(tmp_path / name),
+                     prompts_path=str(prompts), log=lambda *_: None)
         return read_shards([str(tmp_path / name)])
 
     images, _, meta = shard({"ratio": 0.5}, "half.npz")

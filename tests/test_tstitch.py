@@ -6,6 +6,7 @@ import torch
 
 from diffrepro.diffusion.samplers import DDIMSampler, DDPMSampler
 from diffrepro.diffusion.sampling import initial_noise_and_labels, sample_loop
+from diffrepro.engines.denoiser import DenoiserEngine
 from diffrepro.jobs import generate
 from diffrepro.methods import get_method, load_plugins
 
@@ -56,8 +57,8 @@ def test_noise_and_labels_depend_only_on_seed_and_index():
 
 @pytest.mark.parametrize("sampler", ["ddim", "ddpm", "dpmsolver++"])
 def test_samples_do_not_depend_on_batch_size(tiny_denoisers, sampler):
-    sampling = {"sampler": sampler, "steps": 10}
-    args = ("tstitch", {"ratio": 0.5}, tiny_denoisers, sampling, 11, range(6), (1, 8, 8), 10)
+    engine = DenoiserEngine(tiny_denoisers, (1, 8, 8), 10, {"sampler": sampler, "steps": 10})
+    args = (engine, "tstitch", {"ratio": 0.5}, 11, range(6))
     one_batch, labels_a, _, _ = generate(*args, batch_size=6, log=lambda m: None)
     small_batches, labels_b, _, _ = generate(*args, batch_size=2, log=lambda m: None)
     assert np.array_equal(labels_a, labels_b)

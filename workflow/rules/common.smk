@@ -269,7 +269,7 @@ def table_inputs(wildcards):
                   if "hub" in config["models"][model]}
     return {
         "scores": [f"{RESULTS}/scores/{m}/{s}.json" for m, s in rows],
-        "timings": [f"{RESULTS}/timing/{m}/{s}.json" for m, s in rows],
+        "timings": [f"{RESULTS}/timing/{wildcards.table}.json"],
         "features": [f"{RESULTS}/scores/{m}/{s}.features.npz" for m, s in rows],
         "reference": reference_statistics_path(),
         **paper,

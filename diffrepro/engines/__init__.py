@@ -1,0 +1,58 @@
+"""One engine per model family, behind one small interface; the rule bodies (diffrepro.jobs,
+diffrepro.timing) use nothing else, so sampling and timing are written once for every family.
+
+An engine is built by `load_engine` from a method's checkpoints (by role), model configs,
+sampling section and device, and then
+
+- `run_batch(spec, setting, seed, indices)` -> `Batch`: uint8 images, labels, per-model step
+  counts and the method's extras, on the fixed per-image noise of those image indices;
+- `prepare(spec, setting, seed, indices)` -> a callable that runs the method once on inputs
+  drawn beforehand and returns its `MethodOutput` (what timing times);
+- `forward_pass(role, batch_size, seed)` -> a callable: one forward pass of that role's model
+  as the method's loop calls it (guided), for the ideal time;
+- `extra_costs(...)`: family-specific timing extras (a denoiser's loop-only time);
+- `roles` (models by role), `device`, `meta()` (what shard and timing files record about
+  the loaded models).
+
+Families are the `family` of a registered method ("denoiser": our DiT and samplers;
+"pipeline": a diffusers text-to-image pipeline). Engines are imported lazily: the workflow
+imports diffrepro without diffusers.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+
+import numpy as np
+
+ENGINES = {"denoiser": "diffrepro.engines.denoiser:DenoiserEngine",
+           "pipeline": "diffrepro.engines.pipeline:PipelineEngine"}
+
+
+@dataclass
+class Batch:
+    images: np.ndarray                 # uint8 NHWC at the scoring size
+    labels: np.ndarray                 # class label, or prompt index
+    model_steps: dict[str, int]        # network calls per role (0 for a role never run)
+    # "samples" (model space) and the method's per_image__<name>, trace__<name> arrays
+    extras: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+def engine_class(family: str):
+    if family not in ENGINES:
+        raise KeyError(f"no engine for method family {family!r}; families: {sorted(ENGINES)}")
+    module, name = ENGINES[family].split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def load_engine(method: str, *, checkpoints: dict[str, str], model_configs: dict[str, dict],
+                sampling: dict, device, vae_info: str | None = None, prompts_path: str | None = None):
+    """The engine of `method`'s family with the method's models loaded on `device`.
+    `vae_info`: a latent denoiser suite's VAE record; `prompts_path`: a text-to-image suite's
+    prompt list (each engine ignores what does not apply to it)."""
+    from ..methods import get_method
+
+    return engine_class(get_method(method).family).load(
+        checkpoints=checkpoints, model_configs=model_configs, sampling=sampling, device=device,
+        vae_info=vae_info, prompts_path=prompts_path)

@@ -1,0 +1,111 @@
+"""The engine interface, checked the same way for every model family (one contract test over
+the registry), and the import structure of the rule bodies."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from diffrepro.checkpoints import save_checkpoint
+from diffrepro.engines import ENGINES, engine_class, load_engine
+from diffrepro.methods import get_method
+from diffrepro.models.dit import build_dit
+from diffrepro.t2i.components import build_unet
+
+DIT = dict(input_size=8, patch_size=2, in_channels=1, hidden_size=16, depth=1, num_heads=2,
+           mlp_ratio=2.0, class_dropout_prob=0.1, num_classes=10, learn_sigma=True)
+SAMPLING = {"sampler": "ddim", "steps": 5, "cfg_scale": 1.5, "guided_channels": 1,
+            "device": "cpu", "precision": "fp32", "tf32": False, "compile": False}
+UNET = dict(sample_size=8, in_channels=1, out_channels=1, block_out_channels=[8, 8], layers_per_block=1,
+            norm_num_groups=4, cross_attention_dim=16, attention_head_dim=4,
+            down_block_types=["CrossAttnDownBlock2D", "DownBlock2D"], up_block_types=["UpBlock2D", "CrossAttnUpBlock2D"])
+T2I = {"scheduler": {"class": "DDIMScheduler", "config": {"num_train_timesteps": 1000, "beta_schedule": "linear"}},
+       "steps": 5, "guidance_scale": 7.5, "precision": "fp32",
+       "text_encoder": {"hidden_size": 16, "layers": 1, "heads": 2, "max_length": 32, "seed": 0}}
+# per family: a two-model method, its sampling section, a model config and a model builder
+FAMILIES = {"denoiser": ("tstitch", SAMPLING, DIT, build_dit),
+            "pipeline": ("tstitch_sd", T2I, UNET, build_unet)}
+
+
+@pytest.fixture(scope="module", params=sorted(FAMILIES))
+def loaded(request, tmp_path_factory):
+    method, sampling, config, build = FAMILIES[request.param]
+    root, checkpoints = tmp_path_factory.mktemp(request.param), {}
+    for seed, role in enumerate(("small", "large")):
+        torch.manual_seed(seed)
+        model = build(config)
+        for p in model.parameters():  # zero-initialised output layers: give every layer an effect
+            p.data.add_(0.05 * torch.randn_like(p))
+        checkpoints[role] = str(root / f"{role}.safetensors")
+        save_checkpoint(checkpoints[role], model.state_dict())
+    engine = load_engine(method, checkpoints=checkpoints, model_configs={"small": config, "large": config},
+                         sampling=sampling, device="cpu")
+    return request.param, method, engine
+
+
+def test_every_family_has_an_engine_and_unknown_ones_are_named():
+    assert set(ENGINES) == set(FAMILIES)
+    with pytest.raises(KeyError, match="no engine for method family 'other'"):
+        engine_class("other")
+
+
+def test_engine_contract(loaded):
+    """run_batch: uint8 images, labels, steps per role, samples; per-image noise (a batch of
+    images is those images one by one); prepare() runs the same computation; one forward
+    pass per role."""
+    family, method, engine = loaded
+    spec = get_method(method)
+    setting = spec.make_setting({"ratio": 0.4})
+    assert engine.family == family and set(engine.roles) == {"small", "large"}
+    batch = engine.run_batch(spec, setting, 3, [0, 1, 2])
+    assert batch.images.dtype == np.uint8 and batch.images.shape[:1] == (3,) and batch.images.ndim == 4
+    assert len(batch.labels) == 3 and batch.extras["samples"].shape[0] == 3
+    assert set(batch.model_steps) == {"small", "large"} and sum(batch.model_steps.values()) > 0
+    assert batch.model_steps["small"] > 0 and batch.model_steps["large"] > 0
+    alone = engine.run_batch(spec, setting, 3, [2])
+    np.testing.assert_allclose(alone.extras["samples"], batch.extras["samples"][2:], rtol=1e-4, atol=1e-4)
+    with torch.no_grad():
+        out = engine.prepare(spec, setting, 3, [0, 1, 2])()
+        np.testing.assert_allclose(out.samples.float().numpy(), batch.extras["samples"], rtol=1e-5, atol=1e-5)
+        assert out.steps_by_role(engine.roles) == batch.model_steps
+        for role in engine.roles:
+            assert engine.forward_pass(role, 2, 0)() is not None
+    assert {"window", "window_batch"} <= set(engine.extra_costs(spec, setting, 0, 2, 1, True))
+    assert "decoder" in engine.meta()
+
+
+RULE_BODIES = ("jobs", "timing", "engines", "t2i.jobs", "engines.denoiser", "engines.pipeline", "engines.clock")
+
+
+def _imports(path: Path, package: str) -> set[str]:
+    """The diffrepro modules a file imports, at any depth of the file (lazy imports count)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            base = package.split(".")[: len(package.split(".")) - node.level + 1] if node.level else []
+            name = ".".join(base + ([node.module] if node.module else []))
+            found.add(name)
+            found.update(f"{name}.{alias.name}" for alias in node.names)
+        elif isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+    return {n.removeprefix("diffrepro.") for n in found if n.startswith("diffrepro")}
+
+
+def test_no_rule_body_module_imports_one_that_imports_it_back():
+    root = Path(__file__).resolve().parents[1] / "diffrepro"
+    modules = {}
+    for path in root.rglob("*.py"):
+        name = ".".join(path.relative_to(root).with_suffix("").parts).removesuffix(".__init__")
+        package = "diffrepro." + (name if path.name == "__init__.py" else name.rpartition(".")[0])
+        modules[name] = _imports(path, package.rstrip("."))
+    graph = {m: {d for d in deps if d in modules and d != m} for m, deps in modules.items()}
+
+    def reaches(start, goal, seen=()):
+        return any(d == goal or (d not in seen and reaches(d, goal, (*seen, d))) for d in graph[start])
+
+    for module in RULE_BODIES:
+        assert not reaches(module, module), f"diffrepro.{module} imports itself through a circle"
