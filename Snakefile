@@ -56,16 +56,16 @@ onstart:
 # Targets run beside Snakemake itself, not in a cluster queue.
 rule reproduce_all:
     input:
-        [table_outputs(name) for name in TABLES],
+        [PLAN.table_outputs(name) for name in PLAN.tables],
     default_target: True
     localrule: True
 
 
-for target, tables in table_targets(TABLES).items():
+for target, tables in table_targets(PLAN.tables).items():
 
     rule:
         name:
             target
         input:
-            [path for name in tables for path in table_outputs(name)],
+            [path for name in tables for path in PLAN.table_outputs(name)],
         localrule: True

@@ -78,7 +78,7 @@ def test_engine_contract(loaded):
     assert "decoder" in engine.meta()
 
 
-RULE_BODIES = ("jobs", "timing", "engines", "t2i.jobs", "engines.denoiser", "engines.pipeline", "engines.clock")
+RULE_BODIES = ("jobs", "timing", "engines", "engines.denoiser", "engines.pipeline", "engines.clock")
 
 
 def _imports(path: Path, package: str) -> set[str]:

@@ -17,7 +17,7 @@ import torch
 from ..checkpoints import save_checkpoint
 from ..training import TrainConfig, save_resume, load_resume, resume_path
 from .components import build_unet, digit_prompt, encode_prompts
-from .jobs import NUM_PROMPT_CLASSES, embedded_text_encoder, make_scheduler, state_dict_sha256
+from ..engines.pipeline import NUM_PROMPT_CLASSES, embedded_text_encoder, make_scheduler, state_dict_sha256
 
 PROMPT_DROPOUT = 0.1
 
@@ -157,7 +157,7 @@ def distil_student_job(*, teacher_path: str, teacher_config: dict, distil: dict,
     from ..checkpoints import recorded_sha256
     from ..data import load_digits_tensors
     from ..models.bksdm_config import student_config
-    from .jobs import load_unet
+    from ..engines.pipeline import load_unet
 
     teacher = load_unet(teacher_path, teacher_config, "cpu")
     train = TrainConfig(**{k: v for k, v in distil.items()

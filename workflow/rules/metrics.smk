@@ -8,7 +8,7 @@ rule train_classifier:
         classifier=as_param(config.get("classifier")),
     threads: config["threads"]
     resources:
-        **job_resources("train_classifier"),
+        **PLAN.job_resources("train_classifier"),
     conda:
         "../../environment.yml"
     log:
@@ -24,7 +24,7 @@ rule reference_stats:
         f"{RESULTS}/reference/digits_stats.npz",
     threads: config["threads"]
     resources:
-        **job_resources("reference_stats"),
+        **PLAN.job_resources("reference_stats"),
     conda:
         "../../environment.yml"
     log:
@@ -44,7 +44,7 @@ rule train_clip:
         clip=as_param(config.get("clip")),
     threads: config["threads"]
     resources:
-        **job_resources("train_clip"),
+        **PLAN.job_resources("train_clip"),
     conda:
         "../../environment.yml"
     log:
@@ -62,7 +62,7 @@ rule fetch_clip:
         clip=as_param(config.get("clip")),
     threads: 1
     resources:
-        **job_resources("fetch_clip"),
+        **PLAN.job_resources("fetch_clip"),
     conda:
         "../../environment.yml"
     log:
@@ -77,17 +77,16 @@ rule fetch_clip:
 # image, a subset kept for precision/recall), scored by the ADM backend like the samples.
 rule coco_prompts:
     input:
-        annotations=lambda w: f"{DOWNLOADS}/{PROMPTS_SOURCE['file']}",
+        annotations=lambda w: f"{DOWNLOADS}/{PLAN.prompts_source['file']}",
     output:
         f"{RESULTS}/prompts.json",
     params:
-        prompts=as_param(T2I_PROMPTS),
-        lock=downloads_lock(),
-        needed=max([method_num_samples(config, m) for m in config["methods"] if method_family(m) == "pipeline"],
-                   default=0),
+        prompts=as_param(PLAN.t2i_prompts),
+        lock=PLAN.downloads_lock(),
+        needed=PLAN.prompts_needed(),
     threads: 1
     resources:
-        **job_resources("coco_prompts"),
+        **PLAN.job_resources("coco_prompts"),
     conda:
         "../../environment.yml"
     log:
@@ -98,15 +97,15 @@ rule coco_prompts:
 
 rule t2i_reference:
     input:
-        unpack(t2i_reference_inputs),
+        unpack(PLAN.t2i_reference_inputs),
     output:
         f"{RESULTS}/reference/t2i_reference.npz",
     params:
-        reference=as_param(REFERENCE_IMAGES),
-        lock=downloads_lock(),
+        reference=as_param(PLAN.reference_images),
+        lock=PLAN.downloads_lock(),
     threads: config["threads"]
     resources:
-        **job_resources("t2i_reference"),
+        **PLAN.job_resources("t2i_reference"),
     conda:
         "../../environment.yml"
     log:

@@ -7,15 +7,15 @@ rule train_denoiser:
         checksum=f"{CHECKPOINTS}/{{model}}.safetensors.sha256",
         summary=f"{CHECKPOINTS}/{{model}}.train.json",
     wildcard_constraints:
-        model=names_pattern(TRAINED_MODELS),
+        model=names_pattern(PLAN.trained_models),
     params:
         model_config=lambda w: as_param(config["models"][w.model]["config"]),
         train=lambda w: as_param(config["models"][w.model]["train"]),
         # a class-prompt U-Net also depends on the text encoder and the noise schedule
-        t2i=lambda w: as_param(t2i_training_inputs(w.model)),
+        t2i=lambda w: as_param(PLAN.t2i_training_inputs(w.model)),
     threads: config["threads"]
     resources:
-        **job_resources("train_denoiser"),
+        **PLAN.job_resources("train_denoiser"),
     conda:
         "../../environment.yml"
     log:
@@ -28,20 +28,20 @@ rule train_denoiser:
 # teacher's weights and distilled (task + output KD + feature KD); resumable like training.
 rule distil_student:
     input:
-        teacher=lambda w: checkpoint_path(config["models"][w.model]["distil"]["teacher"]),
+        teacher=lambda w: PLAN.checkpoint_path(config["models"][w.model]["distil"]["teacher"]),
     output:
         checkpoint=f"{CHECKPOINTS}/{{model}}.safetensors",
         checksum=f"{CHECKPOINTS}/{{model}}.safetensors.sha256",
         summary=f"{CHECKPOINTS}/{{model}}.train.json",
     wildcard_constraints:
-        model=names_pattern(DISTILLED_MODELS),
+        model=names_pattern(PLAN.distilled_models),
     params:
-        teacher_config=lambda w: as_param(model_config(config, config["models"][w.model]["distil"]["teacher"])),
+        teacher_config=PLAN.teacher_config,
         distil=lambda w: as_param(config["models"][w.model]["distil"]),
-        t2i=lambda w: as_param(t2i_training_inputs(w.model)),
+        t2i=lambda w: as_param(PLAN.t2i_training_inputs(w.model)),
     threads: config["threads"]
     resources:
-        **job_resources("distil_student"),
+        **PLAN.job_resources("distil_student"),
     conda:
         "../../environment.yml"
     log:
@@ -56,14 +56,14 @@ rule download:
     output:
         f"{DOWNLOADS}/{{file}}",
     wildcard_constraints:
-        file=names_pattern([re.escape(f) for f in REMOTE_FILES]),
+        file=PLAN.remote_files_pattern(),
     params:
-        url=lambda w: REMOTE_FILES[w.file]["url"],
-        lock=downloads_lock(),
+        url=lambda w: PLAN.remote_files[w.file]["url"],
+        lock=PLAN.downloads_lock(),
         retries=config.get("downloads", {}).get("retries", 5),
     threads: 1
     resources:
-        **job_resources("download"),
+        **PLAN.job_resources("download"),
     conda:
         "../../environment.yml"
     log:
@@ -79,14 +79,14 @@ rule convert_checkpoint:
         checkpoint=f"{CHECKPOINTS}/{{model}}.safetensors",
         checksum=f"{CHECKPOINTS}/{{model}}.safetensors.sha256",
     wildcard_constraints:
-        model=names_pattern(PUBLISHED_MODELS),
+        model=names_pattern(PLAN.published_models),
     params:
         model_config=lambda w: as_param(config["models"][w.model]["config"]),
         url=lambda w: config["models"][w.model]["source"]["url"],
-        lock=downloads_lock(),
+        lock=PLAN.downloads_lock(),
     threads: 1
     resources:
-        **job_resources("convert_checkpoint"),
+        **PLAN.job_resources("convert_checkpoint"),
     conda:
         "../../environment.yml"
     log:
@@ -104,7 +104,7 @@ rule fetch_vae:
         decoder=as_param(config.get("decoder")),
     threads: 1
     resources:
-        **job_resources("fetch_vae"),
+        **PLAN.job_resources("fetch_vae"),
     conda:
         "../../environment.yml"
     log:
@@ -120,13 +120,13 @@ rule fetch_hub_model:
     output:
         f"{CHECKPOINTS}/{{model}}.hub.json",
     wildcard_constraints:
-        model=names_pattern(HUB_MODELS),
+        model=names_pattern(PLAN.hub_models),
     params:
         hub=lambda w: as_param(config["models"][w.model]["hub"]),
-        as_pipeline=lambda w: used_as_pipeline(w.model),
+        as_pipeline=lambda w: PLAN.used_as_pipeline(w.model),
     threads: 1
     resources:
-        **job_resources("fetch_hub_model"),
+        **PLAN.job_resources("fetch_hub_model"),
     conda:
         "../../environment.yml"
     log:

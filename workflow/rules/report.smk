@@ -2,18 +2,18 @@
 # these rules serve every kind, of sampling settings and of training runs alike.
 rule table:
     input:
-        unpack(table_inputs),
+        unpack(PLAN.table_inputs),
     output:
         csv=f"{REPORTS}/{{table}}_table.csv",
         md=f"{REPORTS}/{{table}}_table.md",
         claims=f"{REPORTS}/{{table}}_claims.md",
     wildcard_constraints:
-        table=names_pattern(TABLES),
+        table=names_pattern(PLAN.tables),
     params:
-        entry=lambda w: as_param(TABLES[w.table]),
+        entry=lambda w: as_param(PLAN.tables[w.table]),
         setting_note=lambda w: setting_note(config, w.table),
         scoring=as_param(config["scoring"]),
-        context=table_context,
+        context=PLAN.table_context,
     localrule: True
     conda:
         "../../environment.yml"
@@ -30,10 +30,10 @@ rule table_page:
         claims=f"{REPORTS}/{{table}}_claims.md",
     output:
         report(f"{REPORTS}/{{table}}_table.html", caption="../report/table.rst",
-               category=report_category, subcategory="Tables",
+               category=PLAN.report_category, subcategory="Tables",
                labels={"table": "{table}", "content": "paper vs ours, claims"}),
     wildcard_constraints:
-        table=names_pattern(TABLES),
+        table=names_pattern(PLAN.tables),
     params:
         title=lambda w: f"{w.table}: paper vs ours",
     localrule: True
@@ -47,22 +47,22 @@ rule table_page:
 
 rule figure:
     input:
-        unpack(table_inputs),
+        unpack(PLAN.table_inputs),
         csv=f"{REPORTS}/{{table}}_table.csv",
     output:
         png=report(f"{REPORTS}/{{table}}_{{figure}}.png", caption="../report/figure.rst",
-                   category=report_category, subcategory=lambda w: KINDS[w.table].group(w.figure),
+                   category=PLAN.report_category, subcategory=lambda w: PLAN.kinds[w.table].group(w.figure),
                    labels={"table": "{table}", "figure": "{figure}"}),
         svg=f"{REPORTS}/{{table}}_{{figure}}.svg",
     wildcard_constraints:
-        table=names_pattern(TABLES),
-        figure=names_pattern(FIGURES),
+        table=names_pattern(PLAN.tables),
+        figure=names_pattern(PLAN.figures),
     params:
-        entry=lambda w: as_param(TABLES[w.table]),
+        entry=lambda w: as_param(PLAN.tables[w.table]),
         title=lambda w: f"{w.table}: {setting_note(config, w.table)}",
-        timing_batch=timing_batch,
-        context=table_context,
-        caption=lambda w: KINDS[w.table].caption(w.figure, w.table),
+        timing_batch=PLAN.timing_batch,
+        context=PLAN.table_context,
+        caption=lambda w: PLAN.kinds[w.table].caption(w.figure, w.table),
     localrule: True
     conda:
         "../../environment.yml"
@@ -77,13 +77,13 @@ rule figure:
 # limits which tables this build regenerates; the others are listed as not regenerated.
 rule reproducibility:
     input:
-        [path for made in REPRODUCIBILITY_FILES.values()
+        [path for made in PLAN.reproducibility_files().values()
          for path in (made["table"], made["claims"], *made["scores"])],
         template="workflow/report/reproducibility.md.j2",
     output:
-        REPRODUCIBILITY.get("output", f"{REPORTS}/REPRODUCIBILITY.md"),
+        PLAN.reproducibility.get("output", f"{REPORTS}/REPRODUCIBILITY.md"),
     params:
-        files=as_param(REPRODUCIBILITY_FILES),
+        files=as_param(PLAN.reproducibility_files()),
         config_file=", ".join(CONFIG_FILES),
     localrule: True
     conda:

@@ -3,18 +3,18 @@
 rule train_method:
     output:
         checkpoints=[
-            training_snapshot("{method}", "{seed}", it) for it in TRAINING.get("snapshots", [])
+            PLAN.training_snapshot("{method}", "{seed}", it) for it in PLAN.training.get("snapshots", [])
         ],
-        summary=f"{TRAINING_CHECKPOINTS}/{{method}}/seed{{seed}}/train.json",
+        summary=f"{PLAN.training_checkpoints}/{{method}}/seed{{seed}}/train.json",
     params:
-        components=training_method_components,
-        model_config=as_param(TRAINING.get("model")),
-        train=as_param(TRAINING.get("train")),
-        snapshots=as_param(TRAINING.get("snapshots")),
-        validation=as_param(TRAINING.get("validation")),
-    threads: training_threads()
+        components=PLAN.training_components,
+        model_config=as_param(PLAN.training.get("model")),
+        train=as_param(PLAN.training.get("train")),
+        snapshots=as_param(PLAN.training.get("snapshots")),
+        validation=as_param(PLAN.training.get("validation")),
+    threads: PLAN.training_threads()
     resources:
-        **job_resources("train_method"),
+        **PLAN.job_resources("train_method"),
     conda:
         "../../environment.yml"
     log:
@@ -25,20 +25,20 @@ rule train_method:
 
 rule score_training:
     input:
-        unpack(training_score_inputs),
+        unpack(PLAN.training_score_inputs),
     output:
         f"{RESULTS}/training/scores/{{method}}.json",
     params:
-        components=training_method_components,
-        model_config=as_param(TRAINING.get("model")),
-        seeds=as_param(TRAINING.get("seeds")),
-        snapshots=as_param(TRAINING.get("snapshots")),
-        evaluation=as_param(TRAINING.get("evaluation")),
-        validation=as_param(TRAINING.get("validation")),
+        components=PLAN.training_components,
+        model_config=as_param(PLAN.training.get("model")),
+        seeds=as_param(PLAN.training.get("seeds")),
+        snapshots=as_param(PLAN.training.get("snapshots")),
+        evaluation=as_param(PLAN.training.get("evaluation")),
+        validation=as_param(PLAN.training.get("validation")),
         scoring=as_param(config["scoring"]),
-    threads: training_threads()
+    threads: PLAN.training_threads()
     resources:
-        **job_resources("score_training"),
+        **PLAN.job_resources("score_training"),
     group:
         "score"
     conda:
@@ -55,14 +55,14 @@ rule time_training:
     output:
         f"{RESULTS}/training/timing.json",
     params:
-        methods=lambda w: training_timing_methods(),
-        baseline=lambda w: training_timing_baseline(),
-        model_config=as_param(TRAINING.get("model")),
-        train=as_param(TRAINING.get("train")),
-        timing=as_param(TRAINING.get("timing")),
-    threads: lambda w: timing_threads()
+        methods=lambda w: PLAN.training_timing_methods(),
+        baseline=lambda w: PLAN.training_timing_baseline(),
+        model_config=as_param(PLAN.training.get("model")),
+        train=as_param(PLAN.training.get("train")),
+        timing=as_param(PLAN.training.get("timing")),
+    threads: TIMING_THREADS
     resources:
-        **job_resources("time_training"),
+        **PLAN.job_resources("time_training"),
     conda:
         "../../environment.yml"
     log:

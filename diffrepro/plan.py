@@ -1,0 +1,347 @@
+"""The plan under the rules: a validated config -> every path, input and parameter the rules use.
+
+The rule files hold only rules; what a rule reads and what it is told comes from here, so it is
+importable and testable without Snakemake. Wildcard arguments are any object with the attribute
+(`method`, `setting`, `table`), as Snakemake passes them.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from types import SimpleNamespace
+from typing import Any
+
+from .config import compute_settings, method_num_samples, method_num_shards, method_settings, method_timing
+from .config import model_config, paper_file, reference_run
+from .methods import get_method
+from .report.kinds import kind_of
+from .report.paper import paper_short_name, paper_timing_batch
+
+DOWNLOADS = "resources/downloads"
+# What one job asks a scheduler for: these, then the config's `resources.default`, then its
+# entry for the rule. profiles/slurm submits them as sbatch options; a local run only counts
+# `gpu` (profiles/default allows one GPU job at a time).
+DEFAULT_JOB_RESOURCES = {"mem_mb": 4000, "runtime": 60, "gpu": 0}
+DIT_SAMPLING_KEYS = ("sampler", "steps", "cfg_scale", "guided_channels")
+
+
+def as_param(value: Any) -> str:
+    """Canonical JSON for a params value: Snakemake reruns a job when the text of its params
+    changes, and this keeps mere key order (e.g. a re-saved YAML) from counting."""
+    return json.dumps(value, sort_keys=True)
+
+
+def names_pattern(names) -> str:
+    """A wildcard constraint matching exactly these names (none: a pattern nothing matches)."""
+    return "|".join(names) if names else "(?!)"
+
+
+class Plan:
+    def __init__(self, config: dict):
+        self.config = config
+        suite = config["suite"]
+        self.checkpoints = f"resources/checkpoints/{suite}"
+        self.results = f"results/{suite}"
+        self.reports = f"reports/{suite}"
+        self.logs = f"logs/{suite}"
+        self.settings = {m: method_settings(config, m) for m in config["methods"]}
+        # The run each setting is measured against: {"method", "params"}.
+        self.references = {m: {sid: reference_run(config, m, values) for sid, values in settings.items()}
+                           for m, settings in self.settings.items()}
+        self.tables = config["tables"]
+        self.kinds = {name: kind_of(entry) for name, entry in self.tables.items()}
+        self.figures = sorted({figure for kind in self.kinds.values() for figure in kind.figures})
+        self.sampling_tables = [t for t, kind in self.kinds.items() if kind.stage == "sampling"]
+        self.training_tables = [t for t, kind in self.kinds.items() if kind.stage == "training"]
+        models = config["models"]
+        self.trained_models = [n for n, m in models.items() if "train" in m]
+        self.published_models = [n for n, m in models.items() if "source" in m]
+        self.distilled_models = [n for n, m in models.items() if "distil" in m]
+        self.hub_models = [n for n, m in models.items() if "hub" in m]
+        scoring = config["scoring"]
+        self.scoring_backend = scoring.get("backend", "digits")
+        # MS-COCO for the text-to-image paper configs: the captions (prompts) and the real
+        # images (the FID reference batch, computed by rule t2i_reference).
+        self.t2i_prompts = config.get("t2i", {}).get("prompts")
+        self.reference_images = scoring.get("reference_images")
+        self.prompts = f"{self.results}/prompts.json" if self.t2i_prompts else None
+        # the prompts' source: MS-COCO's annotations zip, or a fixed list (BK-SDM's metadata.csv)
+        self.prompts_source = ((self.t2i_prompts.get("metadata_csv") or self.t2i_prompts["annotations"])
+                               if self.t2i_prompts else None)
+        remote_scoring = [scoring[k] for k in ("reference_batch", "inception_weights") if isinstance(scoring.get(k), dict)]
+        self.remote_files = {
+            **{m["source"]["file"]: m["source"] for m in models.values() if "source" in m},
+            **{entry["file"]: entry for entry in remote_scoring},
+            **({self.prompts_source["file"]: self.prompts_source} if self.prompts_source else {}),
+            **({self.reference_images["archive"]["file"]: self.reference_images["archive"]}
+               if self.reference_images else {}),
+        }
+        self.training = config.get("training", {})
+        self.training_checkpoints = f"{self.checkpoints}/training"
+        # The training methods some table reports, in table order (Snakemake merges a
+        # --configfile into config/default.yaml key by key: training.methods may hold more).
+        self.training_table_methods = list(dict.fromkeys(m for t in self.training_tables for m in self.tables[t]["methods"]))
+        self.reproducibility = config.get("reproducibility", {})
+
+    # -- jobs ------------------------------------------------------------------------------
+    def job_resources(self, rule: str) -> dict:
+        configured = self.config.get("resources", {})
+        return {**DEFAULT_JOB_RESOURCES, **configured.get("default", {}), **configured.get(rule, {}),
+                "cpus_per_task": lambda wildcards, threads: threads}
+
+    def downloads_lock(self) -> str:
+        return self.config.get("downloads", {}).get("lock", "config/paper/downloads.lock.json")
+
+    # -- models ----------------------------------------------------------------------------
+    def checkpoint_path(self, model: str) -> str:
+        """What a job loads a model from: its checkpoint, or for a hub model the fetch record."""
+        if "hub" in self.config["models"][model]:
+            return f"{self.checkpoints}/{model}.hub.json"
+        return f"{self.checkpoints}/{model}.safetensors"
+
+    def t2i_training_inputs(self, model: str) -> dict | None:
+        """What in the t2i section a model's training depends on (None for a DiT)."""
+        if self.config["models"][model]["arch"] != "sd_unet":
+            return None
+        return {key: self.config["t2i"][key] for key in ("scheduler", "text_encoder")}
+
+    def teacher_config(self, w) -> str:
+        """A distilled student's teacher's U-Net config (its own is derived from it)."""
+        return as_param(model_config(self.config, self.config["models"][w.model]["distil"]["teacher"]))
+
+    def remote_files_pattern(self) -> str:
+        return names_pattern([re.escape(f) for f in self.remote_files])
+
+    def used_as_pipeline(self, model: str) -> bool:
+        """Whether some method builds its pipeline around this model (the large or only role)."""
+        return any(entry["models"].get("large", entry["models"].get("model")) == model
+                   for entry in self.config["methods"].values())
+
+    # -- methods and settings ----------------------------------------------------------------
+    def family(self, method: str) -> str:
+        return get_method(method).family
+
+    def reference_id(self, method: str, setting: str) -> tuple[str, str]:
+        run = self.references[method][setting]
+        return run["method"], next(s for s, v in self.settings[run["method"]].items() if v == run["params"])
+
+    def method_checkpoints(self, w) -> dict[str, str]:
+        return {role: self.checkpoint_path(model) for role, model in self.config["methods"][w.method]["models"].items()}
+
+    def pipeline_inputs(self, w) -> dict[str, str]:
+        """The method's checkpoints and, for a text-to-image method with a prompt list, the prompts."""
+        inputs = self.method_checkpoints(w)
+        if self.family(w.method) == "pipeline" and self.prompts is not None:
+            inputs["prompts"] = self.prompts
+        return inputs
+
+    def sample_inputs(self, w) -> dict[str, str]:
+        """The method's checkpoints (and prompts) and, for a latent-space suite, the VAE record."""
+        inputs = self.pipeline_inputs(w)
+        if "decoder" in self.config:
+            inputs["vae_info"] = f"{self.checkpoints}/vae.json"
+        return inputs
+
+    def model_configs(self, w) -> str:
+        roles = self.config["methods"][w.method]["models"]
+        return as_param({role: model_config(self.config, model) for role, model in roles.items()})
+
+    def setting_values(self, w) -> str:
+        try:
+            return as_param(self.settings[w.method][w.setting])
+        except KeyError:
+            raise ValueError(f"{w.method}/{w.setting} is not in the config's grid; configured settings: "
+                             f"{sorted(self.settings.get(w.method, {}))}") from None
+
+    def sampling_params(self, w) -> str:
+        """What changes the samples (batch size does not: noise is drawn per image), with the
+        compute options: precision, TF32 and compile change the numbers. A text-to-image
+        method's samples depend on the t2i section instead."""
+        compute = {k: v for k, v in compute_settings(self.config).items() if k != "device"}
+        if self.family(w.method) == "pipeline":
+            return as_param({**self.config["t2i"], **compute})
+        s = self.config["sampling"]
+        return as_param({**{k: s[k] for k in DIT_SAMPLING_KEYS}, **compute})
+
+    def num_samples(self, method: str) -> int:
+        return method_num_samples(self.config, method)
+
+    def num_shards(self, method: str) -> int:
+        return method_num_shards(self.config, method)
+
+    def shards_of(self, method: str, setting: str) -> list[str]:
+        return [f"{self.results}/samples/{method}/{setting}/shard-{k}.npz" for k in range(self.num_shards(method))]
+
+    # -- scoring -----------------------------------------------------------------------------
+    def inception_weights_input(self) -> str | None:
+        """The ADM backend's Inception weights (a download or a local path); None: the default."""
+        weights = self.config["scoring"].get("inception_weights")
+        if weights is None:
+            return None
+        return f"{DOWNLOADS}/{weights['file']}" if isinstance(weights, dict) else weights
+
+    def reference_statistics_path(self) -> str:
+        """Real-data feature statistics (mu, sigma): the ADM reference batch (downloaded, or for
+        text-to-image computed from the real images), or the digits'."""
+        if self.reference_images is not None:
+            return f"{self.results}/reference/t2i_reference.npz"
+        if self.scoring_backend == "adm":
+            return f"{DOWNLOADS}/{self.config['scoring']['reference_batch']['file']}"
+        return f"{self.results}/reference/digits_stats.npz"
+
+    def score_inputs(self, w) -> dict:
+        """The setting's shards and, to compare image by image, its reference run's."""
+        ref_method, ref_setting = self.reference_id(w.method, w.setting)
+        pipeline = self.family(w.method) == "pipeline"
+        inputs = {"shards": self.shards_of(w.method, w.setting), "reference": self.reference_statistics_path()}
+        if self.scoring_backend == "digits":
+            inputs["classifier"] = f"{self.checkpoints}/digits_cnn.safetensors"
+        if self.scoring_backend == "adm" and self.inception_weights_input() is not None:
+            # a DAG input: a missing file fails before any sampling, not after it
+            inputs["inception_weights"] = self.inception_weights_input()
+        if pipeline and self.prompts is not None:
+            inputs["prompts"] = self.prompts  # the CLIP score compares each image with its prompt
+        clip = self.config.get("clip")
+        if clip is not None and pipeline:
+            if "train" in clip:
+                inputs["clip_weights"] = f"{self.checkpoints}/clip.safetensors"  # the embedded suite's own CLIP
+            elif clip.get("path"):
+                inputs["clip_weights"] = clip["path"]  # a missing file stops the run before sampling
+            else:
+                inputs["clip_weights"] = f"{self.checkpoints}/clip_weights.json"  # rule fetch_clip
+        if (ref_method, ref_setting) != (w.method, w.setting):
+            inputs["reference_shards"] = self.shards_of(ref_method, ref_setting)
+            # the reference run's features, for the paired bootstrap SE of the FID difference
+            inputs["reference_features"] = f"{self.results}/scores/{ref_method}/{ref_setting}.features.npz"
+        return inputs
+
+    def score_clip(self, w) -> str:
+        return as_param(self.config.get("clip") if self.family(w.method) == "pipeline" else None)
+
+    def t2i_reference_inputs(self, w) -> dict:
+        """The real images (and the Inception weights, the prompts) the FID reference is computed from."""
+        inputs = {"images": f"{DOWNLOADS}/{self.reference_images['archive']['file']}"}
+        if self.inception_weights_input() is not None:
+            inputs["inception_weights"] = self.inception_weights_input()
+        if self.reference_images.get("images", "all") == "prompts":
+            inputs["prompts"] = self.prompts
+        return inputs
+
+    def prompts_needed(self) -> int:
+        return max([self.num_samples(m) for m in self.config["methods"] if self.family(m) == "pipeline"], default=0)
+
+    # -- timing (one job per table, round-robin over its rows) ---------------------------------
+    def table_rows(self, table: str) -> list[tuple[str, str]]:
+        return [(m, s) for m in self.kinds[table].methods(self.tables[table]) for s in self.settings[m]]
+
+    def timing_settings(self, table: str) -> list[dict]:
+        """The table's rows, each with the run it is measured against."""
+        return [{"method": m, "params": self.settings[m][s], "baseline": self.references[m][s]}
+                for m, s in self.table_rows(table)]
+
+    def timing_methods(self, table: str) -> list[str]:
+        """Every method the table's timing runs (its rows' and their reference runs')."""
+        rows = self.timing_settings(table)
+        return list(dict.fromkeys([e["method"] for e in rows] + [e["baseline"]["method"] for e in rows]))
+
+    def timing_params(self, w) -> str:
+        """Per method: its checkpoints (by role), model configs, sampling section and timing section."""
+        methods = {}
+        for method in self.timing_methods(w.table):
+            m = SimpleNamespace(method=method)
+            methods[method] = {"checkpoints": self.method_checkpoints(m),
+                               "model_configs": json.loads(self.model_configs(m)),
+                               "sampling": json.loads(self.sampling_params(m)),
+                               "timing": method_timing(self.config, method)}
+        return as_param(methods)
+
+    def timing_inputs(self, w) -> dict:
+        """Every checkpoint the table's methods load and, for text-to-image, the prompts. (No
+        VAE: timing stops at the samples, as the papers' timings of latent models do.)"""
+        inputs = {"checkpoints": []}
+        for method in self.timing_methods(w.table):
+            for role, path in self.pipeline_inputs(SimpleNamespace(method=method)).items():
+                if role == "prompts":
+                    inputs["prompts"] = path
+                elif path not in inputs["checkpoints"]:
+                    inputs["checkpoints"].append(path)
+        return inputs
+
+    # -- tables and figures ---------------------------------------------------------------------
+    def table_outputs(self, name: str) -> list[str]:
+        parts = [f"{self.reports}/{name}_{part}" for part in ("table.csv", "table.md", "claims.md", "table.html")]
+        return parts + [f"{self.reports}/{name}_{figure}.{ext}" for figure in self.kinds[name].figures
+                        for ext in ("png", "svg")]
+
+    def report_category(self, w) -> str:
+        """The HTML report groups results by paper (the title up to its colon, "T-Stitch")."""
+        kind = self.kinds[w.table]
+        return "Comparisons" if kind.paper is None else paper_short_name(paper_file(kind.name))
+
+    def table_inputs(self, w) -> dict:
+        name = w.table
+        entry, kind = self.tables[name], self.kinds[name]
+        methods = kind.methods(entry)
+        paper = {"paper": paper_file(kind.name)} if kind.paper is not None else {}
+        if kind.stage == "training":
+            return {"scores": [f"{self.results}/training/scores/{m}.json" for m in methods],
+                    "timing": f"{self.results}/training/timing.json", **paper}
+        rows = self.table_rows(name)
+        hub_models = {model for m in methods for model in self.config["methods"][m]["models"].values()
+                      if "hub" in self.config["models"][model]}
+        return {
+            "scores": [f"{self.results}/scores/{m}/{s}.json" for m, s in rows],
+            "timings": [f"{self.results}/timing/{name}.json"],
+            "features": [f"{self.results}/scores/{m}/{s}.features.npz" for m, s in rows],
+            "reference": self.reference_statistics_path(),
+            **paper,
+            # the BK-SDM table counts a hub U-Net's size from the config in its repository
+            **{f"hub_{model}": self.checkpoint_path(model) for model in sorted(hub_models)},
+        }
+
+    def table_context(self, w) -> str:
+        kind = self.kinds[w.table]
+        return as_param(kind.context(self.config, self.tables[w.table]) if kind.context else {})
+
+    def timing_batch(self, w) -> int:
+        """The batch the paper's times are for (our time axis is for the same batch)."""
+        entry, kind = self.tables[w.table], self.kinds[w.table]
+        return paper_timing_batch(paper_file(kind.name), entry["paper"]) if kind.paper else 8
+
+    def reproducibility_files(self) -> dict[str, dict]:
+        """The tables REPRODUCIBILITY.md regenerates in this build (default all), and their files."""
+        return {name: {"table": f"{self.reports}/{name}_table.md", "claims": f"{self.reports}/{name}_claims.md",
+                       "scores": self.table_inputs(SimpleNamespace(table=name))["scores"]}
+                for name in self.reproducibility.get("tables") or self.tables}
+
+    # -- training-method runs (SpeeD, Immiscible and baselines) --------------------------------
+    def training_snapshot(self, method, seed, iteration) -> str:
+        return f"{self.training_checkpoints}/{method}/seed{seed}/iter{int(iteration):07d}.safetensors"
+
+    def training_threads(self) -> int:
+        return self.training.get("threads", self.config["threads"])
+
+    def training_components(self, w) -> str:
+        try:
+            return as_param(self.training["methods"][w.method])
+        except KeyError:
+            raise ValueError(f"training method {w.method!r} is not under training.methods; "
+                             f"configured: {sorted(self.training.get('methods', {}))}") from None
+
+    def training_score_inputs(self, w) -> dict:
+        return {
+            "checkpoints": [self.training_snapshot(w.method, seed, it)
+                            for seed in self.training["seeds"] for it in self.training["snapshots"]],
+            "classifier": f"{self.checkpoints}/digits_cnn.safetensors",
+            "reference": f"{self.results}/reference/digits_stats.npz",
+        }
+
+    def training_timing_methods(self) -> str:
+        return as_param({m: self.training["methods"][m] for m in self.training_table_methods})
+
+    def training_timing_baseline(self) -> str:
+        """The method per-iteration costs are relative to: the first training table's baseline."""
+        for table in self.training_tables:
+            return self.tables[table]["baseline"]
+        return next(iter(self.training["methods"]))
