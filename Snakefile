@@ -29,7 +29,7 @@ if config.get("standalone"):
 
 validate(config, "workflow/schemas/config.schema.yaml")
 
-from diffrepro.config import check_config, method_settings
+from diffrepro.config import check_config
 
 check_config(config)
 

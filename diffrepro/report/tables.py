@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Mapping
 
-from .kinds import TableKind, get_table_kind
+from .kinds import TableKind, kind_of
 from .paper import load_paper_table, paper_source, paper_timing_batch
 
 
@@ -26,7 +26,7 @@ class TableJob:
 
     @property
     def kind(self) -> TableKind:
-        return get_table_kind(self.entry.get("kind", "tstitch"))
+        return kind_of(self.entry)
 
     @property
     def methods(self) -> list[str]:
@@ -110,7 +110,7 @@ def build_table(job: TableJob) -> None:
 
 def draw_figure(job: FigureJob) -> None:
     """Rule `figure`: the kind draws job.figure into job.png and job.svg."""
-    kind = get_table_kind(job.entry.get("kind", "tstitch"))
+    kind = kind_of(job.entry)
     if job.figure not in kind.figures:
         raise ValueError(f"table {job.name!r} ({kind.name}) has no figure {job.figure!r}; "
                          f"its figures: {sorted(kind.figures)}")
