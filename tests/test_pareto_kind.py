@@ -72,7 +72,8 @@ def test_a_method_added_as_the_readme_says_reaches_a_table_and_a_plot(smoke_run,
 
     target = "reproduce_guidance_interval_table"
     planned = job_counts(snakemake(work, "-n", target, "--configfile", "config/mine.yaml").stdout)
-    assert planned["sample"] == 4 and planned["table"] == 1 and planned["figure"] == 1, planned
+    # four new settings, two shards each (config/smoke.yaml); T-Stitch's results are reused
+    assert planned["sample"] == 8 and planned["score"] == 4 and planned["figure"] == 1, planned
     snakemake(work, "--cores", "2", target, "--configfile", "config/mine.yaml")
 
     reports = work / "reports/smoke"

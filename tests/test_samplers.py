@@ -162,3 +162,16 @@ def test_dpm_solver_pp_2m_matches_independent_reference(tiny_models):
         x = sigma(s) / sigma(t) * x - alpha(s) * np.expm1(-h) * d
         previous_x0, previous_h = x0, h
     np.testing.assert_allclose(ours.double().numpy(), x, rtol=0, atol=2e-4)
+
+
+def test_unguided_is_the_conditional_model_alone(tiny_models):
+    import torch
+
+    from diffrepro.diffusion.guidance import GuidedDenoiser
+
+    guided = GuidedDenoiser(tiny_models["large"], cfg_scale=1.5)
+    x, y = torch.randn(3, 1, 8, 8, generator=torch.Generator().manual_seed(0)), torch.tensor([1, 2, 3])
+    plain = guided.unguided()
+    assert plain.batch_multiplier == 1 and guided.batch_multiplier == 2
+    assert torch.equal(plain(x, 500, y), GuidedDenoiser(tiny_models["large"], cfg_scale=1.0)(x, 500, y))
+    assert not torch.equal(plain(x, 500, y), guided(x, 500, y))

@@ -36,6 +36,11 @@ class GuidedDenoiser:
         with torch.autocast(x.device.type, dtype=self.autocast):
             return self.model(x, t, y).float()
 
+    def unguided(self) -> "GuidedDenoiser":
+        """The same model without guidance (the conditional half alone: one pass, not two)."""
+        return GuidedDenoiser(self.model, cfg_scale=1.0, guided_channels=self.guided_channels,
+                              autocast=self.autocast)
+
     @property
     def batch_multiplier(self) -> int:
         return 2 if self.cfg_scale != 1.0 else 1

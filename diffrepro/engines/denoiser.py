@@ -158,3 +158,6 @@ class _ConstantDenoiser:
     def __call__(self, x, t, y):
         return self.output
 
+    def unguided(self) -> "_ConstantDenoiser":  # GuidedDenoiser's interface for methods
+        return self
+

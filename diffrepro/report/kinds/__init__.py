@@ -16,10 +16,7 @@ from __future__ import annotations
 import importlib
 import pkgutil
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Mapping
-
-if TYPE_CHECKING:
-    from ..tables import FigureJob, TableJob
+from typing import Any, Callable, Mapping
 
 # Sampling tables report method settings (samples -> scores + timing); training tables report
 # training runs (snapshots -> scores against iterations).
@@ -30,8 +27,8 @@ STAGES = ("sampling", "training")
 class TableKind:
     name: str
     summary: str                                      # one line, for listings and the docs
-    build: Callable[[TableJob], None]                 # writes the table's CSV, Markdown and claims
-    figures: Mapping[str, Callable[[FigureJob], None]]  # figure name -> draw (<table>_<figure>.{png,svg})
+    build: Callable[[Any], None]    # (report.tables.TableJob) writes the table's CSV, Markdown, claims
+    figures: Mapping[str, Callable[[Any], None]]  # figure -> draw(report.tables.FigureJob): <table>_<figure>.{png,svg}
     paper: str | None = None        # reports/paper/<paper>.yaml holds its published tables (None: none)
     stage: str = "sampling"
     one_method: bool = False        # the entry names one `method` (its grid is the table) or `methods`
