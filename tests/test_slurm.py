@@ -65,9 +65,9 @@ def comparable(table: pd.DataFrame) -> pd.DataFrame:
 def test_cluster_run_equals_a_local_run(cluster_run, smoke_run):
     work, output = cluster_run
     submitted = submitted_rules(output)
-    # training, every sampling shard and timing job is its own SLURM job; the three score
-    # jobs are grouped; tables, plots and report pages run locally
-    assert submitted.pop("rule_sample") == 6 and submitted.pop("rule_time") == 3
+    # training, every sampling shard and the table's one timing job are SLURM jobs of their
+    # own; the three score jobs are grouped; tables, figures and report pages run locally
+    assert submitted.pop("rule_sample") == 6 and submitted.pop("rule_time_table") == 1
     assert submitted.pop("rule_train_denoiser") == 2 and submitted.pop("rule_train_classifier") == 1
     assert submitted.pop("rule_reference_stats") == 1
     assert 1 <= submitted.pop("group_scoring_score") <= 2 and submitted == {}, submitted
