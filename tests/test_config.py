@@ -1,6 +1,7 @@
 """Invalid configs fail before any job, naming the key and the allowed values."""
 
 import copy
+import re
 from pathlib import Path
 
 import pytest
@@ -375,3 +376,20 @@ def test_the_is_protocol_is_the_adm_backends_and_needs_enough_samples(config, pa
     paper_t2i["sampling"]["num_samples"] = 8
     with pytest.raises(ConfigError, match=r"scoring.is_splits: 10 splits, but methods.tstitch_sd scores 8 samples"):
         full_check(paper_t2i)
+
+
+@pytest.mark.parametrize("mutate, expected", [
+    (lambda c: c["tables"]["tstitch"].update(kind="nope"),
+     "tables.tstitch.kind: unknown table kind 'nope'; available kinds: ["),
+    (lambda c: c["tables"]["tstitch"].pop("paper"), "tables.tstitch.paper: a tstitch table prints published"),
+    (lambda c: c["tables"].update(mine={"kind": "pareto", "methods": ["tstitch"], "paper": "dit_s_xl_ddim100"}),
+     "tables.mine.paper: a pareto table has no published numbers; remove the key"),
+    (lambda c: c["tables"].update(mine={"kind": "pareto", "methods": ["tstitch", "sequential"]}),
+     "tables.mine.methods: their timing batch sizes differ"),
+    (lambda c: c.update(reproducibility={"tables": ["tstich"]}),
+     "reproducibility.tables: 'tstich' is not a configured table"),
+])
+def test_table_entries_are_checked_against_their_kind(config, mutate, expected):
+    mutate(config)
+    with pytest.raises(ConfigError, match=re.escape(expected)):
+        full_check(config)
