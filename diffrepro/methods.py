@@ -106,9 +106,15 @@ def register_method(name: str, *, setting: type, roles: Sequence[str], summary: 
     return wrap
 
 
+_SCANNED_FROM: list[Path] = []  # the working directory the plugin folders were last scanned from
+
+
 def load_plugins() -> dict[str, MethodSpec]:
     """Import every module in methods/ and baselines/ so their registrations run: the installed
-    packages' and those of the working directory (the workflow's), where a user adds a file."""
+    packages' and those of the working directory (the workflow's), where a user adds a file.
+    Scanned once per working directory: planning a DAG asks for methods thousands of times."""
+    if _SCANNED_FROM == [Path.cwd()]:
+        return dict(_REGISTRY)
     for package_name in PLUGIN_PACKAGES:
         package = importlib.import_module(package_name)
         local = Path.cwd() / package_name
@@ -116,6 +122,7 @@ def load_plugins() -> dict[str, MethodSpec]:
             package.__path__.append(str(local))
         for info in pkgutil.iter_modules(package.__path__):
             importlib.import_module(f"{package_name}.{info.name}")
+    _SCANNED_FROM[:] = [Path.cwd()]
     return dict(_REGISTRY)
 
 

@@ -20,7 +20,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from diffrepro.io import write_text  # noqa: E402
-from diffrepro.report.figures import save_figure as _savefig_atomic, wrapped_title  # noqa: E402
+from diffrepro.report.figures import save_png_svg, wrapped_title  # noqa: E402
 from diffrepro.report.format import fmt as _fmt, label as _label  # noqa: E402
 
 VARIANT_ORDER = ("teacher", "base", "small", "tiny")
@@ -156,7 +156,4 @@ def pareto_plot(df: pd.DataFrame, png_path: str | os.PathLike, svg_path: str | o
     ours_ax.set(xlabel="ours: U-Net step (ms, median)", ylabel=f"ours: {_label(labels, 'fid')}", title="ours")
     paper_ax.set(xlabel="paper: U-Net GMACs at 512 px", ylabel="paper: FID (MS-COCO 30K)", title="paper")
     wrapped_title(fig, title, fontsize=8)
-    fig.tight_layout()
-    _savefig_atomic(fig, png_path)
-    _savefig_atomic(fig, svg_path)
-    plt.close(fig)
+    save_png_svg(fig, png_path, svg_path)

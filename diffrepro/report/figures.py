@@ -29,6 +29,16 @@ def save_figure(fig: plt.Figure, path: str | os.PathLike) -> None:
             os.unlink(tmp)
 
 
+def save_png_svg(fig: plt.Figure, png: str | os.PathLike, svg: str | os.PathLike) -> None:
+    """Lay the figure out, save it as PNG and SVG (each atomically) and close it."""
+    try:
+        fig.tight_layout()
+        save_figure(fig, png)
+        save_figure(fig, svg)
+    finally:
+        plt.close(fig)
+
+
 def wrapped_title(fig: plt.Figure, title: str, fontsize: float = 9) -> None:
     """A figure title wrapped to the figure's width: a setting note on one line was wider than
     the figure and cut at both edges. ~0.55 em per character at this size."""

@@ -23,7 +23,7 @@ import pandas as pd  # noqa: E402
 
 from diffrepro.io import write_text  # noqa: E402
 from diffrepro.report.paper import PAPER_DIR, load_paper_table, paper_source  # noqa: E402
-from diffrepro.report.figures import save_figure as _savefig_atomic, wrapped_title  # noqa: E402
+from diffrepro.report.figures import save_png_svg, wrapped_title  # noqa: E402
 from diffrepro.report.format import fmt as _fmt, label as _label, labels_from_records  # noqa: E402,F401
 
 PARATAA_YAML = PAPER_DIR / "parataa.yaml"
@@ -438,14 +438,6 @@ def setting_label(method: str, params: Mapping[str, Any]) -> str:
     return f"sequential {params['steps']}"
 
 
-def _save(fig: plt.Figure, png_path: str | os.PathLike, svg_path: str | os.PathLike) -> None:
-    try:
-        fig.tight_layout()
-        _savefig_atomic(fig, png_path)
-        _savefig_atomic(fig, svg_path)
-    finally:
-        plt.close(fig)
-
 
 def convergence_plot(records: Iterable[Mapping[str, Any]], png_path: str | os.PathLike,
                      svg_path: str | os.PathLike, *, title: str) -> None:
@@ -476,7 +468,7 @@ def convergence_plot(records: Iterable[Mapping[str, Any]], png_path: str | os.Pa
             ax.legend(fontsize=7)
             ax.grid(alpha=0.3)
         wrapped_title(fig, title)
-        _save(fig, png_path, svg_path)
+        save_png_svg(fig, png_path, svg_path)
 
 
 def _point_label(row: pd.Series) -> str:
@@ -527,4 +519,4 @@ def pareto_plot(df: pd.DataFrame, png_path: str | os.PathLike, svg_path: str | o
             if ax.has_data():
                 ax.legend(fontsize=8)
         wrapped_title(fig, title)
-        _save(fig, png_path, svg_path)
+        save_png_svg(fig, png_path, svg_path)

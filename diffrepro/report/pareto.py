@@ -138,7 +138,7 @@ def pareto_plot(df: pd.DataFrame, png_path: str | os.PathLike, svg_path: str | o
     drawn through all methods' points."""
     import matplotlib
 
-    from .figures import plt, save_figure, wrapped_title
+    from .figures import plt, save_png_svg, wrapped_title
 
     batch = int(df["batch_size"].iloc[0])
     with matplotlib.rc_context({"svg.hashsalt": "diffrepro"}):  # stable SVG ids between runs
@@ -160,8 +160,6 @@ def pareto_plot(df: pd.DataFrame, png_path: str | os.PathLike, svg_path: str | o
             ax.grid(alpha=0.3)
             ax.legend(fontsize=8)
             wrapped_title(fig, title)
-            fig.tight_layout()
-            save_figure(fig, png_path)
-            save_figure(fig, svg_path)
+            save_png_svg(fig, png_path, svg_path)
         finally:
             plt.close(fig)

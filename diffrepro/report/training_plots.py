@@ -3,7 +3,6 @@ p(t) and w(t) of every method, and the cost of preparing a batch against batch s
 
 from __future__ import annotations
 
-import os
 from itertools import cycle
 from typing import Mapping, Sequence
 
@@ -15,7 +14,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from .training import seed_curves  # noqa: E402
-from .figures import save_figure as _savefig_atomic, wrapped_title  # noqa: E402
+from .figures import save_png_svg, wrapped_title  # noqa: E402
 
 
 # Several methods share a part (uniform, P2 and Min-SNR have the same p(t)): distinct dashes
@@ -26,14 +25,6 @@ LINE_STYLES = ("-", "--", "-.", ":", (0, (5, 1)), (0, (3, 1, 1, 1, 1, 1)))
 def _title(fig, text: str) -> None:
     wrapped_title(fig, text)
 
-
-def _save(fig, png: str | os.PathLike, svg: str | os.PathLike) -> None:
-    try:
-        fig.tight_layout()
-        _savefig_atomic(fig, png)
-        _savefig_atomic(fig, svg)
-    finally:
-        plt.close(fig)
 
 
 def curves_plot(scores: pd.DataFrame, methods: Sequence[str], baseline: str, png, svg, *,
@@ -63,7 +54,7 @@ def curves_plot(scores: pd.DataFrame, methods: Sequence[str], baseline: str, png
                   yscale="log", title="validation loss by timestep, last checkpoint")
         right.legend(fontsize=8)
         _title(fig, title)
-        _save(fig, png, svg)
+        save_png_svg(fig, png, svg)
 
 
 def schedules_plot(schedules: Mapping[str, tuple[np.ndarray, np.ndarray]], png, svg, *,
@@ -82,7 +73,7 @@ def schedules_plot(schedules: Mapping[str, tuple[np.ndarray, np.ndarray]], png, 
         for ax in (left, right):
             ax.legend(fontsize=8)
         _title(fig, title)
-        _save(fig, png, svg)
+        save_png_svg(fig, png, svg)
 
 
 def cost_plot(timing: dict, methods: Sequence[str], png, svg, *, title: str) -> None:
@@ -104,4 +95,4 @@ def cost_plot(timing: dict, methods: Sequence[str], png, svg, *, title: str) -> 
                   title=f"one training iteration, batch {timing['methods'][methods[0]]['batch_size']}, "
                         f"{timing['threads']} CPU thread(s)")
         _title(fig, title)
-        _save(fig, png, svg)
+        save_png_svg(fig, png, svg)

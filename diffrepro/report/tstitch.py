@@ -18,7 +18,7 @@ import matplotlib.pyplot as plt  # noqa: E402  (backend must be chosen first)
 import pandas as pd  # noqa: E402
 
 from diffrepro.io import write_text  # noqa: E402
-from diffrepro.report.figures import save_figure as _savefig_atomic, wrapped_title  # noqa: E402
+from diffrepro.report.figures import save_png_svg, wrapped_title  # noqa: E402
 from diffrepro.report.format import fmt as _fmt, images as _images, label as _label  # noqa: E402,F401
 from diffrepro.report.format import labels_from_records  # noqa: E402,F401  (tests and callers import it here)
 
@@ -307,9 +307,7 @@ def pareto_plot(
             _plot_ours(left, df, labels)
             _plot_shapes(right, df)
             wrapped_title(fig, title)
-            fig.tight_layout()
-            _savefig_atomic(fig, png_path)
-            _savefig_atomic(fig, svg_path)
+            save_png_svg(fig, png_path, svg_path)
         finally:
             plt.close(fig)
 

@@ -19,7 +19,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from diffrepro.io import write_text  # noqa: E402
-from diffrepro.report.figures import save_figure as _savefig_atomic, wrapped_title  # noqa: E402
+from diffrepro.report.figures import save_png_svg, wrapped_title  # noqa: E402
 from diffrepro.report.format import fmt as _fmt, label as _label  # noqa: E402
 from diffrepro.report.pareto import pareto_frontier  # noqa: E402  (the tests import it here too)
 from diffrepro.report.tstitch import TIMING_BATCH  # noqa: E402
@@ -141,8 +141,6 @@ def pareto_plot(df: pd.DataFrame, png_path: str | os.PathLike, svg_path: str | o
             ax.grid(alpha=0.3)
             ax.legend(fontsize=8)
             wrapped_title(fig, title)
-            fig.tight_layout()
-            _savefig_atomic(fig, png_path)
-            _savefig_atomic(fig, svg_path)
+            save_png_svg(fig, png_path, svg_path)
         finally:
             plt.close(fig)

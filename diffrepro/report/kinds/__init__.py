@@ -72,10 +72,15 @@ def register_table_kind(name: str, **fields: Any) -> TableKind:
     return kind
 
 
+_LOADED: list[bool] = []
+
+
 def load_table_kinds() -> dict[str, TableKind]:
-    """Import every module of this package so their registrations run."""
-    for info in pkgutil.iter_modules(__path__):
-        importlib.import_module(f"{__name__}.{info.name}")
+    """Import every module of this package so their registrations run (once per process)."""
+    if not _LOADED:
+        for info in pkgutil.iter_modules(__path__):
+            importlib.import_module(f"{__name__}.{info.name}")
+        _LOADED.append(True)
     return dict(_REGISTRY)
 
 
