@@ -1,9 +1,21 @@
 # diffrepro: checkpoints -> samples -> timing -> scores -> tables and Pareto plots; and
 # training-method runs -> checkpoint scores -> training curves and speed-up tables.
 # Thin on purpose: config and its validation, the rule files, and the reproduce_* targets.
-from snakemake.utils import min_version, validate
+import sys
+
+from snakemake.utils import min_version
 
 min_version("9.0")
+
+from diffrepro.config import ConfigError, prepare_config
+from diffrepro.configfile import ConfigFileError, read_config_file
+
+# Snakemake's own reading of a YAML file names neither the file nor the line of an error.
+try:
+    read_config_file("config/default.yaml")
+except ConfigFileError as err:
+    print(err, file=sys.stderr)
+    sys.exit(1)
 
 
 configfile: "config/default.yaml"
@@ -27,11 +39,15 @@ if config.get("standalone"):
     config.clear()
     config.update(copy.deepcopy(workflow.config_settings.overwrite_config))
 
-validate(config, "workflow/schemas/config.schema.yaml")
-
-from diffrepro.config import check_config
-
-check_config(config)
+# Defaults from the schema, then every check, before any job: a short message naming the file,
+# line, key, value and fix (diffrepro.config.prepare_config), not a traceback.
+try:
+    prepare_config(config, command_line=workflow.config_settings.config,
+                   files=[*([] if config.get("standalone") else ["config/default.yaml"]),
+                          *workflow.config_settings.configfiles])
+except ConfigError as err:
+    print(err, file=sys.stderr)
+    sys.exit(1)
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/models.smk"

@@ -13,11 +13,10 @@ import itertools
 from .methods import MethodSpec, get_method, load_plugins, register_aliases
 from .methods import reference_run as _reference_run_of
 from .models.unet_config import unet_config_problems
-from .report.kinds import DEFAULT_KIND, kind_of, load_table_kinds
+from .report.kinds import kind_of, load_table_kinds
 from .report.paper import PAPER_DIR, load_paper_table
+from .validation import ConfigError
 
-class ConfigError(ValueError):
-    pass
 
 
 def grid_points(grid: dict | list[dict]):
@@ -43,12 +42,9 @@ def method_settings(config: dict, method: str) -> dict[str, dict]:
     return settings
 
 
-# What the `compute` config section means when a key is left out: the paper's fp32.
-COMPUTE_DEFAULTS = {"device": "auto", "precision": "fp32", "tf32": False, "compile": False}
-
-
 def compute_settings(config: dict) -> dict:
-    return {**COMPUTE_DEFAULTS, **config.get("compute", {})}
+    """Where and how jobs run (the schema's defaults: auto device, the paper's fp32)."""
+    return dict(config["compute"])
 
 
 def method_num_samples(config: dict, method: str) -> int:
@@ -140,6 +136,7 @@ def check_config(config: dict) -> None:
             raise ConfigError(f"config key {where}.grid: {err}") from err
         for values in settings.values():
             _check_reference(config, method, values, where)
+    _check_sizes(config)
     _check_scoring(config)
     for name in config["models"]:
         model_config(config, name)  # a student's teacher exists and has the right shape
@@ -154,8 +151,73 @@ def check_config(config: dict) -> None:
                               f"configured: {sorted(config['tables'])}")
 
 
+# Bounds that catch a typo (an extra zero, 10**12) before any job allocates for it. The largest
+# protocol in the papers is FID-50K (ADM, DiT, T-Stitch); 20x that is still a real study.
+MAX_SAMPLES = 1_000_000
+# A shard's images are held in memory (uint8) until the shard is written at once.
+MAX_SHARD_BYTES = 16 * 2**30
+LARGEST_IMAGE_BYTES = 1024 * 1024 * 3  # SDXL's 1024 px RGB: the bound assumes the largest
+
+
+def _set_at(config: dict, method: str, key: str) -> str:
+    """Where a method's sample count comes from: its own entry, else the sampling section."""
+    return f"methods.{method}.{key}" if key in config["methods"][method] else f"sampling.{key}"
+
+
+def _check_sizes(config: dict) -> None:
+    for method in config["methods"]:
+        n, shards = method_num_samples(config, method), method_num_shards(config, method)
+        if n > MAX_SAMPLES:
+            raise ConfigError(f"config key {_set_at(config, method, 'num_samples')}: {n:,} samples for "
+                              f"methods.{method} is more than the bound {MAX_SAMPLES:,} (20x the papers' "
+                              f"FID-50K); a typo? write the count you mean")
+        if shards > n:
+            raise ConfigError(f"config key {_set_at(config, method, 'num_shards')}: {shards} shards for "
+                              f"{n} samples of methods.{method} leaves shards empty; set num_shards <= {n}")
+        per_shard = -(-n // shards)
+        if per_shard * LARGEST_IMAGE_BYTES > MAX_SHARD_BYTES:
+            needed = -(-n * LARGEST_IMAGE_BYTES // MAX_SHARD_BYTES)
+            raise ConfigError(f"config key {_set_at(config, method, 'num_shards')}: {per_shard:,} images per "
+                              f"shard of methods.{method} may need more than 16 GiB in one job (a shard is "
+                              f"held in memory until written); set num_shards >= {needed}")
+    if "training" in config and config["training"]["evaluation"]["num_samples"] > MAX_SAMPLES:
+        raise ConfigError(f"config key training.evaluation.num_samples: more than the bound {MAX_SAMPLES:,} "
+                          f"(20x the papers' FID-50K); a typo? write the count you mean")
+
+
+def prepare_config(config: dict, *, files: list, command_line: dict) -> dict:
+    """Everything done to the workflow's config before the plan: --config values typed as YAML,
+    every config file read strictly (duplicate keys refused), the schema applied (defaults set),
+    then the checks that need the code. Raises ConfigError with the message to show: at most 20
+    lines, naming the file and line that set the key."""
+    from .configfile import ConfigFileError, merged_locations, typed_command_line
+    from .validation import apply_schema, format_error
+
+    typed = typed_command_line(dict(command_line))
+    _overlay(config, typed)
+    try:
+        locations = merged_locations(files, typed)
+    except ConfigFileError as err:
+        raise ConfigError(str(err)) from None
+    try:
+        apply_schema(config)
+        check_config(config)
+    except ConfigError as err:
+        raise ConfigError(format_error(err, locations), err.key) from None
+    return config
+
+
+def _overlay(config: dict, values: dict) -> None:
+    """Put the typed --config values where Snakemake merged their string forms."""
+    for key, value in values.items():
+        if isinstance(value, dict) and isinstance(config.get(key), dict):
+            _overlay(config[key], value)
+        else:
+            config[key] = value
+
+
 def _check_scoring(config: dict) -> None:
-    backend = config["scoring"].get("backend", "digits")
+    backend = config["scoring"]["backend"]
     if backend == "digits" and "classifier" not in config:
         raise ConfigError("config key classifier: the digits scoring backend needs the digits CNN's "
                           "training settings (see config/default.yaml), or set scoring.backend: adm")
@@ -168,7 +230,7 @@ def _check_scoring(config: dict) -> None:
         raise ConfigError("config key scoring: set reference_batch or reference_images, not both")
     if has_images and backend != "adm":
         raise ConfigError("config key scoring.reference_images: needs scoring.backend: adm")
-    if config["scoring"].get("is_protocol", "adm") != "adm" and backend != "adm":
+    if config["scoring"]["is_protocol"] != "adm" and backend != "adm":
         raise ConfigError("config key scoring.is_protocol: chooses the adm backend's Inception Score; the "
                           "digits backend has one IS (is_splits splits); remove the key or set scoring.backend: adm")
     if config["scoring"].get("is_protocol") == "torch_fidelity":
@@ -246,7 +308,7 @@ def _check_table_entry(config: dict, table: str, entry: dict) -> None:
     its kind checks."""
     kinds = load_table_kinds()
     where = f"tables.{table}"
-    name = entry.get("kind", DEFAULT_KIND)
+    name = entry["kind"]
     if name not in kinds:
         raise ConfigError(f"config key {where}.kind: unknown table kind {name!r}; available kinds: "
                           f"{sorted(kinds)} (a kind is a module in diffrepro/report/kinds/)")
@@ -369,7 +431,7 @@ def _check_text_to_image(config: dict) -> None:
             raise ConfigError(f"config key t2i.prompts.count: {count} prompts, but methods.{method} samples "
                               f"{needed} images (image i is generated from prompt i); raise the count or "
                               f"lower num_samples")
-    if reference is not None and reference.get("images") == "prompts" and "prompts" not in config.get("t2i", {}):
+    if reference is not None and reference["images"] == "prompts" and "prompts" not in config.get("t2i", {}):
         raise ConfigError("config key scoring.reference_images.images: 'prompts' needs t2i.prompts")
     clip = config.get("clip")
     if clip is not None:

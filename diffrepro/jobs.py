@@ -14,11 +14,11 @@ import torch
 
 from . import metrics
 from .devices import claim_gpu
-from .download import DEFAULT_LOCK
 from .data import real_digits_uint8
 from .engines import load_engine
 from .engines.denoiser import steps_for
 from .io import read_json, write_json, write_npz
+from .validation import schema_defaults
 from .methods import get_method
 from .provenance import provenance
 
@@ -41,13 +41,14 @@ def configure_runtime(threads: int, allow_downloads: bool = False) -> None:
 def job_device(sampling: dict, device: str | None = None) -> torch.device:
     """The device this job pins: `compute.device` ("auto": a GPU if one is visible, else the
     CPU). Also applies the TF32 flag, which provenance records."""
-    name = device or sampling.get("device", "auto")
+    sampling = {**schema_defaults("compute"), **sampling}
+    name = device or sampling["device"]
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("config compute.device is 'cuda' but no GPU is visible to this job; "
                            "set compute.device to auto or cpu, or give the job a GPU (resources: gpu=1)")
-    tf32 = bool(sampling.get("tf32", False))
+    tf32 = sampling["tf32"]
     torch.backends.cuda.matmul.allow_tf32 = tf32
     torch.backends.cudnn.allow_tf32 = tf32
     return torch.device(f"cuda:{claim_gpu(torch.cuda.device_count())}") if name == "cuda" else torch.device(name)
@@ -243,7 +244,7 @@ def _clip_scores(images, labels, config: dict, clip_weights: str | None, prompts
     elif clip_weights is not None:
         section["path"] = clip_weights
     model, preprocess, tokenizer = load_clip(ClipSpec.from_config(section), device=device,
-                                             allow_downloads=bool(config.get("allow_downloads", False)))
+                                             allow_downloads={**schema_defaults(), **config}["allow_downloads"])
     texts = [digit_prompt(y) for y in labels] if prompts is None else [prompts[y] for y in labels]
     values = clip_scores(model, preprocess, tokenizer, images, texts, batch_size=256, device=device)
     summary = clip_score_summary(values)
@@ -268,9 +269,9 @@ def _adm_scores(images, labels, *, reference_path, scoring, device, weights_path
     extractor = adm_metrics.load_inception(weights_path, device)
     features = adm_metrics.inception_features(extractor, images)
     scores = adm_metrics.scores_from_features(features, reference_path, extractor,
-                                              fid_method=scoring.get("fid_method", "sqrtm"))
+                                              fid_method=scoring["fid_method"])
     labels = ADM_LABELS
-    if scoring.get("is_protocol", "adm") == "torch_fidelity":
+    if scoring["is_protocol"] == "torch_fidelity":
         scores.update(torch_fidelity_inception_score(features["logits"], scoring["is_splits"]))
         scores["provenance"]["is_protocol"] = (f"torch-fidelity isc: {scoring['is_splits']} splits of the "
                                                f"shuffled samples (seed 2020), unbiased logits")
@@ -299,7 +300,7 @@ def torch_fidelity_inception_score(logits: np.ndarray, splits: int) -> dict:
 def bootstrap_distance(scoring: dict):
     """The Frechet distance for bootstrap errors: the ADM backend's 2048-d statistics use its
     exact factored form (fast when the resampled covariance has low rank); None: our default."""
-    if scoring.get("backend", "digits") != "adm":
+    if scoring["backend"] != "adm":
         return None
     from functools import partial
 
@@ -317,14 +318,14 @@ def score_setting(*, shards: Sequence[str], reference_path: str, scoring: dict, 
     # CLIP first: a missing or unreadable CLIP fails before the FID work, not after it
     clip_record = None
     # Inception (and CLIP) features in full float32: TF32 would change them
-    device = job_device({"device": config.get("compute", {}).get("device", "auto"), "tf32": False})
+    device = job_device({"device": config["compute"]["device"], "tf32": False})
     if "clip" in config and get_method(meta["method"]).family == "pipeline":
         from .engines.pipeline import read_prompts
 
         clip_record = _clip_scores(images, labels, config, clip_weights, read_prompts(prompts_path), device, log)
-    if scoring.get("backend", "digits") == "adm":
+    if scoring["backend"] == "adm":
         verify_downloads({"reference_batch": reference_path, "inception_weights": inception_weights},
-                         scoring, config.get("downloads", {}).get("lock", DEFAULT_LOCK), log)
+                         scoring, config["downloads"]["lock"], log)
         scores, labels_text, files, extra, features = _adm_scores(
             images, labels, reference_path=reference_path, scoring=scoring, device=device,
             weights_path=inception_weights)

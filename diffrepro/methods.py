@@ -13,6 +13,8 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import pkgutil
+import types
+import typing
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,12 +57,46 @@ MethodFn = Callable[["dict[str, GuidedDenoiser]", "Sampler", "torch.Tensor", "to
 
 
 def build_dataclass(cls: type, values: dict, *, owner: str, noun: str) -> Any:
-    """cls(**values), refusing names it has no field for (a config typo) with the valid ones."""
+    """cls(**values), refusing names it has no field for (a config typo) with the valid ones,
+    and values of the wrong type (a quoted "0.5" would reach a comparison as text)."""
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = set(values) - names
     if unknown:
         raise ValueError(f"{owner} has no {noun} {sorted(unknown)}; its {noun}s are {sorted(names)}")
+    hints = typing.get_type_hints(cls)
+    for name, value in values.items():
+        allowed = _allowed_types(hints.get(name))
+        if allowed is not None and not _is_instance(value, allowed):
+            raise ValueError(f"{owner} {noun} {name} = {value!r}: must be "
+                             f"{' or '.join(sorted(TYPE_WORDS.get(t, t.__name__) for t in allowed))}"
+                             + (" (write it without quotes)" if isinstance(value, str) else ""))
+    if "steps" in values and values["steps"] is not None and not (1 <= values["steps"] <= 1000):
+        # the engines read a setting's `steps` as the sampler's step count
+        raise ValueError(f"{owner} {noun} steps = {values['steps']!r}: must be an integer in [1, 1000]")
     return cls(**values)
+
+
+TYPE_WORDS = {int: "an integer", float: "a number", bool: "true or false", str: "text", type(None): "null"}
+
+
+def _allowed_types(hint: Any) -> tuple[type, ...] | None:
+    """The plain types a field accepts (None: not checked, e.g. Any or a container)."""
+    if hint in (int, float, bool, str, type(None)):
+        return (hint,)
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        parts = [_allowed_types(arg) for arg in typing.get_args(hint)]
+        return None if any(p is None for p in parts) else tuple(t for p in parts for t in p)
+    if typing.get_origin(hint) is typing.Literal:
+        return tuple({type(arg) for arg in typing.get_args(hint)})
+    return None
+
+
+def _is_instance(value: Any, allowed: tuple[type, ...]) -> bool:
+    if isinstance(value, bool):  # YAML's true is not the integer 1
+        return bool in allowed
+    if isinstance(value, int) and float in allowed:  # 1 is a fine float
+        return True
+    return isinstance(value, allowed)
 
 
 @dataclass(frozen=True)

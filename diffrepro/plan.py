@@ -19,10 +19,6 @@ from .report.kinds import kind_of
 from .report.paper import paper_short_name, paper_timing_batch
 
 DOWNLOADS = "resources/downloads"
-# What one job asks a scheduler for: these, then the config's `resources.default`, then its
-# entry for the rule. profiles/slurm submits them as sbatch options; a local run only counts
-# `gpu` (profiles/default allows one GPU job at a time).
-DEFAULT_JOB_RESOURCES = {"mem_mb": 4000, "runtime": 60, "gpu": 0}
 DIT_SAMPLING_KEYS = ("sampler", "steps", "cfg_scale", "guided_channels")
 
 
@@ -60,7 +56,7 @@ class Plan:
         self.distilled_models = [n for n, m in models.items() if "distil" in m]
         self.hub_models = [n for n, m in models.items() if "hub" in m]
         scoring = config["scoring"]
-        self.scoring_backend = scoring.get("backend", "digits")
+        self.scoring_backend = scoring["backend"]
         # MS-COCO for the text-to-image paper configs: the captions (prompts) and the real
         # images (the FID reference batch, computed by rule t2i_reference).
         self.t2i_prompts = config.get("t2i", {}).get("prompts")
@@ -82,16 +78,19 @@ class Plan:
         # The training methods some table reports, in table order (Snakemake merges a
         # --configfile into config/default.yaml key by key: training.methods may hold more).
         self.training_table_methods = list(dict.fromkeys(m for t in self.training_tables for m in self.tables[t]["methods"]))
-        self.reproducibility = config.get("reproducibility", {})
+        self.reproducibility = config["reproducibility"]
 
     # -- jobs ------------------------------------------------------------------------------
     def job_resources(self, rule: str) -> dict:
-        configured = self.config.get("resources", {})
-        return {**DEFAULT_JOB_RESOURCES, **configured.get("default", {}), **configured.get(rule, {}),
+        """The config's `resources.default` (its defaults are the schema's), then the rule's entry.
+        profiles/slurm submits them as sbatch options; a local run only counts `gpu`
+        (profiles/default allows one GPU job at a time)."""
+        configured = self.config["resources"]
+        return {**configured["default"], **configured.get(rule, {}),
                 "cpus_per_task": lambda wildcards, threads: threads}
 
     def downloads_lock(self) -> str:
-        return self.config.get("downloads", {}).get("lock", "config/paper/downloads.lock.json")
+        return self.config["downloads"]["lock"]
 
     # -- models ----------------------------------------------------------------------------
     def checkpoint_path(self, model: str) -> str:
@@ -134,6 +133,11 @@ class Plan:
         inputs = self.method_checkpoints(w)
         if self.family(w.method) == "pipeline" and self.prompts is not None:
             inputs["prompts"] = self.prompts
+        if self.family(w.method) == "pipeline":
+            # engines.pipeline.check_text_encoder reads each trained U-Net's summary beside it
+            models = self.config["methods"][w.method]["models"].values()
+            inputs["train_summaries"] = [f"{self.checkpoints}/{m}.train.json" for m in dict.fromkeys(models)
+                                         if "hub" not in self.config["models"][m]]
         return inputs
 
     def sample_inputs(self, w) -> dict[str, str]:
@@ -224,7 +228,7 @@ class Plan:
         inputs = {"images": f"{DOWNLOADS}/{self.reference_images['archive']['file']}"}
         if self.inception_weights_input() is not None:
             inputs["inception_weights"] = self.inception_weights_input()
-        if self.reference_images.get("images", "all") == "prompts":
+        if self.reference_images["images"] == "prompts":
             inputs["prompts"] = self.prompts
         return inputs
 
@@ -257,15 +261,16 @@ class Plan:
         return as_param(methods)
 
     def timing_inputs(self, w) -> dict:
-        """Every checkpoint the table's methods load and, for text-to-image, the prompts. (No
+        """Every checkpoint the table's methods load (and a trained U-Net's summary), for text-to-image the prompts. (No
         VAE: timing stops at the samples, as the papers' timings of latent models do.)"""
         inputs = {"checkpoints": []}
         for method in self.timing_methods(w.table):
             for role, path in self.pipeline_inputs(SimpleNamespace(method=method)).items():
                 if role == "prompts":
                     inputs["prompts"] = path
-                elif path not in inputs["checkpoints"]:
-                    inputs["checkpoints"].append(path)
+                for each in (path if isinstance(path, list) else [path]) if role != "prompts" else []:
+                    if each not in inputs["checkpoints"]:
+                        inputs["checkpoints"].append(each)
         return inputs
 
     # -- tables and figures ---------------------------------------------------------------------

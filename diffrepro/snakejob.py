@@ -21,7 +21,7 @@ def job(snakemake, torch_threads: int | None = None, uses_torch: bool = True):
             from .jobs import configure_runtime
 
             configure_runtime(torch_threads or snakemake.threads,
-                              snakemake.config.get("allow_downloads", False))
+                              snakemake.config["allow_downloads"])
 
         def log(message: str) -> None:
             print(message, flush=True)

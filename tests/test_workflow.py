@@ -157,7 +157,8 @@ def test_invalid_config_fails_before_any_job(workdir):
                        check=False)
     output = result.stdout + result.stderr
     assert result.returncode != 0
-    assert "'euler' is not one of ['ddim', 'ddpm', 'dpmsolver++']" in output and "['sampling']['sampler']" in output
+    assert "config error: sampling.sampler = 'euler'\n  in: config/bad.yaml, line " in output
+    assert "allowed: one of ddim, ddpm, dpmsolver++" in output and len(output.splitlines()) <= 22
     assert "Job stats" not in output and "rule train_denoiser" not in output  # no DAG, no job
 
 

@@ -16,6 +16,7 @@ from ..diffusion.guidance import GuidedDenoiser
 from ..diffusion.samplers import make_sampler
 from ..diffusion.sampling import initial_noise_and_labels
 from ..io import read_json
+from ..validation import schema_defaults
 from ..models.dit import DiT, DiTConfig, build_dit
 from . import Batch
 from .clock import timed
@@ -32,13 +33,14 @@ def load_dit(path: str | Path, model_config: dict) -> DiT:
 def load_denoisers(checkpoints: dict[str, str], model_configs: dict[str, dict],
                    sampling: dict, device: torch.device | str = "cpu") -> dict[str, GuidedDenoiser]:
     """Guided denoisers on `device`, with the sampling block's precision and compile options."""
+    sampling = {**schema_defaults("compute"), **sampling}
     denoisers = {}
     for role in checkpoints:
         model = load_dit(checkpoints[role], model_configs[role]).to(device)
-        if sampling.get("compile", False):
+        if sampling["compile"]:
             model = torch.compile(model)
         denoisers[role] = GuidedDenoiser(model, sampling["cfg_scale"], sampling["guided_channels"],
-                                         autocast=AUTOCAST_DTYPES[sampling.get("precision", "fp32")])
+                                         autocast=AUTOCAST_DTYPES[sampling["precision"]])
     return denoisers
 
 
@@ -50,7 +52,8 @@ def sample_geometry(model_configs: dict[str, dict]) -> tuple[tuple[int, int, int
 
 def steps_for(setting, sampling: dict) -> int:
     """The sampler's step count: the setting's own if it has one, else the config's."""
-    return getattr(setting, "steps", None) or sampling["steps"]
+    steps = getattr(setting, "steps", None)
+    return sampling["steps"] if steps is None else steps
 
 
 def sampler_name_for(setting, sampling: dict) -> str:

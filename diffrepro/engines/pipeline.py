@@ -15,6 +15,7 @@ from ..checkpoints import load_checkpoint
 from ..data import to_uint8_nhwc
 from ..diffusion.sampling import initial_noise_and_labels
 from ..io import read_json
+from ..validation import schema_defaults
 from ..t2i.components import build_text_encoder, build_unet, char_tokenizer, digit_prompt, unet_step_inputs
 from . import Batch
 
@@ -174,7 +175,8 @@ def fid_images(images: np.ndarray, size: int | None, jpeg_quality: int | None = 
 
 
 def steps_of(setting, t2i: dict) -> int:
-    return getattr(setting, "steps", None) or t2i["steps"]
+    steps = getattr(setting, "steps", None)
+    return t2i["steps"] if steps is None else steps
 
 
 def run_batch(spec, setting, pipeline, unets, t2i: dict, seed: int, indices: Sequence[int],
@@ -225,9 +227,9 @@ class PipelineEngine:
     @classmethod
     def load(cls, *, checkpoints, model_configs, sampling, device, vae_info=None, prompts_path=None):
         """`sampling`: the config's t2i section with the compute options."""
-        device = torch.device(device)
+        device, sampling = torch.device(device), {**schema_defaults("compute"), **sampling}
         pipeline, unets = load_pipeline_models(checkpoints, model_configs, sampling, device,
-                                               sampling.get("precision", "fp32"))
+                                               sampling["precision"])
         return cls(pipeline, unets, model_configs, sampling, device, read_prompts(prompts_path))
 
     def meta(self) -> dict:

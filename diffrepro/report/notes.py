@@ -26,7 +26,7 @@ def setting_note(config: dict, table: str) -> str:
     elif pipeline_family:
         t2i = config["t2i"]
         large = config["models"][roles.get("large", roles.get("model"))]
-        pipeline = large["hub"].get("pipeline", "StableDiffusionPipeline") if "hub" in large else "StableDiffusionPipeline"
+        pipeline = large["hub"]["pipeline"] if "hub" in large else "StableDiffusionPipeline"
         size = f", {t2i['image_size']} px scored at {t2i.get('fid_size') or t2i['image_size']} px" if t2i.get("image_size") else ""
         prompts = (f", {t2i['prompts']['count'] or 'all'} MS-COCO captions" if t2i.get("prompts")
                    else ", class prompts")

@@ -17,6 +17,8 @@ from typing import Iterator
 
 import numpy as np
 
+from ..validation import schema_defaults
+
 CAPTIONS_MEMBER = "annotations/captions_val2014.json"
 
 
@@ -158,13 +160,14 @@ def prompts_job(*, annotations: str, prompts: dict, lock: str, output: str, need
 
     from ..download import verify_placed
 
+    prompts = {**schema_defaults("t2i", "prompts"), **prompts}
     if "metadata_csv" in prompts:
         verify_placed(annotations, prompts["metadata_csv"], lock, log)
         selected = read_metadata_csv(annotations, prompts.get("count"))
     else:
         verify_placed(annotations, prompts.get("annotations"), lock, log)
-        selected = select_prompts(read_captions(annotations, prompts.get("member", CAPTIONS_MEMBER)),
-                                  prompts.get("count"), prompts.get("seed", 0))
+        selected = select_prompts(read_captions(annotations, prompts["member"]),
+                                  prompts.get("count"), prompts["seed"])
     if len(selected) < needed:
         raise ValueError(f"{annotations} gives {len(selected)} prompts, but a method samples {needed} images; "
                          f"lower its num_samples to at most {len(selected)}")
@@ -180,13 +183,14 @@ def reference_job(*, images: str, reference: dict, lock: str, output: str, incep
     from ..download import verify_placed
     from ..io import read_json, write_npz
 
+    reference = {**schema_defaults("scoring", "reference_images"), **reference}
     verify_placed(images, reference.get("archive"), lock, log)
     file_names = None
-    if reference.get("images", "all") == "prompts":
+    if reference["images"] == "prompts":
         file_names = list(dict.fromkeys(p["file_name"] for p in read_json(prompts_path)))
     extractor = adm_metrics.load_inception(inception_weights, device)
-    mode, quality = reference.get("resize", "resize"), reference.get("jpeg_quality")
-    arrays = reference_batch(images, extractor, size=reference["size"], mode=mode, keep=reference.get("keep", 10000),
+    mode, quality = reference["resize"], reference.get("jpeg_quality")
+    arrays = reference_batch(images, extractor, size=reference["size"], mode=mode, keep=reference["keep"],
                              file_names=file_names, jpeg_quality=quality, log=log)
     log(f"reference: {int(arrays['num_images'])} images, {len(arrays['arr_0'])} kept for precision/recall")
     preparation = f"{mode} to {reference['size']} px, PIL bicubic" + (f", JPEG quality {quality}" if quality else "")

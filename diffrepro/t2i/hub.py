@@ -20,9 +20,9 @@ from pathlib import Path
 
 from ..download import HUB_OFFLINE_ENV, offline_reason
 from ..io import sha256_file
+from ..validation import schema_defaults
 
 RECORD_FORMAT = 1
-DEFAULT_LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
 
 
 class HubModelUnavailable(RuntimeError):
@@ -177,28 +177,32 @@ def fetch_hub_model(spec: dict, *, config_key: str, as_pipeline: bool, allow_dow
     of the pipeline's own, e.g. LCM-SDXL), lora?: {id, weight_name?, scale?, path?} (fused into
     the U-Net, e.g. the LCM-LoRA)}. as_pipeline: the whole pipeline (this model is the one a
     method's pipeline is built around), else only its U-Net."""
-    record: dict = {"format": RECORD_FORMAT, "pipeline": spec.get("pipeline", "StableDiffusionPipeline"),
-                    "as_pipeline": as_pipeline, "unet_subfolder": spec.get("subfolder", "unet")}
+    spec = {**schema_defaults("models", "*", "hub"), **spec}
+    record: dict = {"format": RECORD_FORMAT, "pipeline": spec["pipeline"],
+                    "as_pipeline": as_pipeline, "unet_subfolder": spec["subfolder"]}
     unet_override = spec.get("unet")
+    if unet_override is not None:
+        unet_override = {**schema_defaults("models", "*", "hub", "unet"), **unet_override}
     if as_pipeline:
         # a U-Net from another repository replaces the pipeline's own: do not fetch that one
         skip = SKIPPED_COMPONENTS + (("unet",) if unet_override is not None else ())
         record["base"] = _resolved(spec, config_key, allow_downloads, None, whole_pipeline=True, skip=skip)
     elif unet_override is None:
-        record["base"] = _resolved(spec, config_key, allow_downloads, spec.get("subfolder", "unet"))
+        record["base"] = _resolved(spec, config_key, allow_downloads, spec["subfolder"])
     if unet_override is not None:
         record["unet"] = _resolved(unet_override, f"{config_key}.unet", allow_downloads,
-                                   unet_override.get("subfolder", "unet"))
+                                   unet_override["subfolder"])
     lora = spec.get("lora")
     if lora is not None:
-        weight_name = lora.get("weight_name", DEFAULT_LORA_WEIGHTS)
+        lora = {**schema_defaults("models", "*", "hub", "lora"), **lora}
+        weight_name = lora["weight_name"]
         directory = resolve_model(lora["id"], config_key=f"{config_key}.lora.path", path=lora.get("path"),
                                   allow_downloads=allow_downloads, allow_patterns=[weight_name],
                                   revision=lora.get("revision"))
         if not (directory / weight_name).is_file():
             raise _unavailable(lora["id"], f"{config_key}.lora.path", f"{directory} has no {weight_name}")
         record["lora"] = {"id": lora["id"], "directory": str(directory), "weight_name": weight_name,
-                          "scale": float(lora.get("scale", 1.0)),
+                          "scale": float(lora["scale"]),
                           "files": {weight_name: sha256_file(directory / weight_name)}}
     for part in ("base", "unet", "lora"):
         if part in record:

@@ -60,7 +60,7 @@ rule download:
     params:
         url=lambda w: PLAN.remote_files[w.file]["url"],
         lock=PLAN.downloads_lock(),
-        retries=config.get("downloads", {}).get("retries", 5),
+        retries=config["downloads"]["retries"],
     threads: 1
     resources:
         **PLAN.job_resources("download"),

@@ -5,5 +5,5 @@ from diffrepro.snakejob import job
 
 with job(snakemake, uses_torch=False) as log:
     fetch(RemoteFile(snakemake.wildcards.file, snakemake.params.url), snakemake.output[0],
-          snakemake.params.lock, allow_downloads=snakemake.config.get("allow_downloads", False),
+          snakemake.params.lock, allow_downloads=snakemake.config["allow_downloads"],
           retries=snakemake.params.retries, log=log)

@@ -6,5 +6,5 @@ from diffrepro.clip_score import fetch_clip_job
 from diffrepro.snakejob import job
 
 with job(snakemake, uses_torch=False) as log:
-    fetch_clip_job(clip=json.loads(snakemake.params.clip), allow_downloads=snakemake.config.get("allow_downloads", False),
+    fetch_clip_job(clip=json.loads(snakemake.params.clip), allow_downloads=snakemake.config["allow_downloads"],
                    output=snakemake.output[0], log=log)

@@ -7,5 +7,5 @@ from diffrepro.snakejob import job
 
 with job(snakemake) as log:
     fetch_vae_job(decoder=json.loads(snakemake.params.decoder),
-                  allow_downloads=snakemake.config.get("allow_downloads", False),
+                  allow_downloads=snakemake.config["allow_downloads"],
                   output=snakemake.output[0], log=log)

@@ -11,7 +11,7 @@ method = snakemake.wildcards.method
 batch_size = snakemake.config["methods"][method].get("batch_size", snakemake.config["sampling"]["batch_size"])
 with job(snakemake) as log:
     sample_shard(method=method, setting_values=json.loads(snakemake.params.setting),
-                 checkpoints={role: path for role, path in snakemake.input.items() if role not in ("vae_info", "prompts")},
+                 checkpoints={role: snakemake.input[role] for role in json.loads(snakemake.params.model_configs)},
                  model_configs=json.loads(snakemake.params.model_configs), sampling=json.loads(snakemake.params.sampling),
                  seed=snakemake.params.seed, num_samples=snakemake.params.num_samples,
                  shard=int(snakemake.wildcards.shard), num_shards=snakemake.params.num_shards,

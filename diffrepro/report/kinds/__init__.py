@@ -93,11 +93,15 @@ def get_table_kind(name: str) -> TableKind:
 
 
 # A table entry without `kind` is T-Stitch's main table kind (the configs written before kinds).
-DEFAULT_KIND = "tstitch"
+def default_kind() -> str:
+    """A table entry's kind when it names none (the schema's default)."""
+    from ...validation import schema_defaults
+
+    return schema_defaults("tables", "*")["kind"]
 
 
 def kind_of(entry: Mapping[str, Any]) -> TableKind:
-    return get_table_kind(entry.get("kind", DEFAULT_KIND))
+    return get_table_kind(entry.get("kind") or default_kind())
 
 
 def table_targets(tables: Mapping[str, Mapping[str, Any]]) -> dict[str, list[str]]:
