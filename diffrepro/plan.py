@@ -19,6 +19,10 @@ from .report.kinds import kind_of
 from .report.paper import paper_short_name, paper_timing_batch
 
 DOWNLOADS = "resources/downloads"
+RESULTS = "results"
+# Held by every timing job for its whole run (diffrepro.runlock): one timing job at a time per
+# machine, across runs and suites. Per host: a cluster's timing jobs on separate nodes share results/.
+TIMING_LOCK = f"{RESULTS}/.timing-{{host}}.lock"
 # What one job asks a scheduler for: these, then the config's `resources.default`, then its
 # entry for the rule. profiles/slurm submits them as sbatch options; a local run only counts
 # `gpu` (profiles/default allows one GPU job at a time).
@@ -42,7 +46,7 @@ class Plan:
         self.config = config
         suite = config["suite"]
         self.checkpoints = f"resources/checkpoints/{suite}"
-        self.results = f"results/{suite}"
+        self.results = f"{RESULTS}/{suite}"
         self.reports = f"reports/{suite}"
         self.logs = f"logs/{suite}"
         self.settings = {m: method_settings(config, m) for m in config["methods"]}
