@@ -74,7 +74,7 @@ def listing(config_path: str | None = None) -> str:
                       [(name, kind.summary) for name, kind in sorted(kinds.items())])
     config = load_config(config_path)
     tables = config.get("tables") or {}
-    rows = [(target, text) for target, text in FIXED_TARGETS.items()]
+    rows = list(FIXED_TARGETS.items())
     for target, names in table_targets(tables).items():
         if names:  # a kind's group target with none of its tables in this config builds nothing
             kind = kind_of(tables[names[0]])
