@@ -118,7 +118,7 @@ def check_config(config: dict) -> None:
         where = f"methods.{method}"
         if method not in registry:
             raise ConfigError(f"config key {where}: unknown method {method!r}; available methods: "
-                              f"{sorted(registry)} (add a module to methods/ to define a new one)")
+                              f"{sorted(registry)}; see `python -m diffrepro list`")
         spec = registry[method]
         _check_roles(spec, entry, config, where)
         _check_family(spec, entry, config, where)
@@ -311,7 +311,7 @@ def _check_table_entry(config: dict, table: str, entry: dict) -> None:
     name = entry["kind"]
     if name not in kinds:
         raise ConfigError(f"config key {where}.kind: unknown table kind {name!r}; available kinds: "
-                          f"{sorted(kinds)} (a kind is a module in diffrepro/report/kinds/)")
+                          f"{sorted(kinds)}; see `python -m diffrepro list`")
     kind = kinds[name]
     needed = "method" if kind.one_method else "methods"
     if needed not in entry:

@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 
+from .catalog import LIST_HINT
+
 if TYPE_CHECKING:  # the workflow imports every plugin to read its config: no torch there
     import torch
 
@@ -62,7 +64,7 @@ def build_dataclass(cls: type, values: dict, *, owner: str, noun: str) -> Any:
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = set(values) - names
     if unknown:
-        raise ValueError(f"{owner} has no {noun} {sorted(unknown)}; its {noun}s are {sorted(names)}")
+        raise ValueError(f"{owner} has no {noun} {sorted(unknown)}; its {noun}s are {sorted(names)}; {LIST_HINT}")
     hints = typing.get_type_hints(cls)
     for name, value in values.items():
         allowed = _allowed_types(hints.get(name))
@@ -105,7 +107,7 @@ class MethodSpec:
     run: MethodFn
     setting_type: type
     roles: tuple[str, ...]
-    summary: str
+    summary: str  # one line (the docstring's first by default), for `python -m diffrepro list`
     samplers: tuple[str, ...] | None = None  # samplers the method supports (None: any)
     # "denoiser": run(denoisers, sampler, noise, labels, generators, setting) over the suite's
     # own sampling loop; "pipeline": run(pipeline, unets, call, setting) over a diffusers
@@ -136,7 +138,7 @@ def register_method(name: str, *, setting: type, roles: Sequence[str], summary: 
     def wrap(fn: MethodFn) -> MethodFn:
         if name in _REGISTRY and _REGISTRY[name].run is not fn:
             raise ValueError(f"method name {name!r} is registered twice")
-        _REGISTRY[name] = MethodSpec(name, fn, setting, tuple(roles), summary or (fn.__doc__ or "").strip(),
+        _REGISTRY[name] = MethodSpec(name, fn, setting, tuple(roles), summary or (fn.__doc__ or "").strip().split("\n")[0],
                                      tuple(samplers) if samplers is not None else None, family)
         return fn
     return wrap
@@ -173,7 +175,7 @@ def register_aliases(methods_config: dict) -> None:
             continue
         if plugin not in registry:
             raise KeyError(f"config key methods.{name}.plugin: unknown method {plugin!r}; available "
-                           f"methods: {sorted(registry)}")
+                           f"methods: {sorted(registry)}; {LIST_HINT}")
         if name in registry and registry[name].run is not registry[plugin].run:
             raise ValueError(f"config key methods.{name}: {name!r} is already a method of its own; "
                              f"choose another name for this {plugin} entry")
@@ -183,8 +185,7 @@ def register_aliases(methods_config: dict) -> None:
 def get_method(name: str) -> MethodSpec:
     registry = load_plugins()
     if name not in registry:
-        raise KeyError(f"unknown method {name!r}; available methods: {sorted(registry)} "
-                       f"(a method is a module in methods/ or baselines/ that calls register_method)")
+        raise KeyError(f"unknown method {name!r}; available methods: {sorted(registry)}; {LIST_HINT}")
     return registry[name]
 
 

@@ -19,6 +19,10 @@ from .report.kinds import kind_of
 from .report.paper import paper_short_name, paper_timing_batch
 
 DOWNLOADS = "resources/downloads"
+RESULTS = "results"
+# Held by every timing job for its whole run (diffrepro.runlock): one timing job at a time per
+# machine, across runs and suites. Per host: a cluster's timing jobs on separate nodes share results/.
+TIMING_LOCK = f"{RESULTS}/.timing-{{host}}.lock"
 DIT_SAMPLING_KEYS = ("sampler", "steps", "cfg_scale", "guided_channels")
 
 
@@ -38,7 +42,7 @@ class Plan:
         self.config = config
         suite = config["suite"]
         self.checkpoints = f"resources/checkpoints/{suite}"
-        self.results = f"results/{suite}"
+        self.results = f"{RESULTS}/{suite}"
         self.reports = f"reports/{suite}"
         self.logs = f"logs/{suite}"
         self.settings = {m: method_settings(config, m) for m in config["methods"]}

@@ -8,12 +8,14 @@ from pathlib import Path
 
 
 @contextlib.contextmanager
-def job(snakemake, torch_threads: int | None = None, uses_torch: bool = True):
+def job(snakemake, torch_threads: int | None = None, uses_torch: bool = True, exclusive: str | None = None):
     """Redirect output to the rule's log and configure torch; yields a `log` function.
-    `uses_torch=False` skips torch entirely (importing it takes seconds)."""
+    `uses_torch=False` skips torch entirely (importing it takes seconds). `exclusive`: a lock
+    file (diffrepro.runlock) held for the whole job; held elsewhere, the job stops at once."""
     log_path = Path(snakemake.log[0])
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "w") as f, contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
+    with open(log_path, "w") as f, _exclusive(exclusive, f), \
+            contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
         from .methods import register_aliases
 
         register_aliases(snakemake.config.get("methods", {}))
@@ -32,6 +34,24 @@ def job(snakemake, torch_threads: int | None = None, uses_torch: bool = True):
             import traceback
             traceback.print_exc(file=f)
             raise
+
+
+@contextlib.contextmanager
+def _exclusive(template: str | None, log_file):
+    """Hold the lock, or exit with its message: on the terminal (Snakemake shows a script's
+    stderr) and in the job's log, without a traceback."""
+    if template is None:
+        yield
+        return
+    from .runlock import LockHeld, hold
+
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(hold(template, log=lambda message: print(message, file=log_file, flush=True)))
+        except LockHeld as err:
+            print(err, file=log_file, flush=True)
+            raise SystemExit(f"error: {err}") from None
+        yield
 
 
 def job_counts(output: str) -> dict[str, int]:

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 
+from .catalog import LIST_HINT
 from .methods import build_dataclass, load_plugins
 
 if TYPE_CHECKING:
@@ -191,9 +192,7 @@ def check_components(entries: Sequence[str | dict]) -> list[tuple[str, dict]]:
     owner: dict[str, str] = {}
     for name, values in parsed:
         if name not in registry:
-            raise ValueError(f"unknown training component {name!r}; available: {sorted(registry)} "
-                             f"(a component is a module in methods/ or baselines/ that calls "
-                             f"register_training_component)")
+            raise ValueError(f"unknown training component {name!r}; available: {sorted(registry)}; {LIST_HINT}")
         spec = registry[name]
         spec.make_params(values)
         for part in spec.parts:

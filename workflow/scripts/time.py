@@ -3,14 +3,17 @@
 import json
 
 from diffrepro.config import compute_settings
+from diffrepro.plan import TIMING_LOCK
 from diffrepro.snakejob import job
-from diffrepro.timing import time_table_settings
 
 # The rule reserves every core so that nothing runs beside the measurement; torch itself
-# uses the timing thread count of the config, recorded in the result.
+# uses the timing thread count of the config, recorded in the result. The lock keeps other
+# runs' timing jobs off the machine meanwhile.
 methods = json.loads(snakemake.params.methods)
 threads = min(min(entry["timing"]["threads"] for entry in methods.values()), snakemake.threads)
-with job(snakemake, torch_threads=threads) as log:
+with job(snakemake, torch_threads=threads, exclusive=TIMING_LOCK) as log:
+    from diffrepro.timing import time_table_settings  # torch: after the lock, so a refusal is quick
+
     time_table_settings(settings=json.loads(snakemake.params.settings), methods=methods,
                         seed=snakemake.params.seed, config=snakemake.config, output=snakemake.output[0],
                         device=compute_settings(snakemake.config)["device"],

@@ -2,13 +2,15 @@
 
 import json
 
+from diffrepro.plan import TIMING_LOCK
 from diffrepro.snakejob import job
-from diffrepro.training_study import time_methods
 
 # Torch threads as the training jobs use them (the rule reserves every core so nothing
-# else runs beside the timing).
+# else runs beside the timing); the lock keeps other runs' timing jobs off the machine.
 threads = snakemake.config.get("training", {}).get("threads", snakemake.config["threads"])
-with job(snakemake, torch_threads=threads) as log:
+with job(snakemake, torch_threads=threads, exclusive=TIMING_LOCK) as log:
+    from diffrepro.training_study import time_methods  # torch: after the lock, so a refusal is quick
+
     timing = json.loads(snakemake.params.timing)
     time_methods(methods=json.loads(snakemake.params.methods), baseline=snakemake.params.baseline,
                  model_config=json.loads(snakemake.params.model_config),

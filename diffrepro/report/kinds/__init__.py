@@ -18,6 +18,8 @@ import pkgutil
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
+from ...catalog import LIST_HINT
+
 # Sampling tables report method settings (samples -> scores + timing); training tables report
 # training runs (snapshots -> scores against iterations).
 STAGES = ("sampling", "training")
@@ -87,8 +89,7 @@ def load_table_kinds() -> dict[str, TableKind]:
 def get_table_kind(name: str) -> TableKind:
     kinds = load_table_kinds()
     if name not in kinds:
-        raise KeyError(f"unknown table kind {name!r}; available kinds: {sorted(kinds)} (a kind is a "
-                       f"module in diffrepro/report/kinds/ that calls register_table_kind)")
+        raise KeyError(f"unknown table kind {name!r}; available kinds: {sorted(kinds)}; {LIST_HINT}")
     return kinds[name]
 
 
