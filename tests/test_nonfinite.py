@@ -9,11 +9,15 @@ import pytest
 import torch
 
 from diffrepro import jobs
+from diffrepro.checkpoints import load_checkpoint
+from diffrepro.data import load_digits_tensors, real_digits_uint8
 from diffrepro.engines.denoiser import DenoiserEngine
 from diffrepro.finite import NonFiniteError
 from diffrepro.io import write_json, write_npz
 from diffrepro.methods import get_method
+from diffrepro.models.dit import DiTConfig
 from diffrepro.report.tables import FigureJob
+from diffrepro.training import TrainConfig, resume_path, save_resume, train_dit
 
 SAMPLING = {"sampler": "ddim", "steps": 6, "device": "cpu"}
 
@@ -132,3 +136,73 @@ def test_a_training_score_file_with_a_nan_row_builds_no_table(tmp_path):
                                                   {"seed": 0, "iteration": 20, "fid": math.inf}]})
     with pytest.raises(NonFiniteError, match=r"\(seed 0, iteration 20\): metric fid = inf is not finite"):
         load_scores([str(path)])
+
+
+# -- training -------------------------------------------------------------------------------
+
+CONFIG = DiTConfig(input_size=8, patch_size=2, in_channels=1, hidden_size=16, depth=1, num_heads=2, num_classes=10)
+TRAIN = TrainConfig(iterations=6, batch_size=8, lr=1e-3, warmup=2, seed=3, checkpoint_every=2, log_every=2)
+
+
+def test_a_nan_loss_stops_training_and_keeps_the_last_finite_resume_file(tmp_path, monkeypatch):
+    import diffrepro.training as training
+
+    images, labels = load_digits_tensors()
+    images, labels = images[:64], labels[:64]
+    straight = tmp_path / "straight.safetensors"
+    train_dit(CONFIG, TRAIN, images, labels, straight, log=lambda m: None)
+
+    calls = []
+
+    class NaNAtIteration5(training.HybridLoss):
+        def __call__(self, *args):
+            loss, parts = super().__call__(*args)
+            calls.append(1)
+            return (loss * math.nan if len(calls) == 5 else loss), parts
+
+    monkeypatch.setattr(training, "HybridLoss", NaNAtIteration5)
+    output = tmp_path / "run.safetensors"
+    resume = resume_path(output)
+    with pytest.raises(NonFiniteError) as err:
+        train_dit(CONFIG, TRAIN, images, labels, output, log=lambda m: None)
+    assert str(err.value).startswith(f"training {output}: the loss is nan at iteration 5; stopped before its "
+                                     f"update. {resume} keeps the last finite state (iteration 4).")
+    assert not output.exists()
+    state = torch.load(resume, weights_only=True)
+    assert state["iteration"] == 4
+    assert all(torch.isfinite(v).all() for v in state["model"].values())
+    # the kept file is a good one: the run resumes from it to the uninterrupted run's weights
+    monkeypatch.undo()
+    train_dit(CONFIG, TRAIN, images, labels, output, log=lambda m: None)
+    a, b = load_checkpoint(straight), load_checkpoint(output)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_weights_holding_nan_never_overwrite_the_resume_file(tmp_path):
+    model, ema = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    path = tmp_path / "run.resume.pt"
+    save_resume(path, 2, model, ema, optimizer, torch.Generator(), [])
+    before = path.read_bytes()
+    with torch.no_grad():
+        ema.weight[0, 0] = math.inf
+    with pytest.raises(NonFiniteError, match=rf"{path}: not saved at iteration 4, weights ema.weight hold NaN or inf"):
+        save_resume(path, 4, model, ema, optimizer, torch.Generator(), [])
+    assert path.read_bytes() == before
+
+
+def test_a_nan_loss_stops_the_digits_classifier(monkeypatch):
+    from diffrepro.models import classifier
+
+    images, labels = real_digits_uint8()
+    real = classifier.F.cross_entropy
+    calls = []
+
+    def nan_on_third(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs) * (math.nan if len(calls) == 3 else 1.0)
+
+    monkeypatch.setattr(classifier.F, "cross_entropy", nan_on_third)
+    with pytest.raises(NonFiniteError, match="training the digits classifier: the loss is nan at iteration 3; "
+                                             "stopped before its update. Nothing was saved."):
+        classifier.train_digits_classifier(images[:300], labels[:300], epochs=1, batch_size=64)
