@@ -55,6 +55,19 @@ def test_a_denoiser_returning_nan_stops_sampling_and_writes_no_shard(tmp_path, m
     assert list(tmp_path.iterdir()) == []  # no shard, no temporary file
 
 
+def test_a_denoiser_returning_nan_is_not_timed(monkeypatch, tiny_denoisers):
+    from diffrepro import timing
+
+    broken = {role: NaNForSomeImages(d, [1]) for role, d in tiny_denoisers.items()}
+    monkeypatch.setattr(timing, "load_engine", lambda method, **kw: DenoiserEngine(broken, (1, 8, 8), 10, SAMPLING))
+    with pytest.raises(NonFiniteError, match=r"timing tstitch r0\.\d: 1 of 2 images \(indices 1\) of the timing "
+                                             r"batch came out NaN or inf; not timed"):
+        timing.time_setting(method="tstitch", setting_values={"ratio": 0.5},
+                            baseline={"method": "tstitch", "params": {"ratio": 0.0}}, checkpoints={}, model_configs={},
+                            sampling=SAMPLING, seed=0, config={}, log=lambda *a: None,
+                            timing={"batch_size": 2, "warmup": 0, "repeats": 1, "forward_repeats": 1, "threads": 1})
+
+
 def test_the_batch_images_before_the_cast_are_checked_not_the_black_uint8(tiny_denoisers):
     """A NaN pixel becomes 0 (black) in uint8: the engine reports it from the float samples."""
     engine = DenoiserEngine({r: NaNForSomeImages(d, [2]) for r, d in tiny_denoisers.items()}, (1, 8, 8), 10,

@@ -102,6 +102,17 @@ def test_shards_are_per_image_and_count_steps(checkpoints, tmp_path):
     assert not np.allclose(large_only["samples"], whole["samples"])
 
 
+def test_a_unet_producing_nan_stops_sampling_and_writes_no_shard(checkpoints, tmp_path):
+    broken = load_checkpoint(checkpoints["large"])
+    broken = {k: v.clone().fill_(float("nan")) if k.startswith("conv_out") else v for k, v in broken.items()}
+    paths = {**checkpoints, "large": str(tmp_path / "nan.safetensors")}
+    save_checkpoint(paths["large"], broken)
+    with pytest.raises(NonFiniteError, match=r"tstitch_sd r0\.5: 4 of 4 images \(indices 0, 1, 2, 3\) in the batch of "
+                                             rf"images 0..3 for shard {tmp_path / 'nan.npz'} came out NaN or inf"):
+        sample(paths, tmp_path, 0.5, range(4), "nan")
+    assert not (tmp_path / "nan.npz").exists()
+
+
 def test_timing_record_has_what_the_table_reads(checkpoints, tmp_path):
     timing = {"batch_size": 1, "warmup": 0, "repeats": 2, "forward_repeats": 2, "threads": 1}
     result = time_setting(method="tstitch_sd", setting_values={"ratio": 0.4},
