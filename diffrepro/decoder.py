@@ -14,6 +14,7 @@ import torch
 
 from .checkpoints import verify
 from .download import HUB_OFFLINE_ENV, offline_reason
+from .finite import nonfinite_rows
 from .io import sha256_file, write_json
 
 WEIGHTS_FILE = "diffusion_pytorch_model.safetensors"
@@ -76,13 +77,17 @@ def load_vae(info: dict, device: torch.device | str = "cpu"):
 
 
 @torch.no_grad()
-def decode_to_uint8(vae, latents: torch.Tensor, scale: float, chunk: int = 32) -> np.ndarray:
-    """(N, H, W, 3) uint8 images, as DiT's sample_ddp.py: decode z / scale, then
-    clamp(127.5 x + 128) truncated to uint8. `chunk` latents at a time: a 256 px decode of a
-    whole sampling batch needs several GB of activations."""
-    out = []
+def decode_to_uint8(vae, latents: torch.Tensor, scale: float,
+                    chunk: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    """((N, H, W, 3) uint8 images, positions of images whose decoded pixels hold a NaN or inf),
+    as DiT's sample_ddp.py: decode z / scale, then clamp(127.5 x + 128) truncated to uint8
+    (which would turn NaN black: hence the positions). `chunk` latents at a time: a 256 px
+    decode of a whole sampling batch needs several GB of activations."""
+    out, nonfinite = [], []
     for start in range(0, len(latents), chunk):
         z = latents[start:start + chunk].to(vae.device, vae.dtype) / scale
-        images = torch.clamp(127.5 * vae.decode(z).sample.float() + 128.0, 0, 255)
+        decoded = vae.decode(z).sample.float()
+        nonfinite.append(start + nonfinite_rows(decoded))
+        images = torch.clamp(127.5 * decoded + 128.0, 0, 255)
         out.append(images.permute(0, 2, 3, 1).to("cpu", dtype=torch.uint8).numpy())
-    return np.concatenate(out)
+    return np.concatenate(out), np.concatenate(nonfinite)

@@ -17,6 +17,8 @@ from .devices import claim_gpu
 from .data import real_digits_uint8
 from .engines import load_engine
 from .engines.denoiser import steps_for
+from .finite import (METRIC_ADVICE, NonFiniteError, describe_positions, nonfinite_rows,
+                     refuse_nonfinite_metrics)
 from .io import read_json, write_json, write_npz
 from .validation import schema_defaults
 from .methods import get_method
@@ -65,21 +67,35 @@ def shard_range(num_samples: int, shard: int, num_shards: int) -> range:
 
 
 def generate(engine, method: str, setting_values: dict, seed: int, indices: Sequence[int],
-             batch_size: int, log=print) -> tuple[np.ndarray, np.ndarray, dict, dict]:
+             batch_size: int, log=print, output: str | None = None) -> tuple[np.ndarray, np.ndarray, dict, dict]:
     """uint8 NHWC images and labels for these image indices, batch by batch on `engine`
     (diffrepro.engines), and the method's extras: samples in model space and its per-image
-    diagnostics and traces."""
+    diagnostics and traces. Stops at the first batch with a NaN or inf image (NonFiniteError;
+    `output`: the shard file the message names)."""
     spec = get_method(method)
     setting = spec.make_setting(setting_values)
     batches = []
     began = time.perf_counter()
     for start in range(0, len(indices), batch_size):
-        batches.append(engine.run_batch(spec, setting, seed, list(indices[start:start + batch_size])))
+        batch_indices = list(indices[start:start + batch_size])
+        batches.append(engine.run_batch(spec, setting, seed, batch_indices))
+        if len(batches[-1].nonfinite):  # stop now: the rest of the shard would be wasted
+            raise _nonfinite_images(f"{method} {spec.setting_id(setting)}", batch_indices,
+                                    batches[-1].nonfinite, output)
         done = start + len(batches[-1].labels)
         log(f"{method} {spec.setting_id(setting)}: {done}/{len(indices)} images, "
             f"{done / (time.perf_counter() - began):.1f} images/s")
     return (np.concatenate([b.images for b in batches]), np.concatenate([b.labels for b in batches]),
             batches[-1].model_steps, _merge_extras([b.extras for b in batches]))
+
+
+def _nonfinite_images(what: str, batch_indices: list[int], positions, output: str | None) -> NonFiniteError:
+    bad = describe_positions([batch_indices[p] for p in positions], len(batch_indices))
+    return NonFiniteError(
+        f"{what}: {bad} in the batch of images {batch_indices[0]}..{batch_indices[-1]} for "
+        f"{f'shard {output}' if output else 'the shard'} came out NaN or inf (the uint8 cast would "
+        f"score them as black images); stopped, nothing written.\nCheck the method and its "
+        f"checkpoints (e.g. with compute.precision fp32), then rerun.")
 
 
 def _merge_extras(parts: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
@@ -110,7 +126,8 @@ def sample_shard(*, method: str, setting_values: dict, checkpoints: dict[str, st
         indices = shard_range(num_samples, shard, num_shards)
     log(f"device {device}, precision {sampling.get('precision', 'fp32')}, "
         f"tf32 {sampling.get('tf32', False)}, compile {sampling.get('compile', False)}")
-    images, labels, steps, extras = generate(engine, method, setting_values, seed, indices, batch_size, log)
+    images, labels, steps, extras = generate(engine, method, setting_values, seed, indices, batch_size, log,
+                                             output=output)
     meta = {"method": method, "params": setting_values, "model_steps": steps, "seed": seed,
             "sampling": sampling, "checkpoints": checkpoints, "device": str(device), **engine.meta()}
     write_npz(output, images=images, labels=labels, indices=np.asarray(indices, dtype=np.int64),
@@ -119,7 +136,7 @@ def sample_shard(*, method: str, setting_values: dict, checkpoints: dict[str, st
 
 def read_shards(paths: Sequence[str]) -> tuple[np.ndarray, np.ndarray, dict]:
     """Merge shards in image-index order; they must come from one method and setting."""
-    parts = [np.load(p) for p in paths]
+    parts = [_load_finite_shard(p) for p in paths]
     metas = [json.loads(str(p["meta"])) for p in parts]
     if any(m["params"] != metas[0]["params"] or m["method"] != metas[0]["method"] for m in metas):
         raise ValueError(f"shards {list(paths)} come from different methods or settings")
@@ -132,9 +149,22 @@ def read_shards(paths: Sequence[str]) -> tuple[np.ndarray, np.ndarray, dict]:
     return images, labels, metas[0]
 
 
+def _load_finite_shard(path: str):
+    """np.load of a shard, refused if it holds a NaN or inf (a shard from elsewhere, or from
+    before sampling checked): it would be scored as black images or skew the summaries."""
+    part = np.load(path)
+    for key in part.files:
+        rows = [] if key.startswith("trace__") else nonfinite_rows(part[key])  # traces: NaN-padded
+        if len(rows):
+            bad = describe_positions(part["indices"][rows], len(part[key]))
+            raise NonFiniteError(f"shard {path}: {key!r} of {bad} holds NaN or inf; not scored.\n"
+                                 f"Delete the shard and rerun snakemake to sample it again.")
+    return part
+
+
 def read_shard_extras(paths: Sequence[str]) -> dict[str, np.ndarray]:
     """The shards' float samples, per-image diagnostics and traces, in image-index order."""
-    parts = [np.load(p) for p in paths]
+    parts = [_load_finite_shard(p) for p in paths]
     order = np.argsort(np.concatenate([p["indices"] for p in parts]))
     keys = [k for k in parts[0].files if k == "samples" or k.startswith(("per_image__", "trace__"))]
     return {k: (_stack_ragged([p[k] for p in parts]) if k.startswith("trace__")
@@ -381,6 +411,8 @@ def score_setting(*, shards: Sequence[str], reference_path: str, scoring: dict, 
     log(f"{result['method']} {result['setting']}: " + ", ".join(
         f"{name} {scores[name]:.4g}" for name in ("fid", "sfid", "inception_score", "precision",
                                                    "recall", "class_accuracy") if name in scores))
+    refuse_nonfinite_metrics(result["metrics"], f"{result['method']} {result['setting']}",
+                             f"{output} not written.\n{METRIC_ADVICE}")
     write_json(output, result)
     return result
 
@@ -415,9 +447,19 @@ def merge_records(score_paths: Sequence[str], timing_paths: Sequence[str]) -> li
         for row in table["settings"]:
             timings[(row["method"], row["setting"])] = {**row, "provenance": table["provenance"]}
     records = []
-    for score in map(read_json, score_paths):
+    for path in score_paths:
+        score = read_score(path)
         timing = timings.get((score["method"], score["setting"]))
         if timing is None:
             raise ValueError(f"no timing result for {score['method']} {score['setting']}")
         records.append({**score, "timing": timing})
     return records
+
+
+def read_score(path: str) -> dict:
+    """A score file, refused if a metric in it is NaN or inf (written elsewhere, or before
+    score jobs checked)."""
+    score = read_json(path)
+    refuse_nonfinite_metrics(score.get("metrics", {}), f"score file {path}", "no table is built from it.\n"
+                             "Delete it and rerun snakemake to score the setting again.")
+    return score

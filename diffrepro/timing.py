@@ -22,6 +22,7 @@ import torch
 
 from .engines import load_engine
 from .engines.clock import timed
+from .finite import NonFiniteError, describe_positions, nonfinite_rows
 from .io import write_json
 from .jobs import job_device
 from .methods import get_method
@@ -112,10 +113,15 @@ def time_table_settings(*, settings: Sequence[dict], methods: dict[str, dict], s
     log(f"{len(rows)} settings, {len(order)} timed runs, {len(forwards)} models x batches; "
         f"{plan['warmup']} warm-up and {plan['rounds']} timed rounds on {device}")
 
+    checked = set()  # runs whose samples were checked finite (once each, outside the clock)
+
     def time_run(run: _Run) -> float:
         engine = engines[run.engine_key]
         call, outputs = engine.prepare(get_method(run.method), run.setting, seed, range(run.batch_size)), []
         seconds = timed(lambda: outputs.append(call()), device)
+        if run.key not in checked:  # a model producing NaN or inf is not timed
+            _refuse_nonfinite(run, outputs[0].samples)
+            checked.add(run.key)
         run.steps, run.uniform_batch = outputs[0].steps_by_role(engine.roles), outputs[0].uniform_batch
         return seconds - outputs[0].given_s  # inputs the paper treats as given (ParaTAA's warm start)
 
@@ -157,6 +163,15 @@ def time_table_settings(*, settings: Sequence[dict], methods: dict[str, dict], s
     if output is not None:
         write_json(output, result)
     return result
+
+
+def _refuse_nonfinite(run: _Run, samples) -> None:
+    bad = nonfinite_rows(samples)
+    if len(bad):
+        raise NonFiniteError(
+            f"timing {run.method} {get_method(run.method).setting_id(run.setting)}: "
+            f"{describe_positions(bad, run.batch_size)} of the timing batch came out NaN or inf; not timed.\n"
+            f"Check the method and its checkpoints (e.g. with compute.precision fp32), then rerun.")
 
 
 def _record(entry: dict, run: _Run, base: _Run, engine, forwards: dict, plan: dict, seed: int, device) -> dict:

@@ -2,7 +2,8 @@
 
 How timesteps are drawn, noise is paired and the MSE is weighted comes from a training
 method (diffrepro.training_methods); the default is plain DDPM. `snapshots` saves the EMA
-weights at fixed iterations, for metric-against-iterations curves.
+weights at fixed iterations, for metric-against-iterations curves. A NaN or inf loss stops
+the run before its update (diffrepro.finite), and weights holding one are never saved.
 
 Progress is saved every `checkpoint_every` iterations to a resume file (model, EMA,
 optimizer and random-generator state), so a killed job continues where it stopped and
@@ -23,6 +24,7 @@ import torch
 
 from .checkpoints import save_checkpoint
 from .diffusion.losses import HybridLoss
+from .finite import LossGuard, refuse_nonfinite_weights
 from .io import atomic_path
 from .models.dit import DiTConfig, build_dit
 from .training_methods import TrainingMethod, build_training_method
@@ -74,6 +76,7 @@ def train_dit(model_config: DiTConfig, train: TrainConfig, images: torch.Tensor,
                               "data": hashlib.sha256(images.numpy().tobytes() + labels.numpy().tobytes()).hexdigest()},
                              sort_keys=True)
     start, history = load_resume(resume, model, ema, optimizer, generator, fingerprint=fingerprint, log=log)
+    guard = LossGuard(str(output), resume, start or None)
 
     model.train()
     began = time.perf_counter()
@@ -85,6 +88,7 @@ def train_dit(model_config: DiTConfig, train: TrainConfig, images: torch.Tensor,
         noise = method.pairing.pair(x0, generator)
         x_t = loss_fn.q_sample(x0, t, noise)
         loss, parts = loss_fn(model(x_t, t, y), x0, x_t, t, noise, mse_weights[t])
+        guard.check(loss, it + 1)
 
         for group in optimizer.param_groups:
             group["lr"] = train.lr * min(1.0, (it + 1) / max(train.warmup, 1))
@@ -103,9 +107,11 @@ def train_dit(model_config: DiTConfig, train: TrainConfig, images: torch.Tensor,
             log(f"iter {done}/{train.iterations} loss {loss.item():.4f} "
                 f"mse {parts['mse']:.4f} vb {parts['vb']:.4f}")
         if done in snapshots:
+            refuse_nonfinite_weights(snapshots[done], done, ema=ema.state_dict())
             save_checkpoint(snapshots[done], ema.state_dict(), _metadata(model_config, train, done))
         if done % train.checkpoint_every == 0 or done == train.iterations or done in snapshots:
             save_resume(resume, done, model, ema, optimizer, generator, history, fingerprint)
+            guard.saved_at = done
         if stop_after is not None and done >= stop_after:
             return {"stopped_at": done}
 
@@ -148,6 +154,8 @@ def load_resume(path: Path, model, ema, optimizer, generator, *, fingerprint: st
 
 def save_resume(path: Path, iteration: int, model, ema, optimizer, generator, history,
                  fingerprint: str | None = None) -> None:
+    """Refused if the weights hold a NaN or inf: the file keeps the last finite state."""
+    refuse_nonfinite_weights(path, iteration, model=model.state_dict(), ema=ema.state_dict())
     state = {"iteration": iteration, "model": model.state_dict(), "ema": ema.state_dict(),
              "optimizer": optimizer.state_dict(), "generator": generator.get_state(),
              "history": json.dumps(history)}

@@ -27,6 +27,8 @@ from .diffusion.guidance import GuidedDenoiser
 from .diffusion.losses import HybridLoss
 from .diffusion.samplers import make_sampler
 from .diffusion.sampling import initial_noise_and_labels, sample_loop
+from .finite import (METRIC_ADVICE, TRAINING_ADVICE, NonFiniteError, describe_positions, nonfinite_rows,
+                     refuse_nonfinite_metrics)
 from .io import write_json
 from .models.classifier import split_indices
 from .models.dit import DiTConfig, build_dit
@@ -90,8 +92,10 @@ def validation_loss_by_bin(model, images: torch.Tensor, labels: torch.Tensor, *,
 
 
 @torch.no_grad()
-def sample_images(model, evaluation: dict, shape, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
-    """uint8 samples and labels: the evaluation sampler from fixed per-image noise."""
+def sample_images(model, evaluation: dict, shape, num_classes: int,
+                  what: str = "the model") -> tuple[np.ndarray, np.ndarray]:
+    """uint8 samples and labels: the evaluation sampler from fixed per-image noise. NaN or inf
+    samples (black after the uint8 cast) raise NonFiniteError naming `what`."""
     denoiser = GuidedDenoiser(model, evaluation["cfg_scale"], evaluation.get("guided_channels", 3))
     sampler = make_sampler(evaluation["sampler"], evaluation["steps"])
     images, labels = [], []
@@ -100,6 +104,10 @@ def sample_images(model, evaluation: dict, shape, num_classes: int) -> tuple[np.
         batch = list(indices[start:start + evaluation["batch_size"]])
         noise, y, generators = initial_noise_and_labels(evaluation["seed"], batch, shape, num_classes)
         x, _ = sample_loop(sampler, lambda i, t: ("model", denoiser), noise, y, generators)
+        bad = nonfinite_rows(x)
+        if len(bad):
+            raise NonFiniteError(f"{what}: {describe_positions([batch[p] for p in bad], len(batch))} of the "
+                                 f"evaluation batch came out NaN or inf; not scored.\n{TRAINING_ADVICE}")
         images.append(to_uint8_nhwc(x))
         labels.append(y.numpy())
     return np.concatenate(images), np.concatenate(labels)
@@ -124,7 +132,8 @@ def score_runs(*, method: str, components: list, model_config: dict, runs: dict[
             model.load_state_dict(load_checkpoint(path), strict=True)
             model.eval()
             began = time.perf_counter()
-            samples, sample_labels = sample_images(model, evaluation, shape, model_config["num_classes"])
+            samples, sample_labels = sample_images(model, evaluation, shape, model_config["num_classes"],
+                                                   what=f"{method} seed {seed} checkpoint {path}")
             features, probs = metrics.classifier_outputs(classifier, samples)
             scores = metrics.score_features(features, probs, sample_labels, ref,
                                             is_splits=scoring["is_splits"],
@@ -136,6 +145,8 @@ def score_runs(*, method: str, components: list, model_config: dict, runs: dict[
                          **{k: v for k, v in scores.items() if k != "num_samples"},
                          "validation_loss": float(val.mean()),
                          "validation_loss_by_bin": val.tolist()})
+            refuse_nonfinite_metrics(rows[-1], f"{method} seed {seed} iteration {iteration}",
+                                     f"{output} not written.\n{METRIC_ADVICE}")
             files[f"checkpoint:seed{seed}:iter{iteration}"] = path
             log(f"{method} seed {seed} iteration {iteration}: FID {scores['fid']:.2f} "
                 f"acc {scores['class_accuracy']:.3f} val loss {val.mean():.4f} "

@@ -64,6 +64,7 @@ def test_engine_contract(loaded):
     batch = engine.run_batch(spec, setting, 3, [0, 1, 2])
     assert batch.images.dtype == np.uint8 and batch.images.shape[:1] == (3,) and batch.images.ndim == 4
     assert len(batch.labels) == 3 and batch.extras["samples"].shape[0] == 3
+    assert len(batch.nonfinite) == 0  # images whose float output held NaN or inf: none here
     assert set(batch.model_steps) == {"small", "large"} and sum(batch.model_steps.values()) > 0
     assert batch.model_steps["small"] > 0 and batch.model_steps["large"] > 0
     alone = engine.run_batch(spec, setting, 3, [2])

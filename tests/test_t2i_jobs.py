@@ -3,6 +3,7 @@ are seeded per image, T-Stitch's step counts and timing records, the table at ba
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -12,12 +13,13 @@ import torch
 
 from diffrepro.checkpoints import load_checkpoint, save_checkpoint
 from diffrepro.data import load_digits_tensors
+from diffrepro.finite import NonFiniteError
 from diffrepro.report import tstitch
 from diffrepro.t2i.components import build_unet
 from diffrepro.jobs import sample_shard
 from diffrepro.timing import time_setting
 from diffrepro.t2i.training import train_t2i_unet
-from diffrepro.training import TrainConfig
+from diffrepro.training import TrainConfig, resume_path
 
 T2I = {"scheduler": {"class": "PNDMScheduler",
                      "config": {"num_train_timesteps": 1000, "beta_start": 0.0001, "beta_end": 0.02,
@@ -63,6 +65,22 @@ def test_training_resumes_to_identical_weights(tmp_path):
     assert np.isfinite(whole["final_loss"])
 
 
+def test_a_nan_learning_rate_stops_training_before_nan_weights_are_saved(tmp_path):
+    """lr inf: the first update turns the weights NaN or inf (its loss was finite), the second
+    iteration's loss is not finite; a save right after the first update is refused instead."""
+    images, labels = load_digits_tensors()
+    out = tmp_path / "nan.safetensors"
+    train = TrainConfig(iterations=4, batch_size=8, lr=float("inf"), warmup=1, seed=0, checkpoint_every=2)
+    with pytest.raises(NonFiniteError, match=rf"training {out}: the loss is (nan|inf) at iteration 2; stopped before its "
+                                             rf"update. Nothing was saved."):
+        train_t2i_unet(CONFIGS["small"], train, T2I, images, labels, out, log=lambda *a: None)
+    assert not out.exists() and not resume_path(out).exists()
+    with pytest.raises(NonFiniteError, match=rf"{resume_path(out)}: not saved at iteration 1, weights model\."):
+        train_t2i_unet(CONFIGS["small"], dataclasses.replace(train, checkpoint_every=1), T2I, images, labels, out,
+                       log=lambda *a: None)
+    assert not resume_path(out).exists()
+
+
 def sample(checkpoints, tmp_path, ratio, indices, name, batch_size=8):
     out = tmp_path / f"{name}.npz"
     sample_shard(method="tstitch_sd", setting_values={"ratio": ratio}, checkpoints=checkpoints,
@@ -82,6 +100,17 @@ def test_shards_are_per_image_and_count_steps(checkpoints, tmp_path):
     large_only = sample(checkpoints, tmp_path, 0.0, range(6), "large")
     assert json.loads(str(large_only["meta"]))["model_steps"] == {"small": 0, "large": 6}
     assert not np.allclose(large_only["samples"], whole["samples"])
+
+
+def test_a_unet_producing_nan_stops_sampling_and_writes_no_shard(checkpoints, tmp_path):
+    broken = load_checkpoint(checkpoints["large"])
+    broken = {k: v.clone().fill_(float("nan")) if k.startswith("conv_out") else v for k, v in broken.items()}
+    paths = {**checkpoints, "large": str(tmp_path / "nan.safetensors")}
+    save_checkpoint(paths["large"], broken)
+    with pytest.raises(NonFiniteError, match=r"tstitch_sd r0\.5: 4 of 4 images \(indices 0, 1, 2, 3\) in the batch of "
+                                             rf"images 0..3 for shard {tmp_path / 'nan.npz'} came out NaN or inf"):
+        sample(paths, tmp_path, 0.5, range(4), "nan")
+    assert not (tmp_path / "nan.npz").exists()
 
 
 def test_timing_record_has_what_the_table_reads(checkpoints, tmp_path):
@@ -195,6 +224,10 @@ def test_the_embedded_clip_learns_to_match_digits_to_their_prompts(tmp_path):
     right = clip_scores(model, preprocess, tokenizer, images[:200], [digit_prompt(y) for y in labels[:200]])
     wrong = clip_scores(model, preprocess, tokenizer, images[:200], [digit_prompt((y + 3) % 10) for y in labels[:200]])
     assert right.mean() > wrong.mean() + 0.1
+    with pytest.raises(NonFiniteError, match=r"training CLIP .*clip-nan.safetensors: the loss is (nan|inf) at iteration 2"):
+        train_clip("test-digits-clip", config, ClipTrainConfig(iterations=3, batch_size=64, lr=float("inf")),
+                   images, labels, str(tmp_path / "clip-nan.safetensors"), log=lambda *a: None)
+    assert not (tmp_path / "clip-nan.safetensors").exists()
 
 
 def test_a_sampler_that_draws_noise_uses_the_per_image_generators(checkpoints, tmp_path):

@@ -5,7 +5,8 @@ An engine is built by `load_engine` from a method's checkpoints (by role), model
 sampling section and device, and then
 
 - `run_batch(spec, setting, seed, indices)` -> `Batch`: uint8 images, labels, per-model step
-  counts and the method's extras, on the fixed per-image noise of those image indices;
+  counts, the method's extras and which images were not finite before the uint8 cast, on the
+  fixed per-image noise of those image indices;
 - `prepare(spec, setting, seed, indices)` -> a callable that runs the method once on inputs
   drawn beforehand and returns its `MethodOutput` (what timing times);
 - `forward_pass(role, batch_size, seed)` -> a callable: one forward pass of that role's model
@@ -37,6 +38,9 @@ class Batch:
     model_steps: dict[str, int]        # network calls per role (0 for a role never run)
     # "samples" (model space) and the method's per_image__<name>, trace__<name> arrays
     extras: dict[str, np.ndarray] = field(default_factory=dict)
+    # positions in the batch whose float output (model-space samples, decoded pixels before
+    # the uint8 cast, where a NaN turns black) holds a NaN or inf (diffrepro.finite)
+    nonfinite: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
 
 def engine_class(family: str):

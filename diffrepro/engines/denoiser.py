@@ -8,6 +8,7 @@ import statistics
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
 import torch
 
 from ..checkpoints import load_checkpoint
@@ -15,6 +16,7 @@ from ..data import to_uint8_nhwc
 from ..diffusion.guidance import GuidedDenoiser
 from ..diffusion.samplers import make_sampler
 from ..diffusion.sampling import initial_noise_and_labels
+from ..finite import nonfinite_rows
 from ..io import read_json
 from ..validation import schema_defaults
 from ..models.dit import DiT, DiTConfig, build_dit
@@ -44,6 +46,11 @@ def load_denoisers(checkpoints: dict[str, str], model_configs: dict[str, dict],
     return denoisers
 
 
+def pixels_to_uint8(samples: torch.Tensor):
+    """(uint8 images, no positions): pixel-space samples are the images, checked as samples."""
+    return to_uint8_nhwc(samples), np.zeros(0, dtype=np.int64)
+
+
 def sample_geometry(model_configs: dict[str, dict]) -> tuple[tuple[int, int, int], int]:
     """(image shape, number of classes) of the samples; every role's model shares them."""
     config = next(iter(model_configs.values()))
@@ -70,17 +77,19 @@ class DenoiserEngine:
     family = "denoiser"
 
     def __init__(self, denoisers: dict[str, GuidedDenoiser], shape, num_classes: int, sampling: dict,
-                 device: torch.device | str = "cpu", to_images=to_uint8_nhwc, decoder: dict | None = None):
+                 device: torch.device | str = "cpu", to_images=pixels_to_uint8, decoder: dict | None = None):
         self.roles, self.shape, self.num_classes = denoisers, tuple(shape), num_classes
         self.sampling, self.device = sampling, torch.device(device)
-        self.to_images, self.decoder = to_images, decoder  # `decoder`: the VAE's fetch record
+        # to_images(samples) -> (uint8 images, positions of images whose float pixels are not
+        # finite); `decoder`: the VAE's fetch record
+        self.to_images, self.decoder = to_images, decoder
 
     @classmethod
     def load(cls, *, checkpoints, model_configs, sampling, device, vae_info=None, prompts_path=None):
         """With `vae_info` (rule fetch_vae's record) the samples are latents, decoded to images
         by that VAE."""
         denoisers = load_denoisers(checkpoints, model_configs, sampling, device)
-        to_images, decoder = to_uint8_nhwc, None
+        to_images, decoder = pixels_to_uint8, None
         if vae_info is not None:
             from ..decoder import decode_to_uint8, load_vae
 
@@ -106,7 +115,9 @@ class DenoiserEngine:
         extras = {"samples": samples.numpy(),
                   **{f"per_image__{k}": v for k, v in out.per_image.items()},
                   **{f"trace__{k}": v for k, v in out.traces.items()}}
-        return Batch(self.to_images(samples), y.numpy(), out.steps_by_role(self.roles), extras)
+        images, undecodable = self.to_images(samples)
+        nonfinite = np.union1d(nonfinite_rows(samples), undecodable).astype(np.int64)
+        return Batch(images, y.numpy(), out.steps_by_role(self.roles), extras, nonfinite)
 
     def prepare(self, spec, setting, seed: int, indices: Sequence[int]):
         """The method on inputs drawn now, outside whatever times the returned call."""

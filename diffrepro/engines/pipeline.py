@@ -14,6 +14,7 @@ import torch
 from ..checkpoints import load_checkpoint
 from ..data import to_uint8_nhwc
 from ..diffusion.sampling import initial_noise_and_labels
+from ..finite import nonfinite_rows
 from ..io import read_json
 from ..validation import schema_defaults
 from ..t2i.components import build_text_encoder, build_unet, char_tokenizer, digit_prompt, unet_step_inputs
@@ -249,10 +250,13 @@ class PipelineEngine:
         x = out.samples.float().cpu()
         if decoded is None:
             samples, images = x.numpy(), to_uint8_nhwc(x)
+            nonfinite = nonfinite_rows(samples)
         else:
             samples = x.numpy().astype(np.float16)
             images = fid_images(decoded, self.t2i.get("fid_size"), self.t2i.get("jpeg_quality"))
-        return Batch(images, y.numpy(), out.steps_by_role(self.roles), {"samples": samples})
+            # the decoded floats, before the uint8 cast turns a NaN black
+            nonfinite = np.union1d(nonfinite_rows(samples), nonfinite_rows(decoded)).astype(np.int64)
+        return Batch(images, y.numpy(), out.steps_by_role(self.roles), {"samples": samples}, nonfinite)
 
     def prepare(self, spec, setting, seed: int, indices: Sequence[int]):
         """A whole pipeline call (text encoding, every step, guidance, decoding: the paper's

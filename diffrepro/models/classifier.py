@@ -23,6 +23,7 @@ from torch.nn import functional as F
 
 from ..checkpoints import load_checkpoint, read_metadata, save_checkpoint
 from ..data import NUM_CLASSES, uint8_nhwc_to_model
+from ..finite import LossGuard
 
 FEATURE_DIM = 64
 IMAGE_SIZE = 8
@@ -125,6 +126,7 @@ def train_digits_classifier(images_u8: np.ndarray, labels: np.ndarray, *, seed: 
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
 
     x_train, y_train = x[train_idx], y[train_idx]
+    guard, iteration = LossGuard("the digits classifier"), 0  # stops at a NaN loss
     for _ in range(epochs):
         model.train()
         order = torch.randperm(len(x_train), generator=generator)
@@ -132,6 +134,8 @@ def train_digits_classifier(images_u8: np.ndarray, labels: np.ndarray, *, seed: 
             batch = order[start:start + batch_size]
             xb = random_shift(x_train[batch], generator) if augment else x_train[batch]
             loss = F.cross_entropy(model(xb), y_train[batch])
+            iteration += 1
+            guard.check(loss, iteration)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -93,9 +93,9 @@ class FigureJob:
         return table
 
     def score_records(self) -> list[dict]:
-        from ..io import read_json
+        from ..jobs import read_score
 
-        return [read_json(path) for path in self.inputs["scores"]]
+        return [read_score(path) for path in self.inputs["scores"]]
 
     def labels(self) -> dict[str, str]:
         from .format import labels_from_records

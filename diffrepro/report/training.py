@@ -18,6 +18,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from ..finite import refuse_nonfinite_metrics
 from ..io import read_json, write_text
 from .paper import paper_source
 
@@ -33,6 +34,10 @@ def load_scores(paths: Sequence[str]) -> pd.DataFrame:
     frames = []
     for path in paths:
         result = read_json(path)
+        for row in result["rows"]:  # a NaN or inf metric is never tabulated
+            refuse_nonfinite_metrics(row, f"score file {path} (seed {row.get('seed')}, iteration "
+                                     f"{row.get('iteration')})", "no table is built from it.\n"
+                                     "Delete it and rerun snakemake to score the checkpoints again.")
         frame = pd.DataFrame(result["rows"])
         frame.insert(0, "method", result["method"])
         frames.append(frame)

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from ..checkpoints import save_checkpoint
+from ..finite import LossGuard
 from .components import DIGIT_WORDS, digit_prompt
 
 
@@ -50,12 +51,14 @@ def train_clip(model_name: str, model_config: dict, train: ClipTrainConfig, imag
     optimizer = torch.optim.AdamW(model.parameters(), lr=train.lr, weight_decay=0.0)
     model.train()
     history = []
+    guard = LossGuard(f"CLIP {output}")  # no resume file: nothing is saved before the end
     for it in range(train.iterations):
         index = torch.randint(len(pixels), (train.batch_size,), generator=generator)
         image = torch.nn.functional.normalize(model.encode_image(pixels[index]), dim=-1)
         text = torch.nn.functional.normalize(model.encode_text(prompts), dim=-1)
         logits = model.logit_scale.exp() * image @ text.T
         loss = torch.nn.functional.cross_entropy(logits, targets[index])
+        guard.check(loss, it + 1)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

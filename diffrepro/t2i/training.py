@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import torch
 
 from ..checkpoints import save_checkpoint
+from ..finite import LossGuard
 from ..training import TrainConfig, save_resume, load_resume, resume_path
 from .components import build_unet, digit_prompt, encode_prompts
 from ..engines.pipeline import NUM_PROMPT_CLASSES, embedded_text_encoder, make_scheduler, state_dict_sha256
@@ -69,7 +70,8 @@ def train_t2i_unet(unet_config: dict, train: TrainConfig, t2i: dict, images: tor
     start, history = load_resume(resume, model, ema, optimizer, generator, fingerprint=fingerprint, log=log)
 
     run = _Run(model, ema, optimizer, generator, schedule, contexts, kd, train, images, labels,
-               max_grad_norm=None if distil is None else distil.get("max_grad_norm"))
+               max_grad_norm=None if distil is None else distil.get("max_grad_norm"),
+               guard=LossGuard(str(output), resume, start or None))
     began = time.perf_counter()
     model.train()
     try:
@@ -82,6 +84,7 @@ def train_t2i_unet(unet_config: dict, train: TrainConfig, t2i: dict, images: tor
                     + "".join(f" {k} {v:.4f}" for k, v in parts.items()))
             if done % train.checkpoint_every == 0 or done == train.iterations:
                 save_resume(resume, done, model, ema, optimizer, generator, history, fingerprint)
+                run.guard.saved_at = done
             if stop_after is not None and done >= stop_after:
                 return {"stopped_at": done}
     finally:
@@ -121,6 +124,7 @@ class _Run:
     images: torch.Tensor
     labels: torch.Tensor
     max_grad_norm: float | None = None  # BK-SDM's distillation clips the gradient norm at 1
+    guard: LossGuard = field(default_factory=lambda: LossGuard("a U-Net"))  # stops at a NaN loss
 
     def step(self, it: int) -> tuple[float, dict]:
         """One step at iteration `it` (0-based); returns the loss and, distilling, its parts."""
@@ -137,6 +141,7 @@ class _Run:
         else:
             terms = self.kd(x_t, t, self.contexts[y], noise)
             loss, parts = terms["total"], {k: terms[k].item() for k in ("task", "out_kd", "feat_kd")}
+        self.guard.check(loss, it + 1)
         for group in self.optimizer.param_groups:
             group["lr"] = train.lr * min(1.0, (it + 1) / max(train.warmup, 1))
         self.optimizer.zero_grad(set_to_none=True)
