@@ -160,3 +160,17 @@ def test_a_pipeline_job_declares_the_training_summaries_it_reads():
     timing = plan.timing_inputs(SimpleNamespace(table="tstitch_sd"))
     assert set(inputs["train_summaries"]) <= set(timing["checkpoints"])
     assert "train_summaries" not in plan.sample_inputs(SimpleNamespace(method="tstitch"))
+
+
+def test_the_check_command_names_the_line_of_a_syntax_error_snakemake_would_not(tmp_path):
+    import subprocess
+    import sys
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("sampling:\n  num_samples: [1\n")
+    result = subprocess.run([sys.executable, "-m", "diffrepro", "check", "--configfile", str(bad)],
+                            cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 1 and f"in: {bad}, line 3" in result.stderr
+    ok = subprocess.run([sys.executable, "-m", "diffrepro", "check", "--configfile", "config/smoke.yaml"],
+                        cwd=ROOT, capture_output=True, text=True)
+    assert ok.returncode == 0 and ok.stdout.startswith("config ok"), ok.stderr

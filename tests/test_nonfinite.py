@@ -125,7 +125,8 @@ def test_a_nan_metric_is_not_written(tmp_path, monkeypatch):
     monkeypatch.setattr(jobs, "_digits_scores", nan_fid)
     output = tmp_path / "score.json"
     with pytest.raises(NonFiniteError, match=rf"tstitch .*: metric fid = nan is not finite; {output} not written"):
-        jobs.score_setting(shards=[shard], reference_path="unused", scoring={"seed": 0}, config={},
+        jobs.score_setting(shards=[shard], reference_path="unused", scoring={"seed": 0, "backend": "digits"},
+                           config={"compute": {"device": "cpu"}},
                            output=str(output), features_output=str(tmp_path / "f.npz"), log=lambda m: None)
     assert not output.exists()
 
