@@ -51,8 +51,17 @@ def method_num_samples(config: dict, method: str) -> int:
     return config["methods"][method].get("num_samples", config["sampling"]["num_samples"])
 
 
+def method_batch_size(config: dict, method: str) -> int:
+    return config["methods"][method].get("batch_size", config["sampling"]["batch_size"])
+
+
 def method_num_shards(config: dict, method: str) -> int:
     return config["methods"][method].get("num_shards", config["sampling"]["num_shards"])
+
+
+def training_threads(config: dict) -> int:
+    """Torch threads of a training-method job: training.threads, else the suite's."""
+    return config.get("training", {}).get("threads", config["threads"])
 
 
 def method_timing(config: dict, method: str) -> dict:

@@ -13,7 +13,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from .config import compute_settings, method_num_samples, method_num_shards, method_settings, method_timing
-from .config import model_config, paper_file, reference_run
+from .config import model_config, paper_file, reference_run, training_threads
 from .methods import get_method
 from .report.kinds import kind_of
 from .report.paper import paper_short_name, paper_timing_batch
@@ -329,7 +329,7 @@ class Plan:
         return f"{self.training_checkpoints}/{method}/seed{seed}/iter{int(iteration):07d}.safetensors"
 
     def training_threads(self) -> int:
-        return self.training.get("threads", self.config["threads"])
+        return training_threads(self.config)
 
     def training_components(self, w) -> str:
         try:

@@ -20,9 +20,21 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def config_hash(config: dict) -> str:
-    """sha256 of the resolved config, key order normalised."""
+    """sha256 of the resolved config, key order normalised (a job's sections carry the whole
+    config's, see job_config)."""
+    if CONFIG_SHA256 in config:
+        return config[CONFIG_SHA256]
     text = json.dumps(config, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+CONFIG_SHA256 = "config_sha256"
+
+
+def job_config(config: dict, *sections: str) -> dict:
+    """What a job is handed of the workflow's config: the sections it reads, and the whole
+    resolved config's sha256, which its result records as provenance."""
+    return {**{name: config[name] for name in sections if name in config}, CONFIG_SHA256: config_hash(config)}
 
 
 def git_state(root: Path = REPO_ROOT) -> dict:

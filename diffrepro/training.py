@@ -42,6 +42,23 @@ class TrainConfig:
     log_every: int = 100
 
 
+def train_denoiser_job(*, model_config: dict, train: dict, t2i: dict | None, checkpoint: str, summary: str,
+                       log=print) -> None:
+    """Rule train_denoiser: a DiT, or with `t2i` (its scheduler and text encoder) a class-prompt
+    U-Net for the text-to-image methods, trained on the digits; writes the training summary."""
+    from .data import load_digits_tensors
+    from .io import write_json
+
+    images, labels = load_digits_tensors()
+    if t2i is not None:
+        from .t2i.training import train_t2i_unet
+
+        result = train_t2i_unet(model_config, TrainConfig(**train), t2i, images, labels, checkpoint, log=log)
+    else:
+        result = train_dit(DiTConfig(**model_config), TrainConfig(**train), images, labels, checkpoint, log=log)
+    write_json(summary, result)
+
+
 def resume_path(output: str | Path) -> Path:
     return Path(f"{output}.resume.pt")
 

@@ -174,3 +174,12 @@ def test_the_check_command_names_the_line_of_a_syntax_error_snakemake_would_not(
     ok = subprocess.run([sys.executable, "-m", "diffrepro", "check", "--configfile", "config/smoke.yaml"],
                         cwd=ROOT, capture_output=True, text=True)
     assert ok.returncode == 0 and ok.stdout.startswith("config ok"), ok.stderr
+
+
+def test_a_job_gets_its_sections_and_the_whole_configs_hash():
+    from diffrepro.provenance import config_hash, job_config
+
+    config = load(DEFAULT)
+    handed = job_config(config, "compute", "clip", "nonexistent")
+    assert set(handed) == {"compute", "clip", "config_sha256"}
+    assert config_hash(handed) == config_hash(config)  # provenance records the run's config, not the slice

@@ -2,13 +2,13 @@
 
 import json
 
-from diffrepro.config import compute_settings
+from diffrepro.config import compute_settings, method_batch_size
 from diffrepro.jobs import sample_shard
 from diffrepro.snakejob import job
 
 method = snakemake.wildcards.method
 # not a param: the batch size does not change the samples (noise is per image)
-batch_size = snakemake.config["methods"][method].get("batch_size", snakemake.config["sampling"]["batch_size"])
+batch_size = method_batch_size(snakemake.config, method)
 with job(snakemake) as log:
     sample_shard(method=method, setting_values=json.loads(snakemake.params.setting),
                  checkpoints={role: snakemake.input[role] for role in json.loads(snakemake.params.model_configs)},

@@ -3,12 +3,13 @@
 import json
 
 from diffrepro.jobs import score_setting
+from diffrepro.provenance import job_config
 from diffrepro.snakejob import job
 
 with job(snakemake) as log:
     score_setting(shards=list(snakemake.input.shards), classifier_path=snakemake.input.get("classifier"),
                   reference_path=snakemake.input.reference, scoring=json.loads(snakemake.params.scoring),
-                  config=snakemake.config, output=snakemake.output.scores,
+                  config=job_config(snakemake.config, "compute", "downloads", "clip", "allow_downloads"), output=snakemake.output.scores,
                   features_output=snakemake.output.features,
                   reference_run=json.loads(snakemake.params.reference_run),
                   reference_shards=list(snakemake.input.get("reference_shards", [])),

@@ -2,6 +2,7 @@
 
 import json
 
+from diffrepro.provenance import job_config
 from diffrepro.snakejob import job
 from diffrepro.training_study import score_runs
 
@@ -14,5 +15,5 @@ with job(snakemake) as log:
                evaluation=json.loads(snakemake.params.evaluation),
                validation=json.loads(snakemake.params.validation),
                scoring=json.loads(snakemake.params.scoring), classifier_path=snakemake.input.classifier,
-               reference_path=snakemake.input.reference, config=snakemake.config,
+               reference_path=snakemake.input.reference, config=job_config(snakemake.config),
                output=snakemake.output[0], log=log)

@@ -3,6 +3,7 @@
 import json
 
 from diffrepro.config import compute_settings
+from diffrepro.provenance import job_config
 from diffrepro.plan import TIMING_LOCK
 from diffrepro.snakejob import job
 
@@ -15,6 +16,6 @@ with job(snakemake, torch_threads=threads, exclusive=TIMING_LOCK) as log:
     from diffrepro.timing import time_table_settings  # torch: after the lock, so a refusal is quick
 
     time_table_settings(settings=json.loads(snakemake.params.settings), methods=methods,
-                        seed=snakemake.params.seed, config=snakemake.config, output=snakemake.output[0],
+                        seed=snakemake.params.seed, config=job_config(snakemake.config), output=snakemake.output[0],
                         device=compute_settings(snakemake.config)["device"],
                         prompts_path=snakemake.input.get("prompts"), log=log)
