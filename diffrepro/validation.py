@@ -80,6 +80,8 @@ def _allowed_and_fix(error) -> tuple[str, str, tuple]:
     """(what is allowed, the fix, the key the error is about) for one schema error."""
     v, expected, instance = error.validator, error.validator_value, error.instance
     path = tuple(error.absolute_path)
+    if "propertyNames" in error.absolute_schema_path:  # the key itself is wrong: point at it
+        path = (*path, instance)
     name = str(path[-1]) if path else "it"
     if v == "additionalProperties" and isinstance(instance, dict):
         known = list(error.schema.get("properties", {}))
@@ -111,7 +113,9 @@ def _allowed_and_fix(error) -> tuple[str, str, tuple]:
     if v == "const":
         return f"only {expected!r}", f"set {name}: {expected!r} or remove it", path
     if v == "pattern":
-        return f"text matching {expected}", "rename it to match", path
+        described = error.schema.get("description")
+        return (f"text matching {expected}" + (f" ({described})" if described else ""),
+                "rename it: letters, digits and _ only" if expected == "^[A-Za-z0-9_]+$" else "rename it to match", path)
     if v in ("minItems", "maxItems", "minProperties", "maxProperties"):
         return f"{v} {expected}", "add or remove entries", path
     if v == "uniqueItems":

@@ -183,3 +183,30 @@ def test_a_job_gets_its_sections_and_the_whole_configs_hash():
     handed = job_config(config, "compute", "clip", "nonexistent")
     assert set(handed) == {"compute", "clip", "config_sha256"}
     assert config_hash(handed) == config_hash(config)  # provenance records the run's config, not the slice
+
+
+def test_a_name_that_cannot_be_a_path_or_target_is_refused(tmp_path):
+    message = refused(tmp_path, "tables:\n  my table: {kind: tstitch, method: tstitch, paper: dit_s_xl}\n")
+    assert "tables.my table = 'my table'\n  in: " in message and "line 2" in message
+    assert "fix: rename it: letters, digits and _ only" in message
+
+
+def test_a_full_disk_leaves_neither_a_partial_result_nor_a_temporary_file(tmp_path, monkeypatch):
+    import errno
+    import json
+
+    from diffrepro import io
+
+    target = tmp_path / "scores.json"
+    target.write_text('{"fid": 1.0}\n')  # what an earlier run computed
+
+    real_write_text = Path.write_text
+
+    def full(self, text, *args, **kwargs):  # half the bytes reach the disk, then it is full
+        real_write_text(self, text[: len(text) // 2])
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_text", full)
+    with pytest.raises(OSError, match="No space left"):
+        io.write_json(target, {"fid": 2.0})
+    assert json.loads(target.read_text()) == {"fid": 1.0} and sorted(p.name for p in tmp_path.iterdir()) == ["scores.json"]
