@@ -18,7 +18,8 @@ from .download import DEFAULT_LOCK
 from .data import real_digits_uint8
 from .engines import load_engine
 from .engines.denoiser import steps_for
-from .io import read_json, write_json, write_npz
+from .integrity import read_verified_json, read_verified_npz, write_hashed_json, write_hashed_npz
+from .io import read_json, write_json
 from .methods import get_method
 from .provenance import provenance
 
@@ -112,13 +113,13 @@ def sample_shard(*, method: str, setting_values: dict, checkpoints: dict[str, st
     images, labels, steps, extras = generate(engine, method, setting_values, seed, indices, batch_size, log)
     meta = {"method": method, "params": setting_values, "model_steps": steps, "seed": seed,
             "sampling": sampling, "checkpoints": checkpoints, "device": str(device), **engine.meta()}
-    write_npz(output, images=images, labels=labels, indices=np.asarray(indices, dtype=np.int64),
-              meta=np.asarray(json.dumps(meta, sort_keys=True)), **extras)
+    write_hashed_npz(output, images=images, labels=labels, indices=np.asarray(indices, dtype=np.int64),
+                     meta=np.asarray(json.dumps(meta, sort_keys=True)), **extras)
 
 
 def read_shards(paths: Sequence[str]) -> tuple[np.ndarray, np.ndarray, dict]:
     """Merge shards in image-index order; they must come from one method and setting."""
-    parts = [np.load(p) for p in paths]
+    parts = [read_verified_npz(p) for p in paths]
     metas = [json.loads(str(p["meta"])) for p in parts]
     if any(m["params"] != metas[0]["params"] or m["method"] != metas[0]["method"] for m in metas):
         raise ValueError(f"shards {list(paths)} come from different methods or settings")
@@ -133,9 +134,9 @@ def read_shards(paths: Sequence[str]) -> tuple[np.ndarray, np.ndarray, dict]:
 
 def read_shard_extras(paths: Sequence[str]) -> dict[str, np.ndarray]:
     """The shards' float samples, per-image diagnostics and traces, in image-index order."""
-    parts = [np.load(p) for p in paths]
+    parts = [read_verified_npz(p) for p in paths]
     order = np.argsort(np.concatenate([p["indices"] for p in parts]))
-    keys = [k for k in parts[0].files if k == "samples" or k.startswith(("per_image__", "trace__"))]
+    keys = [k for k in parts[0] if k == "samples" or k.startswith(("per_image__", "trace__"))]
     return {k: (_stack_ragged([p[k] for p in parts]) if k.startswith("trace__")
                 else np.concatenate([p[k] for p in parts]))[order] for k in keys}
 
@@ -341,11 +342,11 @@ def score_setting(*, shards: Sequence[str], reference_path: str, scoring: dict, 
         labels_text = {**labels_text, "clip_score": clip_record["label"]}
         extra = {**extra, "clip": clip_record["provenance"]}
     # Kept for paired comparisons between settings (same noise and labels row by row).
-    write_npz(features_output, features=features, labels=labels)
+    write_hashed_npz(features_output, features=features, labels=labels)
     if reference_features is not None:  # SE of FID(this) - FID(reference run), same images
         ref = metrics.load_reference_statistics(reference_path)
         scores["fid_diff_se"] = metrics.paired_fid_difference_se(
-            features, np.load(reference_features)["features"], ref["mu"], ref["sigma"],
+            features, read_verified_npz(reference_features)["features"], ref["mu"], ref["sigma"],
             reps=scoring["bootstrap_reps"], seed=scoring["seed"], distance=bootstrap_distance(scoring))
     spec = get_method(meta["method"])
     files.update({f"checkpoint:{role}": path for role, path in meta["checkpoints"].items()})
@@ -384,7 +385,7 @@ def score_setting(*, shards: Sequence[str], reference_path: str, scoring: dict, 
     log(f"{result['method']} {result['setting']}: " + ", ".join(
         f"{name} {scores[name]:.4g}" for name in ("fid", "sfid", "inception_score", "precision",
                                                    "recall", "class_accuracy") if name in scores))
-    write_json(output, result)
+    write_hashed_json(output, result)
     return result
 
 
@@ -396,7 +397,7 @@ def attach_paired_fid_se(records: list[dict], feature_paths: Sequence[str], refe
     if all("fid_diff_se" in r["metrics"] for r in records):
         return
     ref = metrics.load_reference_statistics(reference_path)
-    features = {(r["method"], r["setting"]): np.load(p)["features"]
+    features = {(r["method"], r["setting"]): read_verified_npz(p)["features"]
                 for p, r in zip(feature_paths, records)}
     for record in records:
         if "fid_diff_se" in record["metrics"]:
@@ -414,11 +415,11 @@ def merge_records(score_paths: Sequence[str], timing_paths: Sequence[str]) -> li
     """One record per setting: the score file with its row of the table's timing file
     (diffrepro.timing.time_table_settings) under 'timing', with that file's provenance."""
     timings = {}
-    for table in map(read_json, timing_paths):
+    for table in map(read_verified_json, timing_paths):
         for row in table["settings"]:
             timings[(row["method"], row["setting"])] = {**row, "provenance": table["provenance"]}
     records = []
-    for score in map(read_json, score_paths):
+    for score in map(read_verified_json, score_paths):
         timing = timings.get((score["method"], score["setting"]))
         if timing is None:
             raise ValueError(f"no timing result for {score['method']} {score['setting']}")

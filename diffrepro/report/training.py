@@ -18,7 +18,8 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from ..io import read_json, write_text
+from ..integrity import read_verified_json
+from ..io import write_text
 from .paper import paper_source
 
 CI_LEVEL = 0.95
@@ -32,7 +33,7 @@ def load_scores(paths: Sequence[str]) -> pd.DataFrame:
     """One row per (method, seed, checkpoint iteration)."""
     frames = []
     for path in paths:
-        result = read_json(path)
+        result = read_verified_json(path)
         frame = pd.DataFrame(result["rows"])
         frame.insert(0, "method", result["method"])
         frames.append(frame)
