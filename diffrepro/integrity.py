@@ -132,7 +132,8 @@ def verify_sidecar(path: str | os.PathLike, expected: str | None = None) -> str:
         expected = recorded_sha256(path)
     actual = sha256_file(path)
     if actual != expected:
-        raise ChecksumMismatch(str(damaged(path, f"checksum mismatch: sha256 {actual}, recorded {expected}")))
+        raise ChecksumMismatch(str(damaged(path, f"its sha256 {actual[:12]}... is not the recorded "
+                                                f"{expected[:12]}... (corrupted or replaced)")))
     return actual
 
 
