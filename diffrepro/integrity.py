@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import shlex
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -56,10 +57,10 @@ def _json_sha256(obj: Any) -> str:
 
 
 def write_hashed_json(path: str | os.PathLike, obj: dict) -> None:
-    # hashed as it will read back (numpy scalars, tuples and int keys become JSON's own)
-    plain = json.loads(json.dumps(obj, default=_json_default))
-    plain[HASH_KEY] = _json_sha256(plain)
-    write_text(path, json.dumps(plain, indent=2, sort_keys=True) + "\n")
+    """io.write_json's text with one key more: the hash of the object as it reads back
+    (numpy scalars, tuples and int keys become JSON's own)."""
+    digest = _json_sha256(json.loads(json.dumps(obj, default=_json_default)))
+    write_text(path, json.dumps({**obj, HASH_KEY: digest}, indent=2, sort_keys=True, default=_json_default) + "\n")
 
 
 def read_verified_json(path: str | os.PathLike) -> dict:
@@ -99,9 +100,7 @@ def read_verified_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
     try:
         with np.load(path, allow_pickle=False) as data:
             arrays = {name: data[name] for name in data.files}
-    except FileNotFoundError:
-        raise
-    except Exception:  # zipfile, numpy's header parser and EOF each raise their own
+    except (zipfile.BadZipFile, ValueError, EOFError, KeyError):  # zip, .npy header, short data
         raise damaged(path, "not a readable .npz (truncated or corrupted)") from None
     if HASH_KEY not in arrays:
         raise damaged(path, f"it records no {HASH_KEY}")
