@@ -4,21 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
-from .io import atomic_path, sha256_file, write_text
-
-
-class ChecksumMismatch(RuntimeError):
-    pass
-
-
-def sidecar(path: str | os.PathLike) -> Path:
-    return Path(f"{path}.sha256")
-
+from .integrity import ChecksumMismatch, record_sidecar, recorded_sha256, sidecar, verify_sidecar  # noqa: F401
+from .io import atomic_path, sha256_file
 
 METADATA_KEY = "diffrepro"
 
@@ -33,9 +24,7 @@ def save_checkpoint(path: str | os.PathLike, state_dict: dict[str, torch.Tensor]
     packed = None if metadata is None else {METADATA_KEY: json.dumps(metadata, sort_keys=True)}
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=packed)
-    digest = sha256_file(path)
-    write_text(sidecar(path), f"{digest}  {Path(path).name}\n")
-    return digest
+    return record_sidecar(path)
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, str]:
@@ -47,23 +36,15 @@ def read_metadata(path: str | os.PathLike) -> dict[str, str]:
     return json.loads(stored[METADATA_KEY]) if METADATA_KEY in stored else stored
 
 
-def recorded_sha256(path: str | os.PathLike) -> str:
-    side = sidecar(path)
-    if not side.exists():
-        raise FileNotFoundError(
-            f"{side} is missing: no recorded checksum for {path}. Rebuild the checkpoint with "
-            f"the workflow (delete {path} and rerun snakemake) so it is written with its checksum.")
-    return side.read_text().split()[0]
-
-
 def verify(path: str | os.PathLike, expected: str | None = None) -> str:
-    """Check the file against `expected` (or its sidecar); returns the digest."""
-    expected = expected or recorded_sha256(path)
+    """Check the file against `expected` (a lock's or record's pin) or its sidecar; returns the digest."""
+    if expected is None:  # a workflow output: the error names the command that rebuilds it
+        return verify_sidecar(path)
     actual = sha256_file(path)
     if actual != expected:
         raise ChecksumMismatch(
             f"checksum mismatch for {path}: expected sha256 {expected}, found {actual}. "
-            f"The file is corrupt or was replaced; delete it and rerun snakemake to rebuild it.")
+            f"The file is corrupt or was replaced since its sha256 was pinned.")
     return actual
 
 

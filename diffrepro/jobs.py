@@ -19,7 +19,8 @@ from .engines import load_engine
 from .engines.denoiser import steps_for
 from .finite import (METRIC_ADVICE, NonFiniteError, describe_positions, nonfinite_rows,
                      refuse_nonfinite_metrics)
-from .io import read_json, write_json, write_npz
+from .integrity import read_verified_json, read_verified_npz, write_hashed_json, write_hashed_npz
+from .io import read_json, write_json
 from .validation import schema_defaults
 from .methods import get_method
 from .provenance import provenance
@@ -130,8 +131,8 @@ def sample_shard(*, method: str, setting_values: dict, checkpoints: dict[str, st
                                              output=output)
     meta = {"method": method, "params": setting_values, "model_steps": steps, "seed": seed,
             "sampling": sampling, "checkpoints": checkpoints, "device": str(device), **engine.meta()}
-    write_npz(output, images=images, labels=labels, indices=np.asarray(indices, dtype=np.int64),
-              meta=np.asarray(json.dumps(meta, sort_keys=True)), **extras)
+    write_hashed_npz(output, images=images, labels=labels, indices=np.asarray(indices, dtype=np.int64),
+                     meta=np.asarray(json.dumps(meta, sort_keys=True)), **extras)
 
 
 def read_shards(paths: Sequence[str]) -> tuple[np.ndarray, np.ndarray, dict]:
@@ -150,10 +151,10 @@ def read_shards(paths: Sequence[str]) -> tuple[np.ndarray, np.ndarray, dict]:
 
 
 def _load_finite_shard(path: str):
-    """np.load of a shard, refused if it holds a NaN or inf (a shard from elsewhere, or from
+    """A shard, its hash verified, refused if it holds a NaN or inf (a shard from elsewhere, or from
     before sampling checked): it would be scored as black images or skew the summaries."""
-    part = np.load(path)
-    for key in part.files:
+    part = read_verified_npz(path)
+    for key in part:
         rows = [] if key.startswith("trace__") else nonfinite_rows(part[key])  # traces: NaN-padded
         if len(rows):
             bad = describe_positions(part["indices"][rows], len(part[key]))
@@ -166,7 +167,7 @@ def read_shard_extras(paths: Sequence[str]) -> dict[str, np.ndarray]:
     """The shards' float samples, per-image diagnostics and traces, in image-index order."""
     parts = [_load_finite_shard(p) for p in paths]
     order = np.argsort(np.concatenate([p["indices"] for p in parts]))
-    keys = [k for k in parts[0].files if k == "samples" or k.startswith(("per_image__", "trace__"))]
+    keys = [k for k in parts[0] if k == "samples" or k.startswith(("per_image__", "trace__"))]
     return {k: (_stack_ragged([p[k] for p in parts]) if k.startswith("trace__")
                 else np.concatenate([p[k] for p in parts]))[order] for k in keys}
 
@@ -215,14 +216,18 @@ def deviation_from(samples: np.ndarray, reference: np.ndarray) -> dict[str, floa
 # Metric network and scores
 # --------------------------------------------------------------------------------------
 
-def train_classifier_job(*, classifier: dict, output: str, info_output: str, log=print) -> None:
-    from .models.classifier import save_classifier, train_digits_classifier
+def train_classifier_job(*, classifier: dict, output: str, info_output: str, run_output: str,
+                         log=print) -> None:
+    """The checkpoint and its info, the same bytes for identical runs; the training time
+    goes to `run_output` (the run's record)."""
+    from .models.classifier import RUN_KEYS, save_classifier, train_digits_classifier
 
     images, labels = real_digits_uint8()
     model, info = train_digits_classifier(images, labels, **classifier)
     log(f"digits CNN: held-out accuracy {info['heldout_accuracy']:.4f}")
     save_classifier(model, output, info)
-    write_json(info_output, info)
+    write_json(info_output, {k: v for k, v in info.items() if k not in RUN_KEYS})
+    write_json(run_output, {k: info[k] for k in RUN_KEYS})
 
 
 def reference_stats_job(*, classifier_path: str, output: str) -> None:
@@ -368,11 +373,11 @@ def score_setting(*, shards: Sequence[str], reference_path: str, scoring: dict, 
         labels_text = {**labels_text, "clip_score": clip_record["label"]}
         extra = {**extra, "clip": clip_record["provenance"]}
     # Kept for paired comparisons between settings (same noise and labels row by row).
-    write_npz(features_output, features=features, labels=labels)
+    write_hashed_npz(features_output, features=features, labels=labels)
     if reference_features is not None:  # SE of FID(this) - FID(reference run), same images
         ref = metrics.load_reference_statistics(reference_path)
         scores["fid_diff_se"] = metrics.paired_fid_difference_se(
-            features, np.load(reference_features)["features"], ref["mu"], ref["sigma"],
+            features, read_verified_npz(reference_features)["features"], ref["mu"], ref["sigma"],
             reps=scoring["bootstrap_reps"], seed=scoring["seed"], distance=bootstrap_distance(scoring))
     spec = get_method(meta["method"])
     files.update({f"checkpoint:{role}": path for role, path in meta["checkpoints"].items()})
@@ -413,7 +418,7 @@ def score_setting(*, shards: Sequence[str], reference_path: str, scoring: dict, 
                                                    "recall", "class_accuracy") if name in scores))
     refuse_nonfinite_metrics(result["metrics"], f"{result['method']} {result['setting']}",
                              f"{output} not written.\n{METRIC_ADVICE}")
-    write_json(output, result)
+    write_hashed_json(output, result)
     return result
 
 
@@ -425,7 +430,7 @@ def attach_paired_fid_se(records: list[dict], feature_paths: Sequence[str], refe
     if all("fid_diff_se" in r["metrics"] for r in records):
         return
     ref = metrics.load_reference_statistics(reference_path)
-    features = {(r["method"], r["setting"]): np.load(p)["features"]
+    features = {(r["method"], r["setting"]): read_verified_npz(p)["features"]
                 for p, r in zip(feature_paths, records)}
     for record in records:
         if "fid_diff_se" in record["metrics"]:
@@ -443,7 +448,7 @@ def merge_records(score_paths: Sequence[str], timing_paths: Sequence[str]) -> li
     """One record per setting: the score file with its row of the table's timing file
     (diffrepro.timing.time_table_settings) under 'timing', with that file's provenance."""
     timings = {}
-    for table in map(read_json, timing_paths):
+    for table in map(read_verified_json, timing_paths):
         for row in table["settings"]:
             timings[(row["method"], row["setting"])] = {**row, "provenance": table["provenance"]}
     records = []
@@ -459,7 +464,7 @@ def merge_records(score_paths: Sequence[str], timing_paths: Sequence[str]) -> li
 def read_score(path: str) -> dict:
     """A score file, refused if a metric in it is NaN or inf (written elsewhere, or before
     score jobs checked)."""
-    score = read_json(path)
+    score = read_verified_json(path)
     refuse_nonfinite_metrics(score.get("metrics", {}), f"score file {path}", "no table is built from it.\n"
                              "Delete it and rerun snakemake to score the setting again.")
     return score

@@ -23,7 +23,7 @@ import torch
 from .engines import load_engine
 from .engines.clock import timed
 from .finite import NonFiniteError, describe_positions, nonfinite_rows
-from .io import write_json
+from .integrity import write_hashed_json
 from .jobs import job_device
 from .methods import get_method
 from .provenance import provenance
@@ -161,7 +161,7 @@ def time_table_settings(*, settings: Sequence[dict], methods: dict[str, dict], s
             f"speed-up {record['speedup_vs_baseline']:.3f}x"
             + (f", measured/ideal {record['ideal_ratio']:.3f}" if "ideal_ratio" in record else ""))
     if output is not None:
-        write_json(output, result)
+        write_hashed_json(output, result)
     return result
 
 
@@ -223,5 +223,5 @@ def time_setting(*, method: str, setting_values: dict, baseline: dict, checkpoin
                                 prompts_path=prompts_path, log=log)
     record = {**table["settings"][0], "provenance": {**table["provenance"], **table["provenance"]["models"][method]}}
     if output is not None:
-        write_json(output, record)
+        write_hashed_json(output, record)
     return record

@@ -29,7 +29,7 @@ from .diffusion.samplers import make_sampler
 from .diffusion.sampling import initial_noise_and_labels, sample_loop
 from .finite import (METRIC_ADVICE, TRAINING_ADVICE, NonFiniteError, describe_positions, nonfinite_rows,
                      refuse_nonfinite_metrics)
-from .io import write_json
+from .integrity import write_hashed_json
 from .models.classifier import split_indices
 from .models.dit import DiTConfig, build_dit
 from .provenance import provenance
@@ -165,7 +165,7 @@ def score_runs(*, method: str, components: list, model_config: dict, runs: dict[
                                                     "real digits (uint8)",
                                         "num_samples": evaluation["num_samples"]}),
     }
-    write_json(output, result)
+    write_hashed_json(output, result)
     return result
 
 
@@ -235,5 +235,5 @@ def time_methods(*, methods: dict[str, list], baseline: str, model_config: dict,
             + ", ".join(f"{b}: {ms:.3f} ms" for b, ms in results[name]["batch_prep_ms"].items()))
     result = {"methods": results, "baseline": baseline, "repeats": repeats, "threads": threads,
               "device": "cpu", "provenance": provenance(config, seeds={}, files={})}
-    write_json(output, result)
+    write_hashed_json(output, result)
     return result

@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from diffrepro.integrity import write_hashed_json
 from diffrepro.report.kinds import get_table_kind
 from diffrepro.report.reproducibility import nest, render, sections
 from workflow_run import ROOT, SMOKE, snakemake
@@ -22,7 +23,7 @@ def test_a_table_without_results_is_marked_not_regenerated(tmp_path):
     (tmp_path / "t.md").write_text("# T-Stitch table\n\n| r | FID |\n|---|---|\n| 0 | 12.34 |\n")
     (tmp_path / "c.md").write_text("## claims\n\n| claim | verdict |\n")
     score = {"provenance": {"git": {"commit": "a" * 40, "dirty": False}, "config_sha256": "b" * 64}}
-    (tmp_path / "s.json").write_text(json.dumps(score))
+    write_hashed_json(tmp_path / "s.json", score)
     tables = {"tstitch": {"method": "tstitch", "paper": "dit_s_xl_ddim100"},
               "parataa": {"kind": "parataa", "methods": ["sequential"], "paper": "parataa_iterations"}}
     kinds = {"tstitch": get_table_kind("tstitch"), "parataa": get_table_kind("parataa")}

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from diffrepro.checkpoints import save_checkpoint
-from diffrepro.io import read_json, write_json
+from diffrepro.integrity import read_verified_json, write_hashed_json
 from diffrepro.jobs import merge_records
 from diffrepro.models.dit import build_dit
 from diffrepro.timing import table_rounds, time_setting, time_table_settings
@@ -53,7 +53,7 @@ def test_a_table_is_timed_round_robin(checkpoints, tmp_path):
     out = tmp_path / "table.json"
     table = time_table_settings(settings=settings, methods=methods, seed=0, config={"seed": 0}, output=str(out),
                                 log=lambda *a: None)
-    assert read_json(out) == table
+    assert read_verified_json(out) == table
     # the r = 0 row is the other rows' reference: timed once per round, not once per row
     assert table["order"] == [["tstitch", "r0", 2], ["tstitch", "r0.4", 2], ["tstitch", "r1", 2],
                               ["parataa", "n5-w5-k2-m2-tol0.001-rtol0.001-it5", 1], ["sequential", "n5", 1]]
@@ -78,7 +78,7 @@ def test_a_table_is_timed_round_robin(checkpoints, tmp_path):
     scores = []
     for k, key in enumerate(rows):
         scores.append(str(tmp_path / f"score{k}.json"))
-        write_json(scores[-1], {"method": key[0], "setting": key[1]})
+        write_hashed_json(scores[-1], {"method": key[0], "setting": key[1]})
     merged = merge_records(scores, [str(out)])
     assert merged[1]["timing"]["median_s"] == r04["median_s"]
     assert merged[1]["timing"]["provenance"] == table["provenance"]
@@ -90,6 +90,6 @@ def test_one_setting_against_its_baseline(checkpoints, tmp_path):
                           model_configs={"small": DIT, "large": DIT}, sampling=SAMPLING, seed=0,
                           timing={**TIMING, "warmup": 0, "repeats": 2}, config={}, output=str(tmp_path / "t.json"),
                           log=lambda *a: None)
-    assert read_json(tmp_path / "t.json") == record
+    assert read_verified_json(tmp_path / "t.json") == record
     assert len(record["speedup_pairs"]) == 2 and record["setting"] == "r0.4"
     assert record["provenance"]["decoder"] is None and "file_sha256" in record["provenance"]

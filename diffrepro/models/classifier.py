@@ -154,9 +154,14 @@ def train_digits_classifier(images_u8: np.ndarray, labels: np.ndarray, *, seed: 
     return model, info
 
 
+# What a run measured, not what made the weights: kept out of the checkpoint, whose bytes
+# must be the same for every identical run (train_classifier_job writes it to a run record).
+RUN_KEYS = ("train_seconds",)
+
+
 def save_classifier(model: DigitsCNN, path: str | os.PathLike, info: dict) -> str:
-    """Save weights with `info` as string metadata (safetensors allows only strings)."""
-    metadata = {str(k): str(v) for k, v in info.items()}
+    """Save weights with `info` (less RUN_KEYS) as string metadata (safetensors allows only strings)."""
+    metadata = {str(k): str(v) for k, v in info.items() if k not in RUN_KEYS}
     metadata["feature_dim"] = str(FEATURE_DIM)
     return save_checkpoint(path, model.state_dict(), metadata)
 

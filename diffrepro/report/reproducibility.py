@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from ..io import read_json
+from ..integrity import read_verified_json
 
 
 @dataclass
@@ -41,7 +41,7 @@ def nest(markdown: str, top: int = 3) -> str:
 def _provenance(score_paths: Sequence[str]) -> tuple[list[str], list[str], str]:
     commits, configs, machines = [], [], []
     for path in score_paths:
-        prov = read_json(path).get("provenance", {})
+        prov = read_verified_json(path).get("provenance", {})
         git = prov.get("git", {})
         if git.get("commit"):
             commits.append(git["commit"][:12] + ("+dirty" if git.get("dirty") else ""))

@@ -86,9 +86,9 @@ class FigureJob:
     context: Mapping[str, Any] = field(default_factory=dict)
 
     def table(self):
-        import pandas as pd
+        from ..integrity import read_verified_csv
 
-        table = pd.read_csv(self.csv)
+        table = read_verified_csv(self.csv)
         table.attrs["timing_batch"] = self.timing_batch
         return table
 
@@ -104,8 +104,12 @@ class FigureJob:
 
 
 def build_table(job: TableJob) -> None:
-    """Rule `table`: the kind writes job.outputs csv, md and claims."""
+    """Rule `table`: the kind writes job.outputs csv, md and claims; the CSV's sha256 goes
+    beside it (here, so no kind can forget it), checked by the figures that read it."""
+    from ..integrity import record_sidecar
+
     job.kind.build(job)
+    record_sidecar(job.outputs["csv"])
 
 
 def draw_figure(job: FigureJob) -> None:

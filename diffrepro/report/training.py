@@ -19,7 +19,8 @@ import numpy as np
 import pandas as pd
 
 from ..finite import refuse_nonfinite_metrics
-from ..io import read_json, write_text
+from ..integrity import read_verified_json
+from ..io import write_text
 from .paper import paper_source
 
 CI_LEVEL = 0.95
@@ -33,7 +34,7 @@ def load_scores(paths: Sequence[str]) -> pd.DataFrame:
     """One row per (method, seed, checkpoint iteration)."""
     frames = []
     for path in paths:
-        result = read_json(path)
+        result = read_verified_json(path)
         for row in result["rows"]:  # a NaN or inf metric is never tabulated
             refuse_nonfinite_metrics(row, f"score file {path} (seed {row.get('seed')}, iteration "
                                      f"{row.get('iteration')})", "no table is built from it.\n"

@@ -12,6 +12,9 @@ CHECKPOINTS, RESULTS, REPORTS, LOGS = PLAN.checkpoints, PLAN.results, PLAN.repor
 # the config files this run read (a standalone config is read alone: see the Snakefile)
 CONFIG_FILES = [os.path.relpath(f) for f in (workflow.overwrite_configfiles if config.get("standalone")
                                              else workflow.configfiles)]
+# A job that finds a damaged result names the command that rebuilds it, with these config files
+# (diffrepro.integrity.rebuild_command); jobs inherit the environment.
+os.environ["DIFFREPRO_CONFIGFILES"] = " ".join(CONFIG_FILES)
 
 
 wildcard_constraints:

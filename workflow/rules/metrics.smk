@@ -4,6 +4,7 @@ rule train_classifier:
         checkpoint=f"{CHECKPOINTS}/digits_cnn.safetensors",
         checksum=f"{CHECKPOINTS}/digits_cnn.safetensors.sha256",
         info=f"{CHECKPOINTS}/digits_cnn.json",
+        run=f"{CHECKPOINTS}/digits_cnn.run.json",  # the training time: the other outputs are the same bytes every run
     params:
         classifier=as_param(config.get("classifier")),
     threads: config["threads"]

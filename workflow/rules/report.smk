@@ -5,6 +5,7 @@ rule table:
         unpack(PLAN.table_inputs),
     output:
         csv=f"{REPORTS}/{{table}}_table.csv",
+        csv_sha256=f"{REPORTS}/{{table}}_table.csv.sha256",  # checked by the figures that read the CSV
         md=f"{REPORTS}/{{table}}_table.md",
         claims=f"{REPORTS}/{{table}}_claims.md",
     wildcard_constraints:

@@ -7,4 +7,5 @@ from diffrepro.snakejob import job
 
 with job(snakemake) as log:
     train_classifier_job(classifier=json.loads(snakemake.params.classifier),
-                         output=snakemake.output.checkpoint, info_output=snakemake.output.info, log=log)
+                         output=snakemake.output.checkpoint, info_output=snakemake.output.info,
+                         run_output=snakemake.output.run, log=log)

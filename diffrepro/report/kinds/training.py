@@ -15,12 +15,12 @@ def context(config: dict, entry: dict) -> dict:
 
 
 def build(job) -> None:
-    from ...io import read_json
+    from ...integrity import read_verified_json
     from .. import training
 
     entry, scoring = job.entry, job.scoring
     scores = training.load_scores(job.inputs["scores"])
-    table = training.build_table(scores, read_json(job.inputs["timing"]), entry["methods"], entry["baseline"],
+    table = training.build_table(scores, read_verified_json(job.inputs["timing"]), entry["methods"], entry["baseline"],
                                  job.published(), reps=max(1000, scoring["bootstrap_reps"]), seed=scoring["seed"])
     training.write_outputs(table, job.outputs["csv"], job.outputs["md"], job.outputs["claims"],
                            title=f"{job.name}: training speed-up against {entry['baseline']}",
@@ -30,12 +30,12 @@ def build(job) -> None:
 
 
 def curves(job) -> None:
-    from ...io import read_json
+    from ...integrity import read_verified_json
     from .. import training, training_plots
 
     scores = training.load_scores(job.inputs["scores"])
     training_plots.curves_plot(scores, job.entry["methods"], job.entry["baseline"], job.png, job.svg,
-                               title=job.title, fid_label=read_json(job.inputs["scores"][0])["labels"]["fid"])
+                               title=job.title, fid_label=read_verified_json(job.inputs["scores"][0])["labels"]["fid"])
 
 
 def schedules(job) -> None:
@@ -51,10 +51,10 @@ def schedules(job) -> None:
 
 
 def cost(job) -> None:
-    from ...io import read_json
+    from ...integrity import read_verified_json
     from .. import training_plots
 
-    training_plots.cost_plot(read_json(job.inputs["timing"]), job.entry["methods"], job.png, job.svg,
+    training_plots.cost_plot(read_verified_json(job.inputs["timing"]), job.entry["methods"], job.png, job.svg,
                              title=job.title)
 
 
