@@ -350,6 +350,7 @@ def score_setting(*, shards: Sequence[str], reference_path: str, scoring: dict, 
                   reference_features: str | None = None, inception_weights: str | None = None,
                   clip_weights: str | None = None, prompts_path: str | None = None, log=print) -> dict:
     images, labels, meta = read_shards(shards)
+    scoring = {**schema_defaults("scoring"), **scoring}
     # CLIP first: a missing or unreadable CLIP fails before the FID work, not after it
     clip_record = None
     # Inception (and CLIP) features in full float32: TF32 would change them

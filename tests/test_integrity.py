@@ -28,7 +28,7 @@ DIT = dict(input_size=8, patch_size=2, in_channels=1, hidden_size=16, depth=1, n
            mlp_ratio=2.0, class_dropout_prob=0.1, num_classes=10, learn_sigma=True)
 SAMPLING = {"sampler": "ddim", "steps": 4, "cfg_scale": 1.5, "guided_channels": 1,
             "device": "cpu", "precision": "fp32", "tf32": False, "compile": False}
-SCORING = {"is_splits": 2, "bootstrap_reps": 2, "seed": 0}
+SCORING = {"backend": "digits", "is_splits": 2, "bootstrap_reps": 2, "seed": 0}
 R0 = {"method": "tstitch", "params": {"ratio": 0.0}}
 QUIET = dict(log=lambda *a: None)
 
@@ -60,7 +60,7 @@ def _run_jobs(ck: Path, res: Path) -> None:
                  model_configs={"small": DIT, "large": DIT}, sampling=SAMPLING, seed=0, batch_size=8,
                  num_samples=8, output=str(res / "shard-0.npz"), **QUIET)
     score_setting(shards=[str(res / "shard-0.npz")], classifier_path=str(ck / "digits_cnn.safetensors"),
-                  reference_path=str(res / "stats.npz"), scoring=SCORING, config={"seed": 0},
+                  reference_path=str(res / "stats.npz"), scoring=SCORING, config={"seed": 0, "compute": {"device": "cpu"}},
                   output=str(res / "r0.json"), features_output=str(res / "r0.features.npz"),
                   reference_run=R0, **QUIET)
     entry = {"checkpoints": checkpoints, "model_configs": {"small": DIT, "large": DIT}, "sampling": SAMPLING,
@@ -158,7 +158,7 @@ def test_the_score_job_refuses_a_damaged_shard(copy, damage):
     shard.write_bytes(bytes(data))
     with pytest.raises(DamagedResult, match=rf"{shard} is damaged: not a readable .npz[\s\S]*--force {shard}`"):
         score_setting(shards=[str(shard)], classifier_path=str(copy / "checkpoints/digits_cnn.safetensors"),
-                      reference_path=str(copy / "results/stats.npz"), scoring=SCORING, config={"seed": 0},
+                      reference_path=str(copy / "results/stats.npz"), scoring=SCORING, config={"seed": 0, "compute": {"device": "cpu"}},
                       output=str(copy / "results/again.json"), features_output=str(copy / "results/again.npz"),
                       reference_run=R0, **QUIET)
 

@@ -13,7 +13,7 @@ from diffrepro.checkpoints import load_checkpoint
 from diffrepro.data import load_digits_tensors, real_digits_uint8
 from diffrepro.engines.denoiser import DenoiserEngine
 from diffrepro.finite import NonFiniteError
-from diffrepro.io import write_json, write_npz
+from diffrepro.integrity import write_hashed_json as write_json, write_hashed_npz as write_npz
 from diffrepro.methods import get_method
 from diffrepro.models.dit import DiTConfig
 from diffrepro.report.tables import FigureJob
