@@ -202,3 +202,23 @@ def test_errors_name_the_problem():
         student_config(TINY_SDXL, "base")
     with pytest.raises(ValueError, match="mid_block_type"):
         student_config({**TINY_SDXL, "mid_block_type": None}, "tiny_sd_xl")
+
+
+def test_embedded_sdxl_conditioning_is_the_pipelines():
+    """Training conditions an SDXL-shaped class-prompt U-Net on what StableDiffusionXLPipeline
+    (our embedded one: the projecting encoder only) gives it when sampling."""
+    from diffrepro.engines.pipeline import embedded_pipeline
+    from diffrepro.t2i.components import embedded_time_ids, encode_prompts_sdxl
+
+    t2i = {"scheduler": {"class": "PNDMScheduler", "config": {"skip_prk_steps": True}},
+           "text_encoder": {"hidden_size": 16, "layers": 2, "heads": 2, "max_length": 24, "seed": 0}}
+    unet = random_unet({**TINY_SDXL, "projection_class_embeddings_input_dim": 24 + 16})
+    pipe = embedded_pipeline(unet, t2i)
+    cond, neg, pooled, neg_pooled = pipe.encode_prompt(["a handwritten digit one"], device="cpu",
+                                                       do_classifier_free_guidance=True)
+    ours, ours_pooled = encode_prompts_sdxl(pipe.tokenizer_2, pipe.text_encoder_2, ["a handwritten digit one"])
+    assert torch.equal(cond, ours) and torch.equal(pooled, ours_pooled)
+    assert not neg.any() and not neg_pooled.any()  # the dropped prompt trains on zeros
+    ids = pipe._get_add_time_ids((64, 64), (0, 0), (64, 64), dtype=torch.float32,
+                                 text_encoder_projection_dim=pipe.text_encoder_2.config.projection_dim)
+    assert torch.equal(ids[0], embedded_time_ids(unet.config))

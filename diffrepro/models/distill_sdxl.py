@@ -47,7 +47,8 @@ def build_student(teacher: UNet2DConditionModel, variant: str) -> UNet2DConditio
     """small_sd_xl / tiny_sd_xl initialised from ``teacher``'s weights exactly as DistillSDXL."""
     teacher_cfg = dict(teacher.config)
     student = UNet2DConditionModel.from_config(student_config(teacher_cfg, variant))
-    student = student.to(device=teacher.device, dtype=teacher.dtype)
+    if (student.device, student.dtype) != (teacher.device, teacher.dtype):
+        student = student.to(device=teacher.device, dtype=teacher.dtype)
     rules = weight_mapping(len(teacher_cfg["block_out_channels"]))
     source, state = teacher.state_dict(), {}
     for key, value in student.state_dict().items():
