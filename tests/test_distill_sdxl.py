@@ -57,9 +57,14 @@ def batch(n=2, seed=1):
             torch.randn(n, 5, 16, generator=g), torch.randn(n, 4, 8, 8, generator=g), added)
 
 
-def test_sdxl_base_sizes_confirm_the_issue_count():
+@pytest.fixture(scope="module")
+def sdxl_sizes():
+    return size_table()  # SDXL-base and its students on the meta device (~2 s)
+
+
+def test_sdxl_base_sizes_confirm_the_issue_count(sdxl_sizes):
     """Counted on the meta device from SDXL-base's config (1024 px), BK-SDM's counter."""
-    rows = {r["name"]: r for r in size_table()}
+    rows = {r["name"]: r for r in sdxl_sizes}
     assert list(rows) == ["sdxl-base", *VARIANTS]
     # the teacher: exactly the parameters of the published SDXL-base U-Net
     assert rows["sdxl-base"]["params_m"] * 1e6 == pytest.approx(SDXL_BASE_PARAMS, abs=0.5)
@@ -222,3 +227,43 @@ def test_embedded_sdxl_conditioning_is_the_pipelines():
     ids = pipe._get_add_time_ids((64, 64), (0, 0), (64, 64), dtype=torch.float32,
                                  text_encoder_projection_dim=pipe.text_encoder_2.config.projection_dim)
     assert torch.equal(ids[0], embedded_time_ids(unet.config))
+
+
+def test_table_places_models_and_checks_sizes(tmp_path, monkeypatch, sdxl_sizes):
+    """The distill_sdxl table: variants from the config or, for a hub U-Net, from its blocks;
+    sizes from the configs; the size claim against reports/paper/distill_sdxl.yaml."""
+    import json
+
+    import diffrepro.t2i.hub as hub
+    from diffrepro.report import distill_sdxl as report
+    from diffrepro.report.paper import load_paper_table
+    from diffrepro.t2i.sizes import distill_sdxl_models
+
+    tiny_cfg = student_config(TINY_SDXL, "tiny_sd_xl")
+    record = tmp_path / "tiny.hub.json"
+    record.write_text(json.dumps({"unet_config": tiny_cfg}))
+    monkeypatch.setattr(hub, "unet_config", lambda rec: rec["unet_config"])
+    config = {"models": {"teacher": {"arch": "sd_unet", "config": TINY_SDXL},
+                         "small": {"arch": "sd_unet", "distil": {"teacher": "teacher", "variant": "small_sd_xl"}},
+                         "released": {"arch": "sd_unet", "hub": {"id": "takuoko/tiny_sd_xl_pokemon_blip"}}},
+              "methods": {m: {"models": {"model": m}} for m in ("teacher", "small", "released")},
+              "t2i": {"text_encoder": {"max_length": 5}}}
+    models = distill_sdxl_models(config, ["teacher", "small", "released"], {"released": str(record)})
+    assert {m: v["variant"] for m, v in models.items()} == {
+        "teacher": "teacher", "small": "small_sd_xl", "released": "tiny_sd_xl"}
+    assert models["teacher"]["params_m"] > models["small"]["params_m"] > models["released"]["params_m"]
+
+    def rec(method, fid, ms):
+        return {"method": method, "metrics": {"fid": fid, "fid_bootstrap_se": 0.1, "clip_score": 0.2},
+                "timing": {"per_step_forward_s": {"model": ms / 1000}, "median_s": 1.0}}
+
+    paper = load_paper_table("reports/paper/distill_sdxl.yaml", "sdxl_sizes")
+    df = report.build_table([rec("released", 9.0, 2.0), rec("teacher", 5.0, 4.0), rec("small", 7.0, 3.0)],
+                            models, paper)
+    assert list(df["variant"]) == ["teacher", "small_sd_xl", "tiny_sd_xl"]
+    assert list(df["ours_fid_vs_teacher"]) == [0.0, 2.0, 4.0]
+    assert df["paper_params_ratio"].iloc[2] == pytest.approx(1304.2 / 2567.5)
+    claim = report.size_claim(sdxl_sizes, paper)
+    assert claim["verdict"] == "holds", claim
+    off = paper.assign(params_m=paper["params_m"] + [0.0, 0.0, 1.0])
+    assert report.size_claim(sdxl_sizes, off)["verdict"] == "does not hold"

@@ -118,3 +118,21 @@ def write_outputs(df: pd.DataFrame, csv_path, md_path, claims_path, *, labels, s
     write_text(csv_path, df.to_csv(index=False, float_format="%.10g"))
     write_text(md_path, table_markdown(df, labels=labels, setting_note=setting_note, paper_note=paper_note))
     write_text(claims_path, claims_markdown(df, size_rows, paper_df, setting_note))
+
+
+def pareto_plot(df: pd.DataFrame, png_path, svg_path, *, labels: Mapping[str, str], title: str) -> None:
+    """FID against U-Net step time (ours), one point per model (no published quality to plot)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from diffrepro.report.figures import save_png_svg, wrapped_title
+
+    fig, ax = plt.subplots(figsize=(5, 4))
+    ax.plot(df["ours_step_ms"], df["ours_fid"], "o", color="C0")
+    for _, row in df.iterrows():
+        ax.annotate(row["variant"], (row["ours_step_ms"], row["ours_fid"]), textcoords="offset points", xytext=(4, 4))
+    ax.set(xlabel="ours: U-Net step (ms, median)", ylabel=f"ours: {_label(labels, 'fid')}")
+    wrapped_title(fig, title, fontsize=8)
+    save_png_svg(fig, png_path, svg_path)

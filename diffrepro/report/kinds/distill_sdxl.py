@@ -27,12 +27,18 @@ def build(job) -> None:
                                size_rows=size_table(), paper_df=published)
 
 
+def pareto(job) -> None:
+    from .. import distill_sdxl
+
+    distill_sdxl.pareto_plot(job.table(), job.png, job.svg, labels=job.labels(), title=job.title)
+
+
 register_table_kind(
     "distill_sdxl",
     summary="Distill SD XL students (small_sd_xl, tiny_sd_xl) beside their SDXL-shaped teacher: "
             "U-Net parameters, MACs, step time, FID, CLIP score",
     build=build,
-    figures={},
+    figures={"pareto": pareto},
     paper="distill_sdxl",
     targets={"reproduce_distill_sdxl_table": lambda table: True},
     context=context,
