@@ -394,3 +394,13 @@ def test_table_entries_are_checked_against_their_kind(config, mutate, expected):
     mutate(config)
     with pytest.raises(ConfigError, match=re.escape(expected)):
         full_check(config)
+
+
+def test_distill_sdxl_options_are_checked(config):
+    config["models"]["bk_small"]["distil"]["snr_gamma"] = 5.0
+    with pytest.raises(ConfigError, match=r"models.bk_small.distil.snr_gamma: Min-SNR weighting is Distill SD XL's"):
+        full_check(config)
+    del config["models"]["bk_small"]["distil"]["snr_gamma"]
+    config["models"]["dsdxl_teacher"]["config"]["projection_class_embeddings_input_dim"] = 40
+    with pytest.raises(ConfigError, match=r"projection_class_embeddings_input_dim: 40 must be 6 x addition_time_embed_dim"):
+        full_check(config)
