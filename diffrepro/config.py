@@ -69,8 +69,9 @@ def method_timing(config: dict, method: str) -> dict:
 
 
 def model_config(config: dict, name: str, _seen: tuple = ()) -> dict:
-    """A model's constructor arguments; a BK-SDM student's come from its teacher's by block
-    removal; a hub model's config is in its repository ({"hub": spec} stands for it)."""
+    """A model's constructor arguments; a distilled student's (BK-SDM, Distill SD XL) come from
+    its teacher's by block removal; a hub model's config is in its repository ({"hub": spec}
+    stands for it)."""
     entry = config["models"][name]
     if "hub" in entry:
         return {"hub": entry["hub"]}
@@ -79,7 +80,7 @@ def model_config(config: dict, name: str, _seen: tuple = ()) -> dict:
     if name in _seen:
         raise ConfigError(f"config key models.{name}.distil.teacher: the teachers form a cycle "
                           f"{' -> '.join((*_seen, name))}")
-    from .models.bksdm_config import student_config
+    from .models.students import student_config
 
     teacher = entry["distil"]["teacher"]
     if (teacher not in config["models"] or config["models"][teacher]["arch"] != "sd_unet"
@@ -425,6 +426,18 @@ def _check_text_to_image(config: dict) -> None:
                               f"t2i.text_encoder.hidden_size ({width}), the width of the text it attends to")
         if width % heads:
             raise ConfigError(f"config key t2i.text_encoder: hidden_size {width} is not divisible by heads {heads}")
+        if unet_config.get("addition_embed_type") == "text_time":
+            # SDXL's added conditioning: the pooled text (the encoder's projection, hidden_size
+            # wide) and 6 size/crop ids of addition_time_embed_dim each
+            added = 6 * unet_config.get("addition_time_embed_dim", 0) + width
+            if unet_config.get("projection_class_embeddings_input_dim") != added:
+                raise ConfigError(f"config key models.{name}.config.projection_class_embeddings_input_dim: "
+                                  f"{unet_config.get('projection_class_embeddings_input_dim')!r} must be "
+                                  f"6 x addition_time_embed_dim + t2i.text_encoder.hidden_size = {added}")
+        distil = entry.get("distil", {})
+        if "snr_gamma" in distil and distil["variant"] not in ("small_sd_xl", "tiny_sd_xl"):
+            raise ConfigError(f"config key models.{name}.distil.snr_gamma: Min-SNR weighting is Distill SD XL's "
+                              f"option (variants small_sd_xl, tiny_sd_xl), not BK-SDM's {distil['variant']!r}")
     reference = config["scoring"].get("reference_images")
     fid_size = config.get("t2i", {}).get("fid_size")
     if reference is not None and fid_size is None:

@@ -26,7 +26,8 @@ def full_check(config):
 
 def test_shipped_configs_are_valid():
     for name in ("default.yaml", "smoke.yaml", "paper/tstitch_dit.yaml", "paper/tstitch_sd.yaml",
-                 "paper/tstitch_sdxl.yaml", "paper/tstitch_lcm.yaml", "paper/bksdm.yaml"):
+                 "paper/tstitch_sdxl.yaml", "paper/tstitch_lcm.yaml", "paper/bksdm.yaml",
+                 "paper/distill_sdxl.yaml"):
         full_check(yaml.safe_load((ROOT / "config" / name).read_text()))
 
 
@@ -392,4 +393,14 @@ def test_the_is_protocol_is_the_adm_backends_and_needs_enough_samples(config, pa
 def test_table_entries_are_checked_against_their_kind(config, mutate, expected):
     mutate(config)
     with pytest.raises(ConfigError, match=re.escape(expected)):
+        full_check(config)
+
+
+def test_distill_sdxl_options_are_checked(config):
+    config["models"]["bk_small"]["distil"]["snr_gamma"] = 5.0
+    with pytest.raises(ConfigError, match=r"models.bk_small.distil.snr_gamma: Min-SNR weighting is Distill SD XL's"):
+        full_check(config)
+    del config["models"]["bk_small"]["distil"]["snr_gamma"]
+    config["models"]["dsdxl_teacher"]["config"]["projection_class_embeddings_input_dim"] = 40
+    with pytest.raises(ConfigError, match=r"projection_class_embeddings_input_dim: 40 must be 6 x addition_time_embed_dim"):
         full_check(config)

@@ -17,7 +17,8 @@ from ..diffusion.sampling import initial_noise_and_labels
 from ..finite import nonfinite_rows
 from ..io import read_json
 from ..validation import schema_defaults
-from ..t2i.components import build_text_encoder, build_unet, char_tokenizer, digit_prompt, unet_step_inputs
+from ..t2i.components import (build_text_encoder, build_unet, char_tokenizer, digit_prompt, is_sdxl_shaped,
+                              unet_step_inputs)
 from . import Batch
 
 NUM_PROMPT_CLASSES = 10  # the embedded suite's class prompts (one per digit)
@@ -38,13 +39,14 @@ def make_scheduler(spec: dict, pipeline_scheduler=None):
     return cls.from_config(pipeline_scheduler.config)
 
 
-def embedded_text_encoder(t2i: dict):
+def embedded_text_encoder(t2i: dict, with_projection: bool = False):
     """The embedded suite's frozen text encoder: seeded random weights over a character-level
-    CLIP tokenizer, identical in every job (its state-dict hash is recorded)."""
+    CLIP tokenizer, identical in every job (its state-dict hash is recorded). with_projection:
+    the projecting encoder SDXL-shaped U-Nets are conditioned on (their pooled text)."""
     spec = t2i["text_encoder"]
     tokenizer = char_tokenizer(spec["max_length"])
     encoder = build_text_encoder(tokenizer, spec["seed"], hidden_size=spec["hidden_size"],
-                                 layers=spec["layers"], heads=spec["heads"])
+                                 layers=spec["layers"], heads=spec["heads"], with_projection=with_projection)
     return tokenizer, encoder
 
 
@@ -60,9 +62,18 @@ def state_dict_sha256(module: torch.nn.Module) -> str:
 
 def embedded_pipeline(unet, t2i: dict):
     """diffusers' StableDiffusionPipeline over the embedded suite's pixel-space U-Net: no VAE
-    (output_type "latent" returns the denoised 8x8 digits themselves)."""
-    from diffusers import StableDiffusionPipeline
+    (output_type "latent" returns the denoised 8x8 digits themselves). An SDXL-shaped U-Net gets
+    StableDiffusionXLPipeline the same way."""
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
+    if is_sdxl_shaped(unet.config):
+        # SDXL-shaped (added conditioning): SDXL's pipeline with its second, projecting encoder only
+        tokenizer, encoder = embedded_text_encoder(t2i, with_projection=True)
+        pipe = StableDiffusionXLPipeline(vae=None, text_encoder=None, tokenizer=None, text_encoder_2=encoder,
+                                         tokenizer_2=tokenizer, unet=unet, scheduler=make_scheduler(t2i["scheduler"]),
+                                         force_zeros_for_empty_prompt=True, add_watermarker=False)
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
     tokenizer, encoder = embedded_text_encoder(t2i)
     pipe = StableDiffusionPipeline(vae=None, text_encoder=encoder, tokenizer=tokenizer, unet=unet,
                                    scheduler=make_scheduler(t2i["scheduler"]), safety_checker=None,
@@ -86,7 +97,7 @@ def load_pipeline_models(checkpoints: dict[str, str], model_configs: dict[str, d
         return load_hub_pipeline_models(checkpoints, t2i, device, precision)
     unets = {role: load_unet(path, model_configs[role], device) for role, path in checkpoints.items()}
     pipeline = embedded_pipeline(unets[pipeline_role(unets)], t2i).to(device)
-    check_text_encoder(pipeline.text_encoder, checkpoints)
+    check_text_encoder(embedded_encoder(pipeline), checkpoints)
     return pipeline, unets
 
 
@@ -118,6 +129,11 @@ def load_hub_pipeline_models(records: dict[str, str], t2i: dict, device, precisi
     # the fp32-upcast SDXL VAE, and each image's pixels no longer depend on its batch
     pipeline.vae.enable_slicing()
     return pipeline, unets
+
+
+def embedded_encoder(pipeline):
+    """The embedded pipeline's one text encoder (SDXL-shaped: the second, projecting one)."""
+    return pipeline.text_encoder if getattr(pipeline, "text_encoder", None) is not None else pipeline.text_encoder_2
 
 
 def check_text_encoder(encoder, checkpoints: dict[str, str]) -> str:
@@ -236,7 +252,7 @@ class PipelineEngine:
     def meta(self) -> dict:
         """The embedded suite's text encoder is rebuilt from a seed in every job: its hash."""
         return {"decoder": None, "text_encoder_sha256": None if self.prompts is not None
-                else state_dict_sha256(self.pipeline.text_encoder)}
+                else state_dict_sha256(embedded_encoder(self.pipeline))}
 
     def steps(self, setting) -> int:
         return steps_of(setting, self.t2i)
@@ -271,7 +287,7 @@ class PipelineEngine:
         unet = self.roles[role]
         guided = self.t2i["guidance_scale"] > 1 and self.pipeline.unet.config.get("time_cond_proj_dim") is None
         inputs = unet_step_inputs(unet, batch=batch_size, shape=self.shape,
-                                  tokens=self.pipeline.tokenizer.model_max_length, guided=guided, seed=seed,
+                                  tokens=(self.pipeline.tokenizer or self.pipeline.tokenizer_2).model_max_length, guided=guided, seed=seed,
                                   device=self.device, dtype=unet.dtype)
         return lambda: unet(**inputs)
 

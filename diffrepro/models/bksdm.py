@@ -189,6 +189,16 @@ def _thop_macs(module: nn.Module, args, output) -> int:
     return 0
 
 
+def zero_added_conditioning(config: dict, batch: int) -> dict | None:
+    """SDXL's added conditioning (pooled text, 6 size/crop ids) as zeros, for a U-Net with
+    addition_embed_type "text_time" (so the same counter sizes SDXL-shaped U-Nets); else None."""
+    if config.get("addition_embed_type") != "text_time":
+        return None
+    time_ids = 6  # SDXL: original size, crop corner, target size
+    pooled = config["projection_class_embeddings_input_dim"] - time_ids * config["addition_time_embed_dim"]
+    return {"text_embeds": torch.zeros(batch, pooled), "time_ids": torch.zeros(batch, time_ids)}
+
+
 def unet_size(config: dict, *, latent_size: int = 64, text_tokens: int = 77, batch: int = 1,
               breakdown: bool = False) -> dict:
     """Parameters (M) and MACs per sample (G) of a UNet2DConditionModel config, with no weights.
@@ -211,7 +221,8 @@ def unet_size(config: dict, *, latent_size: int = 64, text_tokens: int = 77, bat
     try:
         with torch.device("meta"), torch.no_grad():
             unet(torch.zeros(batch, cfg.get("in_channels", 4), latent_size, latent_size),
-                 torch.zeros(batch), torch.zeros(batch, text_tokens, text_dim))
+                 torch.zeros(batch), torch.zeros(batch, text_tokens, text_dim),
+                 added_cond_kwargs=zero_added_conditioning(cfg, batch))
     finally:
         for h in handles:
             h.remove()

@@ -88,3 +88,29 @@ def unet_step_inputs(unet, *, batch: int, shape, tokens: int, guided: bool = Tru
     if config.get("time_cond_proj_dim") is not None:
         inputs["timestep_cond"] = randn(rows, config.time_cond_proj_dim)
     return inputs
+
+
+# --- SDXL-shaped class-prompt U-Nets (addition_embed_type "text_time") ------------------------
+# The embedded suite runs them in diffusers' StableDiffusionXLPipeline with one text encoder,
+# the projecting second one (as SDXL's refiner does): prompt embeddings are its penultimate
+# hidden states, the pooled text its projection, and a dropped prompt is all zeros (SDXL's
+# force_zeros_for_empty_prompt), as the pipeline's encode_prompt computes them.
+
+def is_sdxl_shaped(unet_config) -> bool:
+    return unet_config.get("addition_embed_type") == "text_time"
+
+
+@torch.no_grad()
+def encode_prompts_sdxl(tokenizer, text_encoder, prompts) -> tuple[torch.Tensor, torch.Tensor]:
+    """(penultimate hidden states, pooled projection) as StableDiffusionXLPipeline.encode_prompt."""
+    ids = tokenizer(list(prompts), padding="max_length", max_length=tokenizer.model_max_length,
+                    truncation=True, return_tensors="pt").input_ids
+    out = text_encoder(ids.to(text_encoder.device), output_hidden_states=True)
+    return out.hidden_states[-2], out.text_embeds
+
+
+def embedded_time_ids(unet_config) -> torch.Tensor:
+    """SDXL's (original size, crop corner, target size) as the pipeline fills them in for a
+    pipeline with no VAE: height = width = sample_size x 8 (diffusers' vae_scale_factor then)."""
+    size = float(unet_config["sample_size"] * 8)
+    return torch.tensor([size, size, 0.0, 0.0, size, size])

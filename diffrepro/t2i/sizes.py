@@ -58,3 +58,31 @@ def sd14_size_rows() -> list[dict]:
     from ..models.bksdm import size_table
 
     return size_table()
+
+
+def distill_sdxl_models(config: dict, methods: list[str], hub_records: dict[str, str] | None = None) -> dict[str, dict]:
+    """method -> {model, variant, params_m, gmacs} for a Distill SD XL table: a distilled model's
+    variant from its config key, a hub model's (e.g. takuoko/tiny_sd_xl_pokemon_blip) from its
+    blocks (small_sd_xl / tiny_sd_xl of another model of the table), else "teacher"."""
+    from ..models.bksdm import unet_size
+    from ..models.distill_sdxl_config import VARIANTS, student_config
+    from .hub import unet_config
+
+    models = {method: config["methods"][method]["models"]["model"] for method in methods}
+    unets = {model: unet_config(read_json(hub_records[model])) if "hub" in config["models"][model]
+             else model_config(config, model) for model in models.values()}
+    tokens = config["t2i"]["text_encoder"]["max_length"] if "text_encoder" in config["t2i"] else CLIP_TOKENS
+    out = {}
+    for method, model in models.items():
+        entry, unet = config["models"][model], unets[model]
+        variant = entry["distil"]["variant"] if "distil" in entry else "teacher"
+        others = [u for m, u in unets.items() if m != model] if "distil" not in entry else []
+        for other, candidate in ((o, v) for o in others for v in VARIANTS):
+            try:
+                if _structure(student_config(other, candidate)) == _structure(unet):
+                    variant = candidate
+            except ValueError:  # not an SDXL-shaped teacher
+                continue
+        size = unet_size(unet, latent_size=unet["sample_size"], text_tokens=tokens)
+        out[method] = {"model": model, "variant": variant, "params_m": size["params_m"], "gmacs": size["gmacs"]}
+    return out

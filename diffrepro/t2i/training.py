@@ -3,8 +3,10 @@ UNet2DConditionModel) on the digits: epsilon-prediction MSE, as SD is trained, w
 dropped to "" for 10% of the images so classifier-free guidance has an unconditional model.
 The text encoder is frozen (SD's is too); its 11 prompt embeddings are computed once.
 
-With `distil` (BK-SDM), the U-Net is a block-removed student initialised from the teacher's
-weights and trained on task + output-KD + feature-KD losses (diffrepro.models.bksdm)."""
+With `distil` (BK-SDM or Distill SD XL), the U-Net is a block-removed student initialised from
+the teacher's weights and trained on task + output-KD + feature-KD losses (diffrepro.models.bksdm,
+diffrepro.models.distill_sdxl). An SDXL-shaped U-Net (added conditioning) is trained on the
+pooled text and size ids its pipeline gives it (diffrepro.t2i.components)."""
 
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ import torch
 from ..checkpoints import save_checkpoint
 from ..finite import LossGuard
 from ..training import TrainConfig, save_resume, load_resume, resume_path
-from .components import build_unet, digit_prompt, encode_prompts
+from .components import build_unet, digit_prompt, embedded_time_ids, encode_prompts, encode_prompts_sdxl, is_sdxl_shaped
 from ..engines.pipeline import NUM_PROMPT_CLASSES, embedded_text_encoder, make_scheduler, state_dict_sha256
 
 PROMPT_DROPOUT = 0.1
@@ -36,27 +38,29 @@ def noise_schedule(t2i: dict):
 def train_t2i_unet(unet_config: dict, train: TrainConfig, t2i: dict, images: torch.Tensor,
                    labels: torch.Tensor, output: str, log=print, stop_after: int | None = None,
                    distil: dict | None = None) -> dict:
-    """`distil`: {"teacher": U-Net, "variant": base|small|tiny, "weights": (task, out, feat),
-    "max_grad_norm": clip or None}; `unet_config` is then the student's (bksdm.student_config of
-    the teacher's)."""
+    """`distil`: {"teacher": U-Net, "variant": base|small|tiny|small_sd_xl|tiny_sd_xl,
+    "weights": (task, out, feat), "max_grad_norm": clip or None, "snr_gamma": Min-SNR gamma or
+    None (Distill SD XL)}; `unet_config` is then the student's (models.students.student_config
+    of the teacher's)."""
     generator = torch.Generator().manual_seed(train.seed)
     torch.manual_seed(train.seed)
     model, ema = build_unet(unet_config), build_unet(unet_config)
-    kd = None
-    if distil is not None:
-        from ..models.bksdm import FeatureKD, build_student
-
-        teacher = distil["teacher"].eval().requires_grad_(False)
-        model.load_state_dict(build_student(teacher, distil["variant"]).state_dict())
-        w_task, w_out, w_feat = distil.get("weights", (1.0, 1.0, 1.0))
-        kd = FeatureKD(teacher, model, distil["variant"], w_task=w_task, w_out=w_out, w_feat=w_feat)
+    schedule = noise_schedule(t2i)
+    kd = _distillation_loss(model, distil, schedule) if distil is not None else None
     ema.load_state_dict(model.state_dict())
     ema.requires_grad_(False)
     optimizer = torch.optim.AdamW(model.parameters(), lr=train.lr, weight_decay=0.0)
-    schedule = noise_schedule(t2i)
-    tokenizer, encoder = embedded_text_encoder(t2i)
-    # rows 0..9: the digit prompts; row 10: "" (the unconditional prompt)
-    contexts = encode_prompts(tokenizer, encoder, [digit_prompt(c) for c in range(NUM_PROMPT_CLASSES)] + [""])
+    sdxl = is_sdxl_shaped(unet_config)
+    tokenizer, encoder = embedded_text_encoder(t2i, with_projection=sdxl)
+    prompts = [digit_prompt(c) for c in range(NUM_PROMPT_CLASSES)]
+    added = None
+    if sdxl:
+        # rows 0..9: the digit prompts; row 10: zeros, the SDXL pipeline's unconditional prompt
+        contexts, pooled = (torch.cat([e, torch.zeros_like(e[:1])]) for e in encode_prompts_sdxl(tokenizer, encoder, prompts))
+        added = {"pooled": pooled, "time_ids": embedded_time_ids(unet_config)}
+    else:
+        # rows 0..9: the digit prompts; row 10: "" (the unconditional prompt)
+        contexts = encode_prompts(tokenizer, encoder, prompts + [""])
     resume = resume_path(output)
     # What the run depends on: a resume file from a run with other inputs is not resumed.
     fingerprint = json.dumps({"unet": unet_config, "train": asdict(train), "t2i": training_inputs(t2i),
@@ -65,12 +69,13 @@ def train_t2i_unet(unet_config: dict, train: TrainConfig, t2i: dict, images: tor
                                                                      list(distil.get("weights", (1.0, 1.0, 1.0))),
                                                                      state_dict_sha256(distil["teacher"])]
                               # appended only when set: resume files of unclipped runs stay valid
-                              + ([distil["max_grad_norm"]] if distil.get("max_grad_norm") is not None else [])},
+                              + ([distil["max_grad_norm"]] if distil.get("max_grad_norm") is not None else [])
+                              + ([{"snr_gamma": distil["snr_gamma"]}] if distil.get("snr_gamma") is not None else [])},
                              sort_keys=True)
     start, history = load_resume(resume, model, ema, optimizer, generator, fingerprint=fingerprint, log=log)
 
     run = _Run(model, ema, optimizer, generator, schedule, contexts, kd, train, images, labels,
-               max_grad_norm=None if distil is None else distil.get("max_grad_norm"),
+               max_grad_norm=None if distil is None else distil.get("max_grad_norm"), added=added,
                guard=LossGuard(str(output), resume, start or None))
     began = time.perf_counter()
     model.train()
@@ -94,7 +99,9 @@ def train_t2i_unet(unet_config: dict, train: TrainConfig, t2i: dict, images: tor
     summary = {"model_config": unet_config, "train_config": asdict(train), "arch": "sd_unet",
                "distil": None if distil is None else {"variant": distil["variant"],
                                                       "weights": list(distil.get("weights", (1.0, 1.0, 1.0))),
-                                                      "max_grad_norm": distil.get("max_grad_norm")},
+                                                      "max_grad_norm": distil.get("max_grad_norm"),
+                                                      **({"snr_gamma": distil["snr_gamma"]}
+                                                         if distil.get("snr_gamma") is not None else {})},
                "parameters": sum(p.numel() for p in ema.parameters()),
                "final_loss": history[-1]["loss"] if history else None, "history": history,
                "seconds_this_run": time.perf_counter() - began,
@@ -102,6 +109,22 @@ def train_t2i_unet(unet_config: dict, train: TrainConfig, t2i: dict, images: tor
                "sha256": save_checkpoint(output, ema.state_dict(), metadata)}
     resume.unlink(missing_ok=True)
     return summary
+
+
+def _distillation_loss(model, distil: dict, schedule):
+    """Initialise the student `model` from the teacher; the recipe's loss (its hooks on both)."""
+    from ..models import bksdm, distill_sdxl
+    from ..models.distill_sdxl_config import is_distill_sdxl_variant
+
+    teacher, variant = distil["teacher"].eval().requires_grad_(False), distil["variant"]
+    weights = tuple(distil.get("weights", (1.0, 1.0, 1.0)))
+    if is_distill_sdxl_variant(variant):
+        model.load_state_dict(distill_sdxl.build_student(teacher, variant).state_dict())
+        return distill_sdxl.DistillSDXLLoss(teacher, model, variant, weights=weights, snr_gamma=distil.get("snr_gamma"),
+                                            alphas_cumprod=schedule.alphas_cumprod)
+    model.load_state_dict(bksdm.build_student(teacher, variant).state_dict())
+    w_task, w_out, w_feat = weights
+    return bksdm.FeatureKD(teacher, model, variant, w_task=w_task, w_out=w_out, w_feat=w_feat)
 
 
 def training_inputs(t2i: dict) -> dict:
@@ -119,12 +142,13 @@ class _Run:
     generator: torch.Generator
     schedule: object  # diffusers DDPMScheduler: the forward process
     contexts: torch.Tensor  # prompt embeddings; the last row is the unconditional prompt
-    kd: object | None  # bksdm.FeatureKD when distilling
+    kd: object | None  # bksdm.FeatureKD / distill_sdxl.DistillSDXLLoss when distilling
     train: TrainConfig
     images: torch.Tensor
     labels: torch.Tensor
     max_grad_norm: float | None = None  # BK-SDM's distillation clips the gradient norm at 1
     guard: LossGuard = field(default_factory=lambda: LossGuard("a U-Net"))  # stops at a NaN loss
+    added: dict | None = None  # SDXL-shaped: {"pooled": rows as contexts, "time_ids": (6,)}
 
     def step(self, it: int) -> tuple[float, dict]:
         """One step at iteration `it` (0-based); returns the loss and, distilling, its parts."""
@@ -135,12 +159,15 @@ class _Run:
         t = torch.randint(self.schedule.config.num_train_timesteps, (train.batch_size,), generator=generator)
         noise = torch.randn(x0.shape, generator=generator)
         x_t = self.schedule.add_noise(x0, noise, t)
+        # SDXL's added conditioning (none for SD-1.x-shaped U-Nets: their calls are unchanged)
+        extra = {} if self.added is None else {"added_cond_kwargs": {
+            "text_embeds": self.added["pooled"][y], "time_ids": self.added["time_ids"].expand(len(y), -1)}}
         if self.kd is None:
-            prediction = self.model(x_t, t, encoder_hidden_states=self.contexts[y]).sample
+            prediction = self.model(x_t, t, encoder_hidden_states=self.contexts[y], **extra).sample
             loss, parts = torch.nn.functional.mse_loss(prediction, noise), {}
         else:
-            terms = self.kd(x_t, t, self.contexts[y], noise)
-            loss, parts = terms["total"], {k: terms[k].item() for k in ("task", "out_kd", "feat_kd")}
+            terms = self.kd(x_t, t, self.contexts[y], noise, **extra)
+            loss, parts = terms["total"], {k: v.item() for k, v in terms.items() if k != "total"}
         self.guard.check(loss, it + 1)
         for group in self.optimizer.param_groups:
             group["lr"] = train.lr * min(1.0, (it + 1) / max(train.warmup, 1))
@@ -158,19 +185,20 @@ class _Run:
 
 def distil_student_job(*, teacher_path: str, teacher_config: dict, distil: dict, t2i: dict,
                        output: str, log=print) -> dict:
-    """Rule distil_student: the BK-SDM student of the teacher checkpoint, distilled on the digits."""
+    """Rule distil_student: the BK-SDM / Distill SD XL student of the teacher checkpoint, distilled on the digits."""
     from ..checkpoints import recorded_sha256
     from ..data import load_digits_tensors
-    from ..models.bksdm_config import student_config
+    from ..models.students import student_config
     from ..engines.pipeline import load_unet
 
     teacher = load_unet(teacher_path, teacher_config, "cpu")
     train = TrainConfig(**{k: v for k, v in distil.items()
-                           if k not in ("teacher", "variant", "kd_weights", "max_grad_norm")})
+                           if k not in ("teacher", "variant", "kd_weights", "max_grad_norm", "snr_gamma")})
     images, labels = load_digits_tensors()
     summary = train_t2i_unet(student_config(teacher_config, distil["variant"]), train, t2i, images, labels,
                              output, log=log, distil={"teacher": teacher, "variant": distil["variant"],
                                                       "weights": tuple(distil.get("kd_weights", (1, 1, 1))),
-                                                      "max_grad_norm": distil.get("max_grad_norm")})
+                                                      "max_grad_norm": distil.get("max_grad_norm"),
+                                                      "snr_gamma": distil.get("snr_gamma")})
     summary["teacher_sha256"] = recorded_sha256(teacher_path)
     return summary
