@@ -1,6 +1,7 @@
 """`python -m diffrepro list`: every method, training component, table kind and the config's
 reproduce_* targets, one line each, without Snakemake or torch; unknown names point to it."""
 
+import json
 import os
 import subprocess
 import sys
@@ -12,8 +13,8 @@ import yaml
 from diffrepro.catalog import LIST_HINT, load_config
 from diffrepro.config import ConfigError, check_config
 from diffrepro.methods import get_method, load_plugins
-from diffrepro.report.kinds import get_table_kind, load_table_kinds, table_targets
-from diffrepro.training_methods import check_components, training_components
+from diffrepro.report.kinds import get_table_kind, table_targets
+from diffrepro.training_methods import check_components
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -30,17 +31,29 @@ def rows(output: str, title: str) -> dict[str, str]:
     return dict(line.strip().split(None, 1) for line in section.splitlines()[1:])
 
 
+def fresh_registry() -> dict:
+    """The registries as a new process sees them (tests in this process register throwaway
+    methods and kinds)."""
+    code = ("import json; from diffrepro.methods import load_plugins; "
+            "from diffrepro.report.kinds import load_table_kinds; "
+            "from diffrepro.training_methods import training_components; "
+            "print(json.dumps({'methods': sorted(load_plugins()), 'components': sorted(training_components()), "
+            "'kinds': {n: k.summary for n, k in load_table_kinds().items()}}))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    return json.loads(out.stdout)
+
+
 def test_list_names_every_method_kind_and_default_target():
     result = run_list()
     assert result.returncode == 0, result.stderr
     out = result.stdout
+    registry = fresh_registry()
     methods = rows(out, "Methods")
-    assert set(methods) == set(load_plugins())
+    assert sorted(methods) == registry["methods"]
     assert methods["tstitch"] == ("Trajectory stitching: small denoiser first, large denoiser from the switch on. "
                                   "(settings: ratio, sampler, steps)")
-    assert set(rows(out, "Training components")) == set(training_components())
-    kinds = rows(out, "Table kinds")
-    assert kinds == {name: kind.summary for name, kind in load_table_kinds().items()}
+    assert sorted(rows(out, "Training components")) == registry["components"]
+    assert rows(out, "Table kinds") == registry["kinds"]
     targets = rows(out, "Targets of config/default.yaml")
     default = yaml.safe_load((ROOT / "config/default.yaml").read_text())["tables"]
     expected = {t for t, tables in table_targets(default).items() if tables} | {"reproduce_all", "reproducibility"}
