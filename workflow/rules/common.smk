@@ -3,6 +3,7 @@
 # and what only the workflow knows (cores, the config files read).
 import os
 
+from diffrepro.integrity import CONFIGFILES_ENV
 from diffrepro.plan import DOWNLOADS, Plan, as_param, names_pattern
 from diffrepro.report.kinds import table_targets
 from diffrepro.report.notes import setting_note
@@ -14,7 +15,7 @@ CONFIG_FILES = [os.path.relpath(f) for f in (workflow.overwrite_configfiles if c
                                              else workflow.configfiles)]
 # A job that finds a damaged result names the command that rebuilds it, with these config files
 # (diffrepro.integrity.rebuild_command); jobs inherit the environment.
-os.environ["DIFFREPRO_CONFIGFILES"] = " ".join(CONFIG_FILES)
+os.environ[CONFIGFILES_ENV] = " ".join(CONFIG_FILES)
 
 
 wildcard_constraints:
