@@ -2,8 +2,8 @@
 
 Written to load the official DiT state dicts unchanged: module names (x_embedder,
 t_embedder.mlp, y_embedder.embedding_table, pos_embed, blocks.N.{attn,mlp,adaLN_modulation},
-final_layer) and the timm layers (PatchEmbed, Attention, Mlp) are those of
-facebookresearch/DiT. The embedded suite uses the same class at tiny sizes.
+final_layer) and the timm layers (PatchEmbed, Attention, Mlp: diffrepro.models.vit_layers,
+equal to timm's) are those of facebookresearch/DiT. The embedded suite uses the same class at tiny sizes.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 import torch.nn as nn
-from timm.layers import Mlp, PatchEmbed
-from timm.models.vision_transformer import Attention
+
+from .vit_layers import Attention, Mlp, PatchEmbed
 
 
 @dataclass(frozen=True)
@@ -108,7 +108,7 @@ class DiTBlock(nn.Module):
         self.attn = Attention(hidden_size, num_heads=num_heads, qkv_bias=True)
         self.norm2 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
         self.mlp = Mlp(in_features=hidden_size, hidden_features=int(hidden_size * mlp_ratio),
-                       act_layer=lambda: nn.GELU(approximate="tanh"), drop=0)
+                       act_layer=lambda: nn.GELU(approximate="tanh"))
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 6 * hidden_size))
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
