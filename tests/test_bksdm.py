@@ -1,5 +1,7 @@
 """BK-SDM block removal: sizes against the paper, student init and the distillation loss."""
 
+import re
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -234,3 +236,30 @@ def test_errors_name_the_problem():
     # Base/Small do not need attention there.
     student_config({**TINY4, "down_block_types": [CA_DOWN, CA_DOWN, DOWN, DOWN],
                     "up_block_types": [UP, UP, CA_UP, CA_UP]}, "small")
+
+
+def test_size_claim_is_judged_against_the_papers_bands():
+    """Sizes within ±0.05 of the printed table are within band; one a tenth off crosses the edge."""
+    import pandas as pd
+
+    from diffrepro.report import bksdm as report
+    from diffrepro.report.paper import load_paper_table
+
+    paper = load_paper_table(report.BKSDM_YAML, "coco_zero_shot")
+    names = {"teacher": "sd-v1.4", "base": "base", "small": "small", "tiny": "tiny"}
+    rows = [{"name": names[r["variant"]], "params_m": r["params_m"] + 0.04, "gmacs": r["gmacs"] - 0.04}
+            for _, r in paper.iterrows()]
+    assert report.size_claim(rows, paper)["verdict"] == "within band"
+    rows[3]["gmacs"] += 0.2  # Tiny's MACs 0.16 G above the paper's: worse
+    assert report.size_claim(rows, paper)["verdict"] == "worse"
+    rows[3]["gmacs"] -= 0.4  # now 0.24 G below: better (smaller)
+    assert report.size_claim(rows, paper)["verdict"] == "better"
+
+    ours = pd.DataFrame({"ours_fid": [1.0, 2.0, 3.0, 4.0], "paper_fid": paper["fid"],
+                         "ours_step_ms": [4.0, 3.0, 2.0, 1.0], "paper_gmacs": paper["gmacs"]})
+    text = report.claims_markdown(ours, rows, paper, "synthetic")
+    header = next(line for line in text.splitlines() if line.startswith("| claim"))
+    assert [c.strip() for c in header.strip("|").split("|")] == [
+        "claim", "paper_value", "ours_value", "band", "verdict", "rule"]
+    assert "printed to 0.1 M" in text and text.count("— (own rule)") == 2
+    assert len(re.findall(r"\| holds +\|", text)) == 2  # the ordering and speed claims keep their own rule

@@ -6,8 +6,10 @@ import pandas as pd
 import pytest
 
 from diffrepro.report import training, training_plots
+from diffrepro.report.paper import PAPER_DIR
 
 ITERATIONS = np.array([100, 200, 400, 800, 1600])
+IMMISCIBLE_YAML = PAPER_DIR / "immiscible.yaml"
 
 
 def test_first_reach_interpolates_between_checkpoints():
@@ -64,8 +66,22 @@ def test_table_speedups_intervals_and_verdicts():
     assert training.verdict(table.loc["fast"], 3.0).startswith("holds")
     assert training.verdict(table.loc["same"], 3.0).startswith("does not reproduce")
     assert training.verdict(table.loc["fast"], 4.0).startswith("inconclusive")
-    claims = training.claims_markdown(table.reset_index(), "base", small_scale_note="note")
+    claims = training.claims_markdown(table.reset_index(), "base", small_scale_note="note",
+                                      paper_yaml=IMMISCIBLE_YAML)
     assert "**fast**: paper 3× faster training" in claims and "**base**" not in claims
+    assert "one significant figure" in claims  # the band's reason stands beside the verdict
+
+
+@pytest.mark.parametrize("ours, expected", [(3.4, "within band"), (2.6, "within band"),
+                                             (3.6, "better"), (2.4, "worse")])
+def test_training_speedup_verdict_crosses_the_band(ours, expected):
+    """Immiscible's 3x with its ±0.5 band (one significant figure): 2.5x to 3.5x is within."""
+    curves = {"base": _noisy(BASE, seed=1), "fast": _noisy(FAST, seed=2)}
+    table = _table(curves, {"fast": 3.0}).reset_index(drop=True)
+    table.loc[table["method"] == "fast", "speedup"] = ours
+    claims = training.claims_markdown(table, "base", small_scale_note="note", paper_yaml=IMMISCIBLE_YAML)
+    line = next(line for line in claims.splitlines() if line.startswith("- **fast**"))
+    assert f"**{expected}** (band ±0.5: " in line
 
 
 def test_a_method_that_never_reaches_the_target_is_not_reached():

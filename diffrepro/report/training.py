@@ -21,6 +21,7 @@ import pandas as pd
 from ..finite import refuse_nonfinite_metrics
 from ..integrity import read_verified_json
 from ..io import write_text
+from . import bands
 from .paper import paper_source
 
 CI_LEVEL = 0.95
@@ -186,8 +187,11 @@ def verdict(row: pd.Series, claim: float) -> str:
     return f"inconclusive: the 95% interval contains {claim:g}×"
 
 
-def claims_markdown(table: pd.DataFrame, baseline: str, *, small_scale_note: str) -> str:
+def claims_markdown(table: pd.DataFrame, baseline: str, *, small_scale_note: str, paper_yaml) -> str:
+    """Per method, our speed-up against the paper's: the verdict is the band's (reports/paper/
+    <paper>.yaml), judged on the seed-mean speed-up; the bootstrap interval is stated beside it."""
     lines = ["# Claims", ""]
+    band = None
     for _, row in table.iterrows():
         if row["method"] == baseline:
             continue
@@ -198,7 +202,10 @@ def claims_markdown(table: pd.DataFrame, baseline: str, *, small_scale_note: str
                   "not distinguishable from the baseline (interval contains 1×)")
         claim = row["paper_speedup"]
         if claim is not None and not pd.isna(claim):
+            band = band or bands.band_for(paper_yaml, "speedup")
+            judged = bands.verdict(float(row["speedup"]), float(claim), band, higher_is_better=True)
             lines.append(f"- **{row['method']}**: paper {claim:g}× faster training; ours {ours}: "
+                         f"**{judged}** (band {band.text()}); 95% interval against {claim:g}×: "
                          f"{verdict(row, claim)}; {faster}.")
         else:
             lines.append(f"- **{row['method']}**: no published speed-up; ours {ours}: {faster}.")
@@ -213,12 +220,13 @@ def paper_note(paper_yaml: str, table_name: str) -> str:
 
 
 def write_outputs(table: pd.DataFrame, csv_path, md_path, claims_path, *, title: str,
-                  setting_note: str, paper_note: str, baseline: str) -> None:
+                  setting_note: str, paper_note: str, baseline: str, paper_yaml) -> None:
     """CSV (machine), Markdown (people) and the claims, each written atomically."""
     write_text(csv_path, table.to_csv(index=False))
     write_text(md_path, to_markdown(table, title=title, setting_note=setting_note,
                                     paper_note=paper_note, baseline=baseline))
-    write_text(claims_path, claims_markdown(table, baseline, small_scale_note=SMALL_SCALE_NOTE))
+    write_text(claims_path, claims_markdown(table, baseline, small_scale_note=SMALL_SCALE_NOTE,
+                                            paper_yaml=paper_yaml))
 
 
 SMALL_SCALE_NOTE = (

@@ -26,7 +26,7 @@ def build(job) -> None:
                            title=f"{job.name}: training speed-up against {entry['baseline']}",
                            setting_note=job.setting_note,
                            paper_note=training.paper_note(job.inputs["paper"], entry["paper"]),
-                           baseline=entry["baseline"])
+                           baseline=entry["baseline"], paper_yaml=job.inputs["paper"])
 
 
 def curves(job) -> None:

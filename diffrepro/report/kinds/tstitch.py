@@ -15,7 +15,9 @@ def build(job) -> None:
     note, paper_note = job.setting_note, job.paper_note()
     tstitch.write_table(table, job.outputs["csv"], job.outputs["md"], labels=job.labels(),
                         setting_note=note, paper_note=paper_note)
-    write_text(job.outputs["claims"], tstitch.claims_markdown(table, note, paper_note))
+    # the bands sit beside the published table (reports/paper/tstitch.yaml, this table's overrides)
+    bands_from = (job.inputs["paper"], job.entry["paper"]) if job.has_paper else ()
+    write_text(job.outputs["claims"], tstitch.claims_markdown(table, note, paper_note, *bands_from))
 
 
 def pareto(job) -> None:
