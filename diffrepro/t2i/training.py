@@ -4,7 +4,13 @@ dropped to "" for 10% of the images so classifier-free guidance has an unconditi
 The text encoder is frozen (SD's is too); its 11 prompt embeddings are computed once.
 
 With `distil` (BK-SDM), the U-Net is a block-removed student initialised from the teacher's
-weights and trained on task + output-KD + feature-KD losses (diffrepro.models.bksdm)."""
+weights and trained on task + output-KD + feature-KD losses (diffrepro.models.bksdm).
+
+With `components` (Immiscible Diffusion, Stable Diffusion version), a noise-pairing training
+component (diffrepro.training_methods) replaces the independent noise of each batch, drawn at
+the same point of the generator's stream; `init` fine-tunes from a trained U-Net's weights
+instead of training from scratch; `snapshots` saves the EMA weights at fixed iterations
+(metric-against-iterations curves)."""
 
 from __future__ import annotations
 
@@ -15,7 +21,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from ..checkpoints import save_checkpoint
-from ..finite import LossGuard
+from ..finite import LossGuard, refuse_nonfinite_weights
 from ..training import TrainConfig, save_resume, load_resume, resume_path
 from .components import build_unet, digit_prompt, encode_prompts
 from ..engines.pipeline import NUM_PROMPT_CLASSES, embedded_text_encoder, make_scheduler, state_dict_sha256
@@ -35,10 +41,13 @@ def noise_schedule(t2i: dict):
 
 def train_t2i_unet(unet_config: dict, train: TrainConfig, t2i: dict, images: torch.Tensor,
                    labels: torch.Tensor, output: str, log=print, stop_after: int | None = None,
-                   distil: dict | None = None) -> dict:
+                   distil: dict | None = None, components: list | None = None,
+                   init: dict | None = None, snapshots: dict | None = None) -> dict:
     """`distil`: {"teacher": U-Net, "variant": base|small|tiny, "weights": (task, out, feat),
     "max_grad_norm": clip or None}; `unet_config` is then the student's (bksdm.student_config of
-    the teacher's)."""
+    the teacher's). `components`: training components defining the noise pairing only (None or
+    []: independent Gaussian noise, today's stream exactly). `init`: {"state_dict": weights,
+    "sha256": their checkpoint's} to fine-tune from. `snapshots`: {iteration: path}."""
     generator = torch.Generator().manual_seed(train.seed)
     torch.manual_seed(train.seed)
     model, ema = build_unet(unet_config), build_unet(unet_config)
@@ -50,10 +59,17 @@ def train_t2i_unet(unet_config: dict, train: TrainConfig, t2i: dict, images: tor
         model.load_state_dict(build_student(teacher, distil["variant"]).state_dict())
         w_task, w_out, w_feat = distil.get("weights", (1.0, 1.0, 1.0))
         kd = FeatureKD(teacher, model, distil["variant"], w_task=w_task, w_out=w_out, w_feat=w_feat)
+    if init is not None:
+        model.load_state_dict(init["state_dict"], strict=True)
     ema.load_state_dict(model.state_dict())
     ema.requires_grad_(False)
+    snapshots = dict(snapshots or {})
+    bad = [it for it in snapshots if not 1 <= it <= train.iterations]
+    if bad:
+        raise ValueError(f"snapshot iterations {bad} outside 1..{train.iterations}")
     optimizer = torch.optim.AdamW(model.parameters(), lr=train.lr, weight_decay=0.0)
     schedule = noise_schedule(t2i)
+    pairing = noise_pairing(components, schedule)
     tokenizer, encoder = embedded_text_encoder(t2i)
     # rows 0..9: the digit prompts; row 10: "" (the unconditional prompt)
     contexts = encode_prompts(tokenizer, encoder, [digit_prompt(c) for c in range(NUM_PROMPT_CLASSES)] + [""])
@@ -65,12 +81,16 @@ def train_t2i_unet(unet_config: dict, train: TrainConfig, t2i: dict, images: tor
                                                                      list(distil.get("weights", (1.0, 1.0, 1.0))),
                                                                      state_dict_sha256(distil["teacher"])]
                               # appended only when set: resume files of unclipped runs stay valid
-                              + ([distil["max_grad_norm"]] if distil.get("max_grad_norm") is not None else [])},
+                              + ([distil["max_grad_norm"]] if distil.get("max_grad_norm") is not None else []),
+                              # present only when set: resume files of plain runs stay valid
+                              **({"pairing": list(components)} if components else {}),
+                              **({"init": init["sha256"]} if init is not None else {}),
+                              **({"snapshots": sorted(snapshots)} if snapshots else {})},
                              sort_keys=True)
     start, history = load_resume(resume, model, ema, optimizer, generator, fingerprint=fingerprint, log=log)
 
     run = _Run(model, ema, optimizer, generator, schedule, contexts, kd, train, images, labels,
-               max_grad_norm=None if distil is None else distil.get("max_grad_norm"),
+               max_grad_norm=None if distil is None else distil.get("max_grad_norm"), pairing=pairing,
                guard=LossGuard(str(output), resume, start or None))
     began = time.perf_counter()
     model.train()
@@ -82,7 +102,10 @@ def train_t2i_unet(unet_config: dict, train: TrainConfig, t2i: dict, images: tor
                 history.append({"iteration": done, "loss": loss, **parts})
                 log(f"iter {done}/{train.iterations} loss {loss:.4f}"
                     + "".join(f" {k} {v:.4f}" for k, v in parts.items()))
-            if done % train.checkpoint_every == 0 or done == train.iterations:
+            if done in snapshots:
+                refuse_nonfinite_weights(snapshots[done], done, ema=ema.state_dict())
+                save_checkpoint(snapshots[done], ema.state_dict(), {"iteration": str(done)})
+            if done % train.checkpoint_every == 0 or done == train.iterations or done in snapshots:
                 save_resume(resume, done, model, ema, optimizer, generator, history, fingerprint)
                 run.guard.saved_at = done
             if stop_after is not None and done >= stop_after:
@@ -95,6 +118,8 @@ def train_t2i_unet(unet_config: dict, train: TrainConfig, t2i: dict, images: tor
                "distil": None if distil is None else {"variant": distil["variant"],
                                                       "weights": list(distil.get("weights", (1.0, 1.0, 1.0))),
                                                       "max_grad_norm": distil.get("max_grad_norm")},
+               **({"pairing": list(components)} if components else {}),
+               **({"init_sha256": init["sha256"]} if init is not None else {}),
                "parameters": sum(p.numel() for p in ema.parameters()),
                "final_loss": history[-1]["loss"] if history else None, "history": history,
                "seconds_this_run": time.perf_counter() - began,
@@ -102,6 +127,24 @@ def train_t2i_unet(unet_config: dict, train: TrainConfig, t2i: dict, images: tor
                "sha256": save_checkpoint(output, ema.state_dict(), metadata)}
     resume.unlink(missing_ok=True)
     return summary
+
+
+def noise_pairing(components: list | None, schedule):
+    """The pairing part of `components` (None: plain DDPM's independent noise). The U-Net is
+    trained as SD is (uniform timesteps, unweighted MSE): components changing anything else
+    are refused."""
+    if not components:
+        return None
+    import numpy as np
+
+    from ..training_methods import build_training_method
+
+    method = build_training_method(components, np.asarray(schedule.alphas_cumprod, dtype=np.float64))
+    others = sorted(set(method.defined_by) - {"pairing"})
+    if others:
+        raise ValueError(f"U-Net training takes noise-pairing components only; {components} also "
+                         f"define {others}")
+    return method.pairing
 
 
 def training_inputs(t2i: dict) -> dict:
@@ -124,6 +167,7 @@ class _Run:
     images: torch.Tensor
     labels: torch.Tensor
     max_grad_norm: float | None = None  # BK-SDM's distillation clips the gradient norm at 1
+    pairing: object | None = None  # training_methods.NoisePairing; None: independent Gaussian noise
     guard: LossGuard = field(default_factory=lambda: LossGuard("a U-Net"))  # stops at a NaN loss
 
     def step(self, it: int) -> tuple[float, dict]:
@@ -133,7 +177,10 @@ class _Run:
         x0, y = self.images[index], self.labels[index].clone()
         y[torch.rand(train.batch_size, generator=generator) < PROMPT_DROPOUT] = NUM_PROMPT_CLASSES
         t = torch.randint(self.schedule.config.num_train_timesteps, (train.batch_size,), generator=generator)
-        noise = torch.randn(x0.shape, generator=generator)
+        if self.pairing is None:
+            noise = torch.randn(x0.shape, generator=generator)
+        else:  # Immiscible: the noise permuted (or picked) for x0; t was drawn independently above
+            noise = self.pairing.pair(x0, generator)
         x_t = self.schedule.add_noise(x0, noise, t)
         if self.kd is None:
             prediction = self.model(x_t, t, encoder_hidden_states=self.contexts[y]).sample
