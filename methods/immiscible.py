@@ -23,7 +23,8 @@ from dataclasses import dataclass
 from diffrepro.training_methods import NoisePairing, register_training_component
 
 DISTANCE_DTYPES = ("float16", "float32", "float64")
-FP16_ROWS_PER_CHUNK = 64  # float16 differences are (rows, B, D): bounded for paper batches
+FP16_ROWS_PER_CHUNK = 64
+OPTIMUM_RTOL = 1e-12  # a permutation this close to the float64 optimum's total is one (ties)  # float16 differences are (rows, B, D): bounded for paper batches
 
 
 def pairwise_l2(x0, noise, *, distance_dtype: str = "float32", scale: float = 1.0):
@@ -77,7 +78,9 @@ def assignment_agreement(batches, noises, *, distance_dtype: str, scale: float =
                          exact: str = "float64") -> dict:
     """How often `distance_dtype`'s assignment equals the exact one over (x0, noise) batches:
     the fraction of batches with the same permutation, of images paired with the same noise,
-    and the relative excess of the total exact distance of its permutation."""
+    of batches whose permutation is an exact optimum (its exact total within OPTIMUM_RTOL of
+    the best: repeated images make ties, any of which is optimal), and the relative excess of
+    its exact total distance."""
     import torch
 
     same_batch, same_rows, excess = [], [], []
@@ -90,7 +93,8 @@ def assignment_agreement(batches, noises, *, distance_dtype: str, scale: float =
         same_rows.append(float((cheap == best).double().mean()))
         excess.append(float(d[rows, cheap].sum() / d[rows, best].sum() - 1.0))
     n = len(same_batch)
-    return {"distance_dtype": distance_dtype, "exact_dtype": exact, "scale": scale, "batches": n,
+    optimal = sum(e <= OPTIMUM_RTOL for e in excess) / n
+    return {"optimal": optimal, "distance_dtype": distance_dtype, "exact_dtype": exact, "scale": scale, "batches": n,
             "batch_size": int(len(batches[0])) if n else 0,
             "same_permutation": sum(same_batch) / n, "same_pairs": sum(same_rows) / n,
             "excess_total_distance": sum(excess) / n, "max_excess_total_distance": max(excess)}
