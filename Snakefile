@@ -57,6 +57,7 @@ include: "workflow/rules/time.smk"
 include: "workflow/rules/score.smk"
 include: "workflow/rules/report.smk"
 include: "workflow/rules/train.smk"
+include: "workflow/rules/unet_train.smk"
 
 
 # On a cluster, every partition the jobs ask for must exist before anything is submitted.

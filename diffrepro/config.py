@@ -328,6 +328,8 @@ def _check_table_entry(config: dict, table: str, entry: dict) -> None:
         raise ConfigError(f"config key {where}: a {name} table needs '{needed}'")
     if kind.stage == "training":
         _check_training_table(config, table, entry)
+    elif kind.stage == "unet_training":
+        pass  # the kind's check (diffrepro.unet_training_config)
     else:
         _check_sampling_table(config, table, entry)
     if kind.paper is not None:

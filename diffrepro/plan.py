@@ -81,6 +81,9 @@ class Plan:
         self.training_checkpoints = f"{self.checkpoints}/training"
         # The training methods some table reports, in table order (Snakemake merges a
         # --configfile into config/default.yaml key by key: training.methods may hold more).
+        self.unet_training = config.get("unet_training", {})
+        self.unet_training_timing = f"{self.results}/unet_training/timing.json"
+        self.unet_training_tables = [t for t, kind in self.kinds.items() if kind.stage == "unet_training"]
         self.training_table_methods = list(dict.fromkeys(m for t in self.training_tables for m in self.tables[t]["methods"]))
         self.reproducibility = config["reproducibility"]
 
@@ -296,6 +299,9 @@ class Plan:
         if kind.stage == "training":
             return {"scores": [f"{self.results}/training/scores/{m}.json" for m in methods],
                     "timing": f"{self.results}/training/timing.json", **paper}
+        if kind.stage == "unet_training":
+            return {"scores": [self.unet_training_scores(entry["regime"], m) for m in methods],
+                    "timing": self.unet_training_timing, **paper}
         rows = self.table_rows(name)
         hub_models = {model for m in methods for model in self.config["methods"][m]["models"].values()
                       if "hub" in self.config["models"][model]}
@@ -354,3 +360,45 @@ class Plan:
         for table in self.training_tables:
             return self.tables[table]["baseline"]
         return next(iter(self.training["methods"]))
+
+    # -- U-Net training runs (Immiscible Diffusion, SD version) ------------------------------
+    def unet_training_snapshot(self, regime, method, seed, iteration) -> str:
+        return (f"{self.checkpoints}/unet_training/{regime}/{method}/seed{seed}/"
+                f"iter{int(iteration):07d}.safetensors")
+
+    def unet_training_scores(self, regime, method) -> str:
+        return f"{self.results}/unet_training/{regime}/scores/{method}.json"
+
+    def unet_training_regime(self, w) -> dict:
+        return self.unet_training["regimes"][w.regime]
+
+    def unet_training_init(self, w) -> dict:
+        """Fine-tuning regimes start from the trained model's checkpoint."""
+        init = self.unet_training_regime(w).get("init")
+        return {"init": self.checkpoint_path(init)} if init else {}
+
+    def unet_training_summary(self, regime, method, seed) -> str:
+        return f"{self.checkpoints}/unet_training/{regime}/{method}/seed{seed}/train.json"
+
+    def unet_training_threads(self) -> int:
+        return self.unet_training.get("threads", self.config["threads"])
+
+    def unet_training_score_inputs(self, w) -> dict:
+        """The runs' summaries (each lists its snapshot checkpoints), seed by seed."""
+        return {"summaries": [self.unet_training_summary(w.regime, w.method, seed)
+                              for seed in self.unet_training["seeds"]],
+                "classifier": f"{self.checkpoints}/digits_cnn.safetensors",
+                "reference": f"{self.results}/reference/digits_stats.npz"}
+
+    def unet_training_timing_methods(self) -> str:
+        """Every method some U-Net table reports, in table order."""
+        names = dict.fromkeys(m for t in self.unet_training_tables for m in self.tables[t]["methods"])
+        return as_param({m: self.unet_training["methods"][m] for m in names})
+
+    def unet_training_timing_baseline(self) -> str:
+        for table in self.unet_training_tables:
+            return self.tables[table]["baseline"]
+        return next(iter(self.unet_training["methods"]))
+
+    def unet_training_model_config(self) -> str:
+        return as_param(model_config(self.config, self.unet_training["model"]))

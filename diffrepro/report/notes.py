@@ -13,6 +13,8 @@ def setting_note(config: dict, table: str) -> str:
     kind = kind_of(entry)
     if kind.stage == "training":
         return training_setting_note(config)
+    if kind.stage == "unet_training":
+        return unet_training_setting_note(config, entry["regime"])
     methods = kind.methods(entry)
     s = config["sampling"]
     method = methods[-1]
@@ -56,3 +58,16 @@ def training_setting_note(config: dict) -> str:
             f"scored at iterations {t['snapshots']} with {e['num_samples']} samples "
             f"({e['sampler'].upper()}-{e['steps']}, CFG {e['cfg_scale']}); held-out "
             f"{t['validation']['fraction']:.0%} of the digits for the validation loss")
+
+
+def unet_training_setting_note(config: dict, regime: str) -> str:
+    u = config["unet_training"]
+    spec, e = u["regimes"][regime], u["evaluation"]
+    start = f"fine-tuned from the trained {spec['init']}" if spec.get("init") else "trained from scratch"
+    return (f"suite {config['suite']}: the class-prompt U-Net {u['model']} (no VAE: the digits' pixels are "
+            f"the latents) {start} per method and seed ({len(u['seeds'])} seeds), "
+            f"{spec['train']['iterations']} iterations of batch {spec['train']['batch_size']}, lr "
+            f"{spec['train']['lr']}; EMA weights scored at iterations {spec['snapshots']} with "
+            f"{e['num_samples']} samples ({config['t2i']['scheduler']['class']}-{e['steps']}, guidance "
+            f"{e['guidance_scale']}, class prompts round-robin); held-out {u['validation']['fraction']:.0%} "
+            f"of the digits for the validation loss")

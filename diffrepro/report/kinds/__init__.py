@@ -21,8 +21,9 @@ from typing import Any, Callable, Mapping
 from ...catalog import LIST_HINT
 
 # Sampling tables report method settings (samples -> scores + timing); training tables report
-# training runs (snapshots -> scores against iterations).
-STAGES = ("sampling", "training")
+# training runs (snapshots -> scores against iterations): the DiT study's (training) or the
+# class-prompt U-Net's (unet_training).
+STAGES = ("sampling", "training", "unet_training")
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,20 @@
+"""Rule `score_unet_training`: see workflow/rules/unet_train.smk. The work is done in the diffrepro library."""
+
+import json
+
+from diffrepro.io import read_json
+from diffrepro.provenance import job_config
+from diffrepro.snakejob import job
+from diffrepro.unet_training_study import score_unet_runs
+
+with job(snakemake) as log:
+    seeds = snakemake.config["unet_training"]["seeds"]
+    runs = {seed: {int(it): path for it, path in read_json(summary)["snapshots"].items()}
+            for seed, summary in zip(seeds, snakemake.input.summaries)}  # ordered seed by seed
+    score_unet_runs(method=snakemake.wildcards.method, components=json.loads(snakemake.params.components),
+                    model_config=json.loads(snakemake.params.model_config), t2i=json.loads(snakemake.params.t2i),
+                    runs=runs, evaluation=json.loads(snakemake.params.evaluation),
+                    validation=json.loads(snakemake.params.validation),
+                    scoring=json.loads(snakemake.params.scoring), classifier_path=snakemake.input.classifier,
+                    reference_path=snakemake.input.reference, config=job_config(snakemake.config),
+                    output=snakemake.output[0], log=log)
