@@ -179,6 +179,24 @@ def _elapsed_ms(fn) -> float:
     return 1000.0 * (time.perf_counter() - began)
 
 
+def interleaved_costs(steps: dict, batch_sizes: Sequence[int], repeats: int, baseline: str) -> dict:
+    """steps: name -> (prepare(batch_size), iteration()). Timed round-robin over the methods, so
+    machine drift falls on all alike: the median batch preparation per batch size, the median
+    iteration and the median of the per-round ratios to the baseline's iteration (ms)."""
+    prep = {name: {int(b): [] for b in batch_sizes} for name in steps}
+    iters = {name: [] for name in steps}
+    for _ in range(repeats):
+        for name, (prepare, iteration) in steps.items():
+            for b in batch_sizes:
+                prep[name][int(b)].append(_elapsed_ms(lambda: prepare(int(b))))
+            iters[name].append(_elapsed_ms(iteration))
+    return {name: {"batch_prep_ms": {b: statistics.median(v) for b, v in prep[name].items()},
+                   "iteration_ms": statistics.median(iters[name]),
+                   "iteration_vs_baseline": statistics.median(
+                       [m / base for m, base in zip(iters[name], iters[baseline])])}
+            for name in steps}
+
+
 def time_methods(*, methods: dict[str, list], baseline: str, model_config: dict, train: dict,
                  batch_sizes: Sequence[int], repeats: int, threads: int, config: dict,
                  output: str, log=print) -> dict:
@@ -215,21 +233,9 @@ def time_methods(*, methods: dict[str, list], baseline: str, model_config: dict,
 
         steps[name] = (prepare, iteration)
         iteration()  # warm-up
-    prep = {name: {int(b): [] for b in batch_sizes} for name in methods}
-    iters = {name: [] for name in methods}
-    for _ in range(repeats):
-        for name, (prepare, iteration) in steps.items():
-            for b in batch_sizes:
-                prep[name][int(b)].append(_elapsed_ms(lambda: prepare(int(b))))
-            iters[name].append(_elapsed_ms(iteration))
-    results = {}
+    results = {name: {**cost, "batch_size": train["batch_size"]}
+               for name, cost in interleaved_costs(steps, batch_sizes, repeats, baseline).items()}
     for name in methods:
-        ratios = [m / base for m, base in zip(iters[name], iters[baseline])]
-        results[name] = {
-            "batch_prep_ms": {b: statistics.median(v) for b, v in prep[name].items()},
-            "iteration_ms": statistics.median(iters[name]),
-            "iteration_vs_baseline": statistics.median(ratios),
-            "batch_size": train["batch_size"]}
         log(f"{name}: iteration {results[name]['iteration_ms']:.2f} ms "
             f"({results[name]['iteration_vs_baseline']:.3f}x {baseline}), batch prep "
             + ", ".join(f"{b}: {ms:.3f} ms" for b, ms in results[name]["batch_prep_ms"].items()))

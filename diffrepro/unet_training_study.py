@@ -11,7 +11,6 @@ the digits' pixels in [-1, 1] (no VAE), so "latents" here are those pixels.
 
 from __future__ import annotations
 
-import statistics
 import time
 from pathlib import Path
 from typing import Sequence
@@ -26,12 +25,12 @@ from .diffusion.sampling import initial_noise_and_labels
 from .engines.pipeline import NUM_PROMPT_CLASSES, embedded_pipeline, load_unet
 from .finite import METRIC_ADVICE, TRAINING_ADVICE, NonFiniteError, describe_positions, nonfinite_rows, \
     refuse_nonfinite_metrics
-from .io import write_json
+from .integrity import write_hashed_json
 from .provenance import provenance
 from .t2i.components import build_unet, digit_prompt
 from .t2i.training import noise_pairing, noise_schedule, train_t2i_unet
 from .training import TrainConfig
-from .training_study import digits_split
+from .training_study import digits_split, interleaved_costs
 
 
 def snapshot_path(directory: str | Path, iteration: int) -> Path:
@@ -150,19 +149,13 @@ def score_unet_runs(*, method: str, components: list, model_config: dict, t2i: d
                                               "fid_mode": "digits-CNN penultimate features vs. all 1797 real "
                                                           "digits (uint8)",
                                               "num_samples": evaluation["num_samples"]})}
-    write_json(output, result)
+    write_hashed_json(output, result)
     return result
 
 
 # --------------------------------------------------------------------------------------
 # Cost per step, and float16 against the exact assignment
 # --------------------------------------------------------------------------------------
-
-def _ms(fn) -> float:
-    began = time.perf_counter()
-    fn()
-    return 1000.0 * (time.perf_counter() - began)
-
 
 def assignment_agreements(components: list, *, batch_size: int, batches: int, seed: int) -> list[dict]:
     """For a linear-assignment method: on `batches` training batches of the digits (and fresh
@@ -225,20 +218,10 @@ def time_unet_pairings(*, methods: dict[str, list], baseline: str, model_config:
 
         steps[name] = (prepare, step)
         step()  # warm-up
-    prep = {name: {int(b): [] for b in batch_sizes} for name in methods}
-    iters = {name: [] for name in methods}
-    for _ in range(repeats):
-        for name, (prepare, step) in steps.items():
-            for b in batch_sizes:
-                prep[name][int(b)].append(_ms(lambda: prepare(int(b))))
-            iters[name].append(_ms(step))
+    costs = interleaved_costs(steps, batch_sizes, repeats, baseline)
     results = {}
     for name, components in methods.items():
-        ratios = [m / base for m, base in zip(iters[name], iters[baseline])]
-        results[name] = {"batch_prep_ms": {b: statistics.median(v) for b, v in prep[name].items()},
-                         "iteration_ms": statistics.median(iters[name]),
-                         "iteration_vs_baseline": statistics.median(ratios),
-                         "batch_size": train["batch_size"],
+        results[name] = {**costs[name], "batch_size": train["batch_size"],
                          "assignment_agreement": assignment_agreements(
                              components, batch_size=train["batch_size"], batches=agreement_batches, seed=0)}
         log(f"{name}: step {results[name]['iteration_ms']:.2f} ms ({results[name]['iteration_vs_baseline']:.3f}x "
@@ -250,5 +233,5 @@ def time_unet_pairings(*, methods: dict[str, list], baseline: str, model_config:
                 f"total distance +{a['excess_total_distance']:.2e}")
     result = {"methods": results, "baseline": baseline, "repeats": repeats, "threads": threads, "device": "cpu",
               "provenance": provenance(config, seeds={}, files={})}
-    write_json(output, result)
+    write_hashed_json(output, result)
     return result

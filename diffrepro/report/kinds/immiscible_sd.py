@@ -33,7 +33,7 @@ def agreement_note(timing: dict, methods) -> str:
 
 
 def build(job) -> None:
-    from ...io import read_json
+    from ...integrity import read_verified_json as read_json
     from .. import training
 
     entry, scoring = job.entry, job.scoring
@@ -50,7 +50,7 @@ def build(job) -> None:
 
 
 def curves(job) -> None:
-    from ...io import read_json
+    from ...integrity import read_verified_json as read_json
     from .. import training, training_plots
 
     scores = training.load_scores(job.inputs["scores"])
@@ -59,7 +59,7 @@ def curves(job) -> None:
 
 
 def cost(job) -> None:
-    from ...io import read_json
+    from ...integrity import read_verified_json as read_json
     from .. import training_plots
 
     training_plots.cost_plot(read_json(job.inputs["timing"]), job.entry["methods"], job.png, job.svg,
