@@ -220,12 +220,13 @@ def paper_note(paper_yaml: str, table_name: str) -> str:
 
 
 def write_outputs(table: pd.DataFrame, csv_path, md_path, claims_path, *, title: str,
-                  setting_note: str, paper_note: str, baseline: str, paper_yaml) -> None:
+                  setting_note: str, paper_note: str, baseline: str, paper_yaml,
+                  small_scale_note: str | None = None) -> None:
     """CSV (machine), Markdown (people) and the claims, each written atomically."""
     write_text(csv_path, table.to_csv(index=False))
     write_text(md_path, to_markdown(table, title=title, setting_note=setting_note,
                                     paper_note=paper_note, baseline=baseline))
-    write_text(claims_path, claims_markdown(table, baseline, small_scale_note=SMALL_SCALE_NOTE,
+    write_text(claims_path, claims_markdown(table, baseline, small_scale_note=small_scale_note or SMALL_SCALE_NOTE,
                                             paper_yaml=paper_yaml))
 
 
