@@ -32,16 +32,29 @@ def infer_variant(unet: dict, others: list[dict]) -> str:
     return "teacher"
 
 
-def bksdm_models(config: dict, methods: list[str], hub_records: dict[str, str] | None = None) -> dict[str, dict]:
-    """method -> {model, variant, params_m, gmacs} for the methods of a BK-SDM table; a hub
-    model's U-Net config is read from its fetched repository (hub_records: model -> record)."""
-    from ..models.bksdm import unet_size
+def _table_unets(config: dict, methods: list[str], hub_records: dict[str, str] | None):
+    """method -> model, and model -> U-Net config (a hub model's from its fetched repository)."""
     from .hub import unet_config
 
     models = {method: config["methods"][method]["models"]["model"] for method in methods}
     unets = {model: unet_config(read_json(hub_records[model])) if "hub" in config["models"][model]
              else model_config(config, model) for model in models.values()}
+    return models, unets
+
+
+def _size(config: dict, unet: dict) -> dict:
+    """params_m and gmacs at the U-Net's own sample size and the suite's prompt length."""
+    from ..models.bksdm import unet_size
+
     tokens = config["t2i"]["text_encoder"]["max_length"] if "text_encoder" in config["t2i"] else CLIP_TOKENS
+    size = unet_size(unet, latent_size=unet["sample_size"], text_tokens=tokens)
+    return {"params_m": size["params_m"], "gmacs": size["gmacs"]}
+
+
+def bksdm_models(config: dict, methods: list[str], hub_records: dict[str, str] | None = None) -> dict[str, dict]:
+    """method -> {model, variant, params_m, gmacs} for the methods of a BK-SDM table; a hub
+    model's U-Net config is read from its fetched repository (hub_records: model -> record)."""
+    models, unets = _table_unets(config, methods, hub_records)
     out = {}
     for method, model in models.items():
         entry, unet = config["models"][model], unets[model]
@@ -49,8 +62,7 @@ def bksdm_models(config: dict, methods: list[str], hub_records: dict[str, str] |
             variant = entry["distil"]["variant"]
         else:
             variant = infer_variant(unet, [u for m, u in unets.items() if m != model])
-        size = unet_size(unet, latent_size=unet["sample_size"], text_tokens=tokens)
-        out[method] = {"model": model, "variant": variant, "params_m": size["params_m"], "gmacs": size["gmacs"]}
+        out[method] = {"model": model, "variant": variant, **_size(config, unet)}
     return out
 
 
@@ -64,14 +76,9 @@ def distill_sdxl_models(config: dict, methods: list[str], hub_records: dict[str,
     """method -> {model, variant, params_m, gmacs} for a Distill SD XL table: a distilled model's
     variant from its config key, a hub model's (e.g. takuoko/tiny_sd_xl_pokemon_blip) from its
     blocks (small_sd_xl / tiny_sd_xl of another model of the table), else "teacher"."""
-    from ..models.bksdm import unet_size
     from ..models.distill_sdxl_config import VARIANTS, student_config
-    from .hub import unet_config
 
-    models = {method: config["methods"][method]["models"]["model"] for method in methods}
-    unets = {model: unet_config(read_json(hub_records[model])) if "hub" in config["models"][model]
-             else model_config(config, model) for model in models.values()}
-    tokens = config["t2i"]["text_encoder"]["max_length"] if "text_encoder" in config["t2i"] else CLIP_TOKENS
+    models, unets = _table_unets(config, methods, hub_records)
     out = {}
     for method, model in models.items():
         entry, unet = config["models"][model], unets[model]
@@ -83,6 +90,5 @@ def distill_sdxl_models(config: dict, methods: list[str], hub_records: dict[str,
                     variant = candidate
             except ValueError:  # not an SDXL-shaped teacher
                 continue
-        size = unet_size(unet, latent_size=unet["sample_size"], text_tokens=tokens)
-        out[method] = {"model": model, "variant": variant, "params_m": size["params_m"], "gmacs": size["gmacs"]}
+        out[method] = {"model": model, "variant": variant, **_size(config, unet)}
     return out
