@@ -30,6 +30,7 @@ torch.set_num_threads(1)
 EXPENSIVE_FIXTURES = {
     "smoke_run": "runs the whole smoke DAG with Snakemake (minutes)",
     "cluster": "starts a SLURM test cluster and submits jobs to it",
+    "trained": "trains the digits CNN (test_metrics.py; about 8 s on 2 cores)",
 }
 
 

@@ -62,6 +62,7 @@ def sdxl_sizes():
     return size_table()  # SDXL-base and its students on the meta device (~2 s)
 
 
+@pytest.mark.slow  # about 4-8 s on 2 cores (the fast tier stays near 2 minutes)
 def test_sdxl_base_sizes_confirm_the_issue_count(sdxl_sizes):
     """Counted on the meta device from SDXL-base's config (1024 px), BK-SDM's counter."""
     rows = {r["name"]: r for r in sdxl_sizes}

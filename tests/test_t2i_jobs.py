@@ -205,6 +205,7 @@ def test_distillation_clips_the_gradient_norm_when_asked(tmp_path):
     assert all(torch.equal(none[k], switched[k]) for k in none)
 
 
+@pytest.mark.slow  # about 4-8 s on 2 cores (the fast tier stays near 2 minutes)
 def test_the_embedded_clip_learns_to_match_digits_to_their_prompts(tmp_path):
     """A short training run already ranks the right prompt above a wrong one (the score the
     CLIP-score column reports), through the same loader the score job uses."""

@@ -69,6 +69,7 @@ def test_prompts_are_one_caption_per_image_and_reproducible(tmp_path):
         coco.read_captions(tmp_path / "other.zip")
 
 
+@pytest.mark.slow  # about 4-8 s on 2 cores (the fast tier stays near 2 minutes)
 def test_the_reference_batch_has_the_adm_layout(tmp_path):
     from test_adm_metrics import write_random_inception_weights
 
