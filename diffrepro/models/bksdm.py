@@ -100,7 +100,34 @@ def feature_kd_layers(teacher_config: dict, variant: str) -> list[tuple[str, str
     return pairs
 
 
-class FeatureKD:
+class FeatureHooks:
+    """Forward hooks keeping the outputs of named teacher ("tea") and student ("stu") modules
+    for a distillation loss (a block returning (hidden, skips) keeps hidden, as BK-SDM and
+    diffengine do). Use as a context manager (or call close()) to remove the hooks."""
+
+    def _hook(self, taps) -> None:
+        """taps: (side, module, key) for every module to keep the output of."""
+        self._acts: dict = {"tea": {}, "stu": {}}
+        self._handles = [module.register_forward_hook(self._keep(side, key)) for side, module, key in taps]
+
+    def _keep(self, side: str, name: str):
+        def hook(module, args, output):
+            self._acts[side][name] = output[0] if isinstance(output, tuple) else output
+        return hook
+
+    def close(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class FeatureKD(FeatureHooks):
     """BK-SDM's training loss: w_task*task + w_out*out_kd + w_feat*feat_kd.
 
     All terms are F.mse_loss with reduction="mean" in float32; feat_kd is the plain SUM of the
@@ -116,17 +143,10 @@ class FeatureKD:
         self.teacher, self.student = teacher, student
         self.weights = (w_task, w_out, w_feat)
         self.pairs = feature_kd_layers(dict(teacher.config), variant)
-        self._acts = {"tea": {}, "stu": {}}
-        self._handles = []
-        for side, net, names in (("tea", teacher, [t for t, _ in self.pairs]),
-                                 ("stu", student, [s for _, s in self.pairs])):
-            for name in names:
-                self._handles.append(net.get_submodule(name).register_forward_hook(self._keep(side, name)))
-
-    def _keep(self, side: str, name: str):
-        def hook(module, args, output):
-            self._acts[side][name] = output[0] if isinstance(output, tuple) else output
-        return hook
+        self._hook([(side, net.get_submodule(name), name)
+                    for side, net, names in (("tea", teacher, [t for t, _ in self.pairs]),
+                                             ("stu", student, [s for _, s in self.pairs]))
+                    for name in names])
 
     def __call__(self, noisy_latents, timesteps, encoder_hidden_states, target) -> dict:
         w_task, w_out, w_feat = self.weights
@@ -142,17 +162,6 @@ class FeatureKD:
             self._acts = {"tea": {}, "stu": {}}  # do not keep activations alive between steps
         total = w_task * task + w_out * out_kd + w_feat * feat_kd
         return {"task": task, "out_kd": out_kd, "feat_kd": feat_kd, "total": total}
-
-    def close(self) -> None:
-        for h in self._handles:
-            h.remove()
-        self._handles = []
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
 
 def bksdm_loss(teacher, student, variant, noisy_latents, timesteps, encoder_hidden_states, target,

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from diffusers import UNet2DConditionModel
 
+from .bksdm import FeatureHooks
 from .distill_sdxl_config import VARIANTS, check_teacher, student_config
 
 
@@ -84,7 +85,7 @@ def min_snr_weights(timesteps: torch.Tensor, alphas_cumprod: torch.Tensor, gamma
     return torch.clamp(snr, max=gamma) / snr
 
 
-class DistillSDXLLoss:
+class DistillSDXLLoss(FeatureHooks):
     """loss_sd + loss_kd + loss_features (weights ``weights``, diffengine: 1 / 1 / 1), in float32.
 
     Plain MSE means, or, with ``snr_gamma`` (and the schedule's ``alphas_cumprod``), each term
@@ -104,18 +105,8 @@ class DistillSDXLLoss:
         self.teacher, self.student = teacher, student
         self.weights, self.snr_gamma, self.alphas_cumprod = tuple(weights), snr_gamma, alphas_cumprod
         self.taps = feature_taps(dict(teacher.config), variant)
-        self._acts: dict = {"tea": {}, "stu": {}}
-        self._handles = []
-        for side, net, col in (("tea", teacher, 1), ("stu", student, 2)):
-            for tap in self.taps:
-                module = net.get_submodule(tap[col])
-                self._handles.append(module.register_forward_hook(self._keep(side, tap[0])))
-
-    def _keep(self, side: str, name: str):
-        def hook(module, args, output):
-            # down blocks return (hidden, skips): diffengine keeps output[0]
-            self._acts[side][name] = output[0] if isinstance(output, tuple) else output
-        return hook
+        self._hook([(side, net.get_submodule(tap[col]), tap[0])
+                    for side, net, col in (("tea", teacher, 1), ("stu", student, 2)) for tap in self.taps])
 
     def _mse(self, pred, target, timesteps) -> torch.Tensor:
         pred, target = pred.float(), target.float()
@@ -141,17 +132,6 @@ class DistillSDXLLoss:
             self._acts = {"tea": {}, "stu": {}}  # do not keep activations alive between steps
         total = w_sd * loss_sd + w_kd * loss_kd + w_feat * loss_features
         return {"loss_sd": loss_sd, "loss_kd": loss_kd, "loss_features": loss_features, "total": total}
-
-    def close(self) -> None:
-        for h in self._handles:
-            h.remove()
-        self._handles = []
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
 
 def size_table(teacher_config: dict | None = None, *, latent_size: int = 128, text_tokens: int = 77) -> list[dict]:
