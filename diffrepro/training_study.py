@@ -151,11 +151,19 @@ def score_runs(*, method: str, components: list, model_config: dict, runs: dict[
             log(f"{method} seed {seed} iteration {iteration}: FID {scores['fid']:.2f} "
                 f"acc {scores['class_accuracy']:.3f} val loss {val.mean():.4f} "
                 f"({time.perf_counter() - began:.1f} s)")
+    return write_run_scores(output, method=method, components=components, rows=rows, evaluation=evaluation,
+                            validation=validation, scoring=scoring, seeds=sorted(runs), files=files, config=config)
+
+
+def write_run_scores(output: str, *, method: str, components: list, rows: list, evaluation: dict,
+                     validation: dict, scoring: dict, seeds: list, files: dict, config: dict) -> dict:
+    """The score file of a training method's runs (DiT or U-Net): rows per (seed, iteration),
+    the evaluation and validation settings and the provenance."""
     result = {
         "method": method, "components": components, "rows": rows,
         "num_samples": evaluation["num_samples"], "evaluation": evaluation, "validation": validation,
         "labels": metrics.metric_labels(),
-        "provenance": provenance(config, seeds={"training_seeds": sorted(runs),
+        "provenance": provenance(config, seeds={"training_seeds": seeds,
                                                 "sampling_seed": evaluation["seed"],
                                                 "scoring_seed": scoring["seed"],
                                                 "validation_noise_seed": validation["noise_seed"]},

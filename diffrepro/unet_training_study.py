@@ -30,7 +30,7 @@ from .provenance import provenance
 from .t2i.components import build_unet, digit_prompt
 from .t2i.training import noise_pairing, noise_schedule, train_t2i_unet
 from .training import TrainConfig
-from .training_study import digits_split, interleaved_costs
+from .training_study import digits_split, interleaved_costs, write_run_scores
 
 
 def snapshot_path(directory: str | Path, iteration: int) -> Path:
@@ -137,20 +137,8 @@ def score_unet_runs(*, method: str, components: list, model_config: dict, t2i: d
             files[f"checkpoint:seed{seed}:iter{iteration}"] = path
             log(f"{method} seed {seed} iteration {iteration}: FID {scores['fid']:.2f} "
                 f"acc {scores['class_accuracy']:.3f} val loss {val.mean():.4f} ({time.perf_counter() - began:.1f} s)")
-    result = {"method": method, "components": components, "rows": rows,
-              "num_samples": evaluation["num_samples"], "evaluation": evaluation, "validation": validation,
-              "labels": metrics.metric_labels(),
-              "provenance": provenance(config, seeds={"training_seeds": sorted(runs),
-                                                      "sampling_seed": evaluation["seed"],
-                                                      "scoring_seed": scoring["seed"],
-                                                      "validation_noise_seed": validation["noise_seed"]},
-                                       files=files,
-                                       extra={"fid_implementation": metrics.FID_IMPLEMENTATION,
-                                              "fid_mode": "digits-CNN penultimate features vs. all 1797 real "
-                                                          "digits (uint8)",
-                                              "num_samples": evaluation["num_samples"]})}
-    write_hashed_json(output, result)
-    return result
+    return write_run_scores(output, method=method, components=components, rows=rows, evaluation=evaluation,
+                            validation=validation, scoring=scoring, seeds=sorted(runs), files=files, config=config)
 
 
 # --------------------------------------------------------------------------------------
