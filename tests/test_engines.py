@@ -110,3 +110,30 @@ def test_no_rule_body_module_imports_one_that_imports_it_back():
 
     for module in RULE_BODIES:
         assert not reaches(module, module), f"diffrepro.{module} imports itself through a circle"
+
+
+def test_flops_are_counted_on_the_denoiser_calls_made(loaded):
+    """Every family: forward FLOPs of the calls a method made, by model, only the denoisers (a
+    pipeline's text encoder is not counted); each call ran on the whole batch, so a model's
+    FLOPs are its calls x one forward pass of it, per image."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from diffrepro.engines.flops import count_call
+
+    family, method, engine = loaded
+    spec = get_method(method)
+    setting = spec.make_setting({"ratio": 0.4})
+    counter = count_call(engine.prepare(spec, setting, 3, [0, 1, 2]), engine.flop_modules())
+    with torch.no_grad():
+        steps = engine.prepare(spec, setting, 3, [0, 1, 2])().steps_by_role(engine.roles)
+    assert dict(counter.calls) == steps
+    for role, module in engine.flop_modules().items():
+        one = count_call(engine.forward_pass(role, 1, 0), {role: module}).total
+        assert one > 0 and counter.flops[role] == steps[role] * 3 * one
+    assert any("mm" in op for op in counter.by_op)
+    with torch.no_grad(), FlopCounterMode(display=False) as everything:
+        engine.prepare(spec, setting, 3, [0, 1, 2])()
+    if family == "pipeline":  # its text encoder's matmuls are outside the count
+        assert everything.get_total_flops() > counter.total
+    else:
+        assert everything.get_total_flops() == counter.total

@@ -138,6 +138,10 @@ class DenoiserEngine:
         denoiser = self.roles[role]
         return lambda: denoiser(noise, t, y)
 
+    def flop_modules(self) -> dict[str, torch.nn.Module]:
+        """The networks whose forward FLOPs count (engines.flops), by role: each DiT behind its guidance."""
+        return {role: denoiser.model for role, denoiser in self.roles.items()}
+
     def extra_costs(self, spec, setting, seed: int, batch_size: int, repeats: int, uniform_batch: bool) -> dict:
         """For methods that evaluate a window of steps at once: one forward pass on the
         window x batch rows ({"window", "window_batch"}); for whole-batch methods, the loop

@@ -291,5 +291,10 @@ class PipelineEngine:
                                   device=self.device, dtype=unet.dtype)
         return lambda: unet(**inputs)
 
+    def flop_modules(self) -> dict[str, torch.nn.Module]:
+        """The networks whose forward FLOPs count (engines.flops), by role: the U-Nets only,
+        not the text encoder or the VAE."""
+        return dict(self.roles)
+
     def extra_costs(self, spec, setting, seed: int, batch_size: int, repeats: int, uniform_batch: bool) -> dict:
         return {"window": None, "window_batch": None}
