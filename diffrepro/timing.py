@@ -148,18 +148,7 @@ def time_table_settings(*, settings: Sequence[dict], methods: dict[str, dict], s
                 run.times.append(time_run(run))
             for key, times in forwards.items():
                 times.append(time_forward(key))
-        # FLOPs after the timed rounds, so counting (slow, every op goes through Python) never
-        # touches a timed call: one run of each timed unit on its timed batch, and one forward
-        # pass of each model on one image (the unit cost of an ideal count)
-        per_forward = {}
-        for run in order:
-            engine = engines[run.engine_key]
-            run.flops = count_call(engine.prepare(get_method(run.method), run.setting, seed, range(run.batch_size)),
-                                   engine.flop_modules())
-            for role, module in engine.flop_modules().items():
-                if (run.engine_key, role) not in per_forward:
-                    per_forward[(run.engine_key, role)] = count_call(
-                        engine.forward_pass(role, 1, seed), {role: module}).total
+        per_forward = _count_flops(order, engines, seed)
         records = [_record(entry, run, base, engines[run.engine_key], forwards, plan, seed, device,
                            {role: per_forward[(run.engine_key, role)] for role in engines[run.engine_key].roles})
                    for entry, run, base in rows]
@@ -183,6 +172,27 @@ def time_table_settings(*, settings: Sequence[dict], methods: dict[str, dict], s
     if output is not None:
         write_hashed_json(output, result)
     return result
+
+
+def _count_flops(order: list[_Run], engines: dict, seed: int) -> dict:
+    """FLOPs after the timed rounds, so counting (slow: every op goes through Python) never
+    touches a timed call: one run of each timed unit on its timed batch (run.flops), and one
+    forward pass of each model on one image, the unit cost of an ideal count (returned by
+    (engine key, role)). Engines count on their eager models (engine.counting())."""
+    per_forward = {}
+    for run in order:
+        engine, outputs = engines[run.engine_key], []
+        call = engine.prepare(get_method(run.method), run.setting, seed, range(run.batch_size))
+        with engine.counting():
+            run.flops = count_call(lambda: outputs.append(call()), engine.flop_modules())
+            # FLOPs count every call, those on inputs the paper treats as given too (ParaTAA's
+            # warm start), which the time leaves out
+            run.flops.given_inputs = outputs[0].given_s > 0
+            for role, module in engine.flop_modules().items():
+                if (run.engine_key, role) not in per_forward:
+                    per_forward[(run.engine_key, role)] = count_call(
+                        engine.forward_pass(role, 1, seed), {role: module}).total
+    return per_forward
 
 
 def _refuse_nonfinite(run: _Run, samples) -> None:

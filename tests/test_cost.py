@@ -112,3 +112,15 @@ def test_cost_columns_beside_time_on_a_tiny_run(timed, tmp_path, kind):
     pd.testing.assert_frame_equal(built.drop(columns=cost_cols), old.drop(columns=cost_cols))
     assert "not in these timing files" in (tmp_path / "old" / "md").read_text()
     assert (tmp_path / "old" / "md").read_text().split("## Cost beside time")[0] == md.split("## Cost beside time")[0]
+
+
+def test_flops_of_given_inputs_are_said_so():
+    """ParaTAA's warm start: its trajectory's calls are counted, its time is not; the section says so."""
+    timing = {"median_s": 1.0, "p90_s": 1.2, "batch_size": 1, "speedup_vs_baseline": 0.5,
+              "flops": {"per_image": 4e9, "counted": "what torch counts", "not_counted": "the rest",
+                        "includes_given_inputs": True}}
+    record = {"method": "parataa", "setting": "n25-warm", "model_steps": {"model": 9}, "timing": timing,
+              "reference": {"method": "sequential", "setting": "n25"}}
+    section = cost.cost_markdown([record])
+    assert "parataa n25-warm include the evaluations on inputs the paper treats as given" in section
+    assert cost.cost_columns(timing)["time_p50_s"] == 1.0 and cost.cost_columns(timing)["gflops_per_image"] == 4.0

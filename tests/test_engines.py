@@ -137,3 +137,32 @@ def test_flops_are_counted_on_the_denoiser_calls_made(loaded):
         assert everything.get_total_flops() > counter.total
     else:
         assert everything.get_total_flops() == counter.total
+
+
+@pytest.mark.slow  # importing torch._dynamo: seconds
+def test_flops_are_counted_on_the_eager_model_of_a_compiled_one(loaded):
+    """compute.compile: the count runs the eager DiT (torch.compile wraps it lazily; nothing is
+    compiled here), then the compiled one is back in place."""
+    from diffrepro.engines.flops import count_call
+
+    family, method, engine = loaded
+    if family != "denoiser":
+        pytest.skip("pipelines run eager")
+    spec = get_method(method)
+    setting = spec.make_setting({"ratio": 0.4})
+    with engine.counting():
+        eager = count_call(engine.prepare(spec, setting, 3, [0]), engine.flop_modules())
+    originals = {role: d.model for role, d in engine.roles.items()}
+    try:
+        for d in engine.roles.values():
+            d.model = torch.compile(d.model)
+        compiled = {role: d.model for role, d in engine.roles.items()}
+        call = engine.prepare(spec, setting, 3, [0])
+        with engine.counting():
+            assert {role: d.model for role, d in engine.roles.items()} == originals
+            counted = count_call(call, engine.flop_modules())
+        assert {role: d.model for role, d in engine.roles.items()} == compiled
+        assert dict(counted.flops) == dict(eager.flops) and counted.total > 0
+    finally:
+        for role, d in engine.roles.items():
+            d.model = originals[role]

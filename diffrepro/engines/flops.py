@@ -41,6 +41,7 @@ class DenoiserFlops:
         self.flops: Counter = Counter({role: 0 for role in modules})
         self.calls: Counter = Counter({role: 0 for role in modules})
         self.by_op: Counter = Counter()
+        self.given_inputs = False  # set by the caller: the calls include some on inputs the paper treats as given
         self._active: list = []  # (module, FlopCounterMode) of the call being counted
         self._handles: list = []
 
@@ -102,4 +103,6 @@ def flops_record(run: DenoiserFlops, images: int, per_forward: Mapping[str, floa
         "counter": f"torch.utils.flop_counter.FlopCounterMode (torch {torch.__version__})",
         "counted": COUNTED,
         "not_counted": NOT_COUNTED,
+        # ParaTAA's warm start: its trajectory's calls are counted, its time is not
+        "includes_given_inputs": bool(run.given_inputs),
     }

@@ -100,6 +100,11 @@ def cost_markdown(records: list[Mapping[str, Any]], methods: list[str] | None = 
     if counted:
         lines.append(f"- Counted: {counted}, on one run of each setting on its timed batch, after the timed "
                      f"rounds (timing unaffected). Not counted: {not_counted}.")
+        given = [f"{r['method']} {r['setting']}" for r in records if (r["timing"].get("flops") or {}).get(
+            "includes_given_inputs")]
+        if given:
+            lines.append(f"- FLOPs of {', '.join(given)} include the evaluations on inputs the paper treats as "
+                         f"given (the warm start's trajectory), which their time leaves out.")
     else:
         lines.append("- FLOPs: not in these timing files (written before FLOPs were counted); rerun the timing.")
     return "\n".join(lines + ["", cells.to_markdown(index=False, disable_numparse=True), ""])
