@@ -149,14 +149,14 @@ def part_tstitch(sizes: Sizes, device, dtype: str, budget: Budget, paper: dict |
               for seed, (role, cfg) in enumerate((("small", sizes.dit_small), ("large", sizes.dit_large)))}
     sampler = make_sampler("ddim", sizes.steps)
     noise, labels, generators = _dit_inputs(sizes, sizes.dit_large, sizes.images, device)
-    steps = {}
+    steps, finite = {}, {}
 
     def unit(ratio):
         setting = spec.make_setting({"ratio": ratio})
 
         def run():
             out = spec.run(models, sampler, noise, labels, generators, setting)
-            steps[ratio] = out.steps_by_role(models)
+            steps[ratio], finite[ratio] = out.steps_by_role(models), out.samples
         return run
 
     with torch.no_grad():
@@ -188,6 +188,8 @@ def part_tstitch(sizes: Sizes, device, dtype: str, budget: Budget, paper: dict |
     return {"models": sizes.labels, "images": sizes.images, "sampler": f"DDIM-{sizes.steps}",
             "cfg_scale": sizes.cfg_scale, "rounds": rounds, "target": IDEAL_TARGET, "rows": rows,
             "gflops_per_forward_per_image": {role: f / 1e9 for role, f in per_forward.items()},
+            # random weights in half precision may overflow: a time of NaNs would still be a time
+            "samples_finite": all(bool(torch.isfinite(x).all()) for x in finite.values()),
             "max_abs_vs_ideal": max(abs(row["vs_ideal"]) for row in rows)}
 
 
@@ -264,6 +266,7 @@ def part_parataa(sizes: Sizes, device, dtype: str, budget: Budget) -> dict:
             "measured_vs_iterations_x_window": para / (iterations * window),
             "speedup_vs_sequential": _median([s / p for s, p in zip(times["sequential"], times["parataa"])]),
             "gflops_per_image": {k: v / 1e9 for k, v in got["flops"].items()},
+            "samples_finite": all(bool(torch.isfinite(o.samples).all()) for o in got["outputs"].values()),
             "note": "random weights: the iteration count is not the trained model's; the check is the "
                     "cost model (time = iterations x one window batch) and the speed-up it implies"}
 
@@ -290,6 +293,7 @@ def part_cache(sizes: Sizes, device, dtype: str, budget: Budget) -> dict:
                      "sequential_s": _median(times["sequential"]),
                      "speedup": _median([s / c for s, c in zip(times["sequential"], times[name])]),
                      "flops_speedup": got["flops"]["sequential"] / got["flops"][name],
+                     "samples_finite": all(bool(torch.isfinite(o.samples).all()) for o in got["outputs"].values()),
                      "model_steps": got["outputs"][name].steps_by_role({r: None for r in spec.roles})})
     return {"model": sizes.labels["large"], "images": sizes.images, "rows": rows}
 

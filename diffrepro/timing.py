@@ -220,7 +220,8 @@ def _record(entry: dict, run: _Run, base: _Run, engine, forwards: dict, plan: di
         "batch_size": run.batch_size, "repeats": plan["rounds"], "warmup": plan["warmup"],
         "forward_repeats": plan["forward_repeats"], "times_s": run.times, "median_s": statistics.median(run.times),
         "p50_s": _quantile(run.times, 0.5), "p90_s": _quantile(run.times, 0.9),
-        "images_per_s": run.batch_size / statistics.median(run.times), "model_steps": run.steps, "per_step_forward_s": per_step,
+        "images_per_s": run.batch_size / statistics.median(run.times), "model_steps": run.steps,
+        "per_step_forward_s": per_step,
         "baseline": entry["baseline"], "baseline_times_s": base.times, "speedup_pairs": speedups,
         "speedup_vs_baseline": statistics.median(speedups), "speedup_ci95": _median_ci(speedups),
         # one forward pass on the batch and, for methods that evaluate a window of steps at

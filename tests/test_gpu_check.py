@@ -45,6 +45,10 @@ def cache_every_other(models, sampler, noise, labels, generators, setting):
     return methods.MethodOutput(samples, {"model": steps["model"]})
 
 
+def para_finite(parts) -> bool:
+    return parts["parataa"]["samples_finite"] and all(r["samples_finite"] for r in parts["cache"]["rows"])
+
+
 @pytest.fixture(scope="module")
 def checked(tmp_path_factory):
     out = tmp_path_factory.mktemp("gpu_check")
@@ -73,6 +77,7 @@ def test_the_tiny_check_writes_every_part(checked):
     assert [r["model_steps"]["small"] for r in rows] == sorted(r["model_steps"]["small"] for r in rows)
     flops = [r["flops_speedup"] for r in rows]
     assert flops[0] == 1 and flops == sorted(flops) and flops[-1] > 1
+    assert parts["tstitch"]["samples_finite"] and para_finite(parts)
     assert rows[4]["paper_time_s"] == 11.0  # the paper's RTX 3090 curve beside ours (reports/paper/tstitch.yaml)
     # BK-SDM: the students have fewer parameters and FLOPs than SD-1.4
     unets = {r["model"]: r for r in parts["bksdm"]["rows"]}

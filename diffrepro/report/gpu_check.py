@@ -17,6 +17,10 @@ def _pct(value) -> str:
     return fmt(value, "+.1%")
 
 
+def _yes(flag) -> str:
+    return "yes" if flag else "**no**"
+
+
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
 
@@ -33,7 +37,7 @@ def _tstitch(part: Mapping[str, Any]) -> list[str]:
     lines = [f"{models['small']} → {models['large']} T-Stitch, {part['images']} images, {part['sampler']}, "
              f"CFG {part['cfg_scale']:g}, {part['rounds']} timed rounds. Ideal = r·T_S + (1−r)·T_XL from the "
              f"r = 1 and r = 0 runs of the same rounds; target: within {part['target']:.0%}. Largest deviation: "
-             f"{_pct(part['max_abs_vs_ideal']).lstrip('+')}.", ""]
+             f"{_pct(part['max_abs_vs_ideal']).lstrip('+')}. Samples finite: {_yes(part['samples_finite'])}.", ""]
     rows = [[fmt(r["ratio"], "g"), fmt(r["median_s"], ".3f"), fmt(r["ideal_s"], ".3f"), _pct(r["vs_ideal"]),
              "yes" if r["within_target"] else "**no**", fmt(r["speedup"], ".2f") + "×",
              fmt(r["gflops_per_image"], ".4g"), fmt(r["flops_speedup"], ".2f") + "×",
@@ -61,24 +65,30 @@ def _parataa(part: Mapping[str, Any]) -> list[str]:
             ["sequential DDIM", fmt(part["sequential_s"], ".3f"), str(s["steps"]), "", "", "", "1×",
              fmt(part["gflops_per_image"]["sequential"], ".4g")]]
     return [f"ParaTAA on {part['model']}, {part['images']} image, {part['sampler']}, window {s['window']}, "
-            f"order {s['order']}, memory {s['memory']}; {part['rounds']} timed rounds. {part['note']}.", ""] + \
+            f"order {s['order']}, memory {s['memory']}; {part['rounds']} timed rounds; samples finite: "
+            f"{_yes(part['samples_finite'])}. {part['note']}.", ""] + \
         _table(["run", "time (s)", "iterations", "window batch (s)", "iterations × window (s)",
                 "time / (iterations × window)", "speed-up vs sequential", "GFLOPs / image"], rows) + [""]
 
 
 def _cache(part: Mapping[str, Any]) -> list[str]:
-    rows = [[r["method"], *(["", "", "", "", f"skipped: {r['skipped']}"] if "skipped" in r else
+    rows = [[r["method"], *(["", "", "", "", "", f"skipped: {r['skipped']}"] if "skipped" in r else
                              [str(r["steps"]), fmt(r["median_s"], ".3f"), fmt(r["sequential_s"], ".3f"),
-                              fmt(r["speedup"], ".2f") + "×", fmt(r["flops_speedup"], ".2f") + "×"])]
+                              fmt(r["speedup"], ".2f") + "×", _yes(r["samples_finite"]),
+                              fmt(r["flops_speedup"], ".2f") + "×"])]
             for r in part["rows"]]
     return [f"Cache baselines on {part['model']}, {part['images']} images, against sequential DDIM with the same "
             f"steps.", ""] + _table(["method", "steps", "time (s)", "sequential (s)", "speed-up",
-                                      "FLOPs speed-up / note"], rows) + [""]
+                                      "samples finite", "FLOPs speed-up / note"], rows) + [""]
 
 
 RENDER = {"tstitch": ("T-Stitch against its ideal time", _tstitch), "bksdm": ("BK-SDM U-Net step latency", _bksdm),
           "parataa": ("ParaTAA: iterations × window batch time", _parataa),
-          "cache": ("Cache baselines on DiT-XL/2", _cache)}
+          "cache": ("Cache baselines against sequential DDIM", _cache)}
+
+
+TINY = "Tiny models (the CI test of the same code), not the papers' sizes"
+PAPER = "Random weights at the papers' sizes"
 
 
 def gpu_check_markdown(data: Mapping[str, Any], top: int = 1) -> str:
@@ -90,7 +100,7 @@ def gpu_check_markdown(data: Mapping[str, Any], top: int = 1) -> str:
     lines = [f"{h} GPU check", "",
              f"- Machine: {where}; torch {m['torch']}; dtype {m['dtype']} (DiTs: {m['dit_precision']}; "
              f"U-Nets: {m['unet_precision']}).",
-             f"- {'Tiny models (the CI test of the same code), not the papers’ sizes' if data['tiny'] else 'Random weights at the papers’ sizes'}; "
+             f"- {TINY if data['tiny'] else PAPER}; "
              f"started {data['started']}; {fmt(data['seconds'], '.0f')} s of a {fmt(data['budget_s'], '.0f')} s budget.",
              "- Written by `benchmarks/gpu_check.py` into gpu_check.json; this text is generated from it.", ""]
     for name, (title, render) in RENDER.items():
