@@ -22,6 +22,7 @@ import torch
 
 from .engines import load_engine
 from .engines.clock import timed
+from .engines.flops import count_call, flops_record
 from .finite import NonFiniteError, describe_positions, nonfinite_rows
 from .integrity import write_hashed_json
 from .jobs import job_device
@@ -39,6 +40,7 @@ class _Run:
     times: list = dataclasses.field(default_factory=list)
     steps: dict | None = None
     uniform_batch: bool = True
+    flops: object = None  # engines.flops.DenoiserFlops of one run on the timed batch
 
     @property
     def key(self) -> tuple:
@@ -81,6 +83,10 @@ def time_table_settings(*, settings: Sequence[dict], methods: dict[str, dict], s
     round's forward time of the role's model (median over rounds), and measured / ideal
     (median of the per-round ratios). Methods whose network calls do not all run on the
     whole batch (parallel-in-time samplers) have no ideal time.
+
+    Cost beside time, per row: p50/p90 and images/s at the timed batch; forward FLOPs per
+    image of the denoiser calls one run of it made on the timed batch, counted after the timed
+    rounds (engines.flops says what torch counts), and FLOPs speed-up = baseline FLOPs / row FLOPs.
     """
     first = next(iter(methods.values()))
     device = job_device(first["sampling"], device)
@@ -142,7 +148,9 @@ def time_table_settings(*, settings: Sequence[dict], methods: dict[str, dict], s
                 run.times.append(time_run(run))
             for key, times in forwards.items():
                 times.append(time_forward(key))
-        records = [_record(entry, run, base, engines[run.engine_key], forwards, plan, seed, device)
+        per_forward = _count_flops(order, engines, seed)
+        records = [_record(entry, run, base, engines[run.engine_key], forwards, plan, seed, device,
+                           {role: per_forward[(run.engine_key, role)] for role in engines[run.engine_key].roles})
                    for entry, run, base in rows]
 
     files = {}  # each checkpoint hashed once, however many methods load it
@@ -158,11 +166,33 @@ def time_table_settings(*, settings: Sequence[dict], methods: dict[str, dict], s
               "settings": records}
     for record in records:
         log(f"{record['method']} {record['setting']}: median {record['median_s']:.4f} s (p90 {record['p90_s']:.4f}), "
-            f"speed-up {record['speedup_vs_baseline']:.3f}x"
+            f"speed-up {record['speedup_vs_baseline']:.3f}x, {record['flops']['per_image'] / 1e9:.4g} GFLOPs/image "
+            f"(FLOPs speed-up {record['flops_speedup_vs_baseline'] or float('nan'):.3f}x)"
             + (f", measured/ideal {record['ideal_ratio']:.3f}" if "ideal_ratio" in record else ""))
     if output is not None:
         write_hashed_json(output, result)
     return result
+
+
+def _count_flops(order: list[_Run], engines: dict, seed: int) -> dict:
+    """FLOPs after the timed rounds, so counting (slow: every op goes through Python) never
+    touches a timed call: one run of each timed unit on its timed batch (run.flops), and one
+    forward pass of each model on one image, the unit cost of an ideal count (returned by
+    (engine key, role)). Engines count on their eager models (engine.counting())."""
+    per_forward = {}
+    for run in order:
+        engine, outputs = engines[run.engine_key], []
+        call = engine.prepare(get_method(run.method), run.setting, seed, range(run.batch_size))
+        with engine.counting():
+            run.flops = count_call(lambda: outputs.append(call()), engine.flop_modules())
+            # FLOPs count every call, those on inputs the paper treats as given too (ParaTAA's
+            # warm start), which the time leaves out
+            run.flops.given_inputs = outputs[0].given_s > 0
+            for role, module in engine.flop_modules().items():
+                if (run.engine_key, role) not in per_forward:
+                    per_forward[(run.engine_key, role)] = count_call(
+                        engine.forward_pass(role, 1, seed), {role: module}).total
+    return per_forward
 
 
 def _refuse_nonfinite(run: _Run, samples) -> None:
@@ -174,9 +204,12 @@ def _refuse_nonfinite(run: _Run, samples) -> None:
             f"Check the method and its checkpoints (e.g. with compute.precision fp32), then rerun.")
 
 
-def _record(entry: dict, run: _Run, base: _Run, engine, forwards: dict, plan: dict, seed: int, device) -> dict:
+def _record(entry: dict, run: _Run, base: _Run, engine, forwards: dict, plan: dict, seed: int, device,
+            per_forward: dict) -> dict:
     """One row's timing record (the keys the table builders read, as the per-setting timing
-    files had them)."""
+    files had them), with its cost beside its time: forward FLOPs per image of the calls the
+    run made (`flops`, engines.flops) and their speed-up against the baseline run's, and the
+    throughput at the timed batch."""
     spec = get_method(run.method)
     itself = run is base
     speedups = [1.0] * len(run.times) if itself else [b / t for b, t in zip(base.times, run.times)]
@@ -186,13 +219,17 @@ def _record(entry: dict, run: _Run, base: _Run, engine, forwards: dict, plan: di
         "method": run.method, "setting": spec.setting_id(run.setting), "params": dataclasses.asdict(run.setting),
         "batch_size": run.batch_size, "repeats": plan["rounds"], "warmup": plan["warmup"],
         "forward_repeats": plan["forward_repeats"], "times_s": run.times, "median_s": statistics.median(run.times),
-        "p90_s": _quantile(run.times, 0.9), "model_steps": run.steps, "per_step_forward_s": per_step,
+        "p50_s": _quantile(run.times, 0.5), "p90_s": _quantile(run.times, 0.9),
+        "images_per_s": run.batch_size / statistics.median(run.times), "model_steps": run.steps,
+        "per_step_forward_s": per_step,
         "baseline": entry["baseline"], "baseline_times_s": base.times, "speedup_pairs": speedups,
         "speedup_vs_baseline": statistics.median(speedups), "speedup_ci95": _median_ci(speedups),
         # one forward pass on the batch and, for methods that evaluate a window of steps at
         # once, on the window-sized batch: what a parallel iteration costs here
         "forward_s": {"batch": next(iter(per_step.values()))},
         "threads": torch.get_num_threads(), "device": str(device),
+        "flops": flops_record(run.flops, run.batch_size, per_forward),
+        "flops_speedup_vs_baseline": base.flops.total / run.flops.total if run.flops.total else None,
     }
     extra = engine.extra_costs(spec, run.setting, seed, run.batch_size, plan["forward_repeats"], run.uniform_batch)
     record["forward_s"].update(window=extra.get("window"), window_batch=extra.get("window_batch"))

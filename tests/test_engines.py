@@ -110,3 +110,59 @@ def test_no_rule_body_module_imports_one_that_imports_it_back():
 
     for module in RULE_BODIES:
         assert not reaches(module, module), f"diffrepro.{module} imports itself through a circle"
+
+
+def test_flops_are_counted_on_the_denoiser_calls_made(loaded):
+    """Every family: forward FLOPs of the calls a method made, by model, only the denoisers (a
+    pipeline's text encoder is not counted); each call ran on the whole batch, so a model's
+    FLOPs are its calls x one forward pass of it, per image."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from diffrepro.engines.flops import count_call
+
+    family, method, engine = loaded
+    spec = get_method(method)
+    setting = spec.make_setting({"ratio": 0.4})
+    counter = count_call(engine.prepare(spec, setting, 3, [0, 1, 2]), engine.flop_modules())
+    with torch.no_grad():
+        steps = engine.prepare(spec, setting, 3, [0, 1, 2])().steps_by_role(engine.roles)
+    assert dict(counter.calls) == steps
+    for role, module in engine.flop_modules().items():
+        one = count_call(engine.forward_pass(role, 1, 0), {role: module}).total
+        assert one > 0 and counter.flops[role] == steps[role] * 3 * one
+    assert any("mm" in op for op in counter.by_op)
+    with torch.no_grad(), FlopCounterMode(display=False) as everything:
+        engine.prepare(spec, setting, 3, [0, 1, 2])()
+    if family == "pipeline":  # its text encoder's matmuls are outside the count
+        assert everything.get_total_flops() > counter.total
+    else:
+        assert everything.get_total_flops() == counter.total
+
+
+@pytest.mark.slow  # importing torch._dynamo: seconds
+def test_flops_are_counted_on_the_eager_model_of_a_compiled_one(loaded):
+    """compute.compile: the count runs the eager DiT (torch.compile wraps it lazily; nothing is
+    compiled here), then the compiled one is back in place."""
+    from diffrepro.engines.flops import count_call
+
+    family, method, engine = loaded
+    if family != "denoiser":
+        pytest.skip("pipelines run eager")
+    spec = get_method(method)
+    setting = spec.make_setting({"ratio": 0.4})
+    with engine.counting():
+        eager = count_call(engine.prepare(spec, setting, 3, [0]), engine.flop_modules())
+    originals = {role: d.model for role, d in engine.roles.items()}
+    try:
+        for d in engine.roles.values():
+            d.model = torch.compile(d.model)
+        compiled = {role: d.model for role, d in engine.roles.items()}
+        call = engine.prepare(spec, setting, 3, [0])
+        with engine.counting():
+            assert {role: d.model for role, d in engine.roles.items()} == originals
+            counted = count_call(call, engine.flop_modules())
+        assert {role: d.model for role, d in engine.roles.items()} == compiled
+        assert dict(counted.flops) == dict(eager.flops) and counted.total > 0
+    finally:
+        for role, d in engine.roles.items():
+            d.model = originals[role]

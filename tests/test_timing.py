@@ -28,13 +28,17 @@ def checkpoints(tmp_path_factory):
     for seed, role in enumerate(("small", "large")):
         torch.manual_seed(seed)
         paths[role] = str(root / f"{role}.safetensors")
-        save_checkpoint(paths[role], build_dit(DIT).state_dict())
+        save_checkpoint(paths[role], build_dit(CONFIGS[role]).state_dict())
     return paths
+
+
+CONFIGS = {"small": DIT, "large": {**DIT, "hidden_size": 32}}  # the large model: 4x the FLOPs of its matmuls
 
 
 def entry(checkpoints, roles, **timing):
     return {"checkpoints": {r: checkpoints[m] for r, m in roles.items()},
-            "model_configs": {r: DIT for r in roles}, "sampling": SAMPLING, "timing": {**TIMING, **timing}}
+            "model_configs": {r: CONFIGS[m] for r, m in roles.items()}, "sampling": SAMPLING,
+            "timing": {**TIMING, **timing}}
 
 
 def test_rounds_are_the_most_any_method_asks_for():
@@ -74,6 +78,22 @@ def test_a_table_is_timed_round_robin(checkpoints, tmp_path):
     assert parallel["baseline"] == {"method": "sequential", "params": {"steps": 5}} and parallel["batch_size"] == 1
     assert parallel["forward_s"]["window"] == 5 and "overhead_fraction" not in parallel  # windows, not whole batches
     assert set(table["provenance"]["models"]) == {"tstitch", "parataa", "sequential"}
+    # cost beside time: p50 / p90, images/s at the timed batch, FLOPs of the calls made
+    small, large = r04["flops"]["per_forward_per_image"]["small"], r04["flops"]["per_forward_per_image"]["large"]
+    assert 0 < small < large
+    for row in (r0, r04, rows[("tstitch", "r1")]):
+        assert row["p50_s"] == pytest.approx(row["median_s"]) and row["images_per_s"] == 2 / row["median_s"]
+        # every call ran on the whole batch: FLOPs = NFE x one pass, per model
+        assert row["flops"]["calls_by_model"] == row["model_steps"]
+        assert row["flops"]["per_image"] == pytest.approx(
+            sum(n * row["flops"]["per_forward_per_image"][role] for role, n in row["model_steps"].items()))
+    assert r0["flops_speedup_vs_baseline"] == 1.0
+    assert r04["flops_speedup_vs_baseline"] == pytest.approx(5 * large / (2 * small + 3 * large))
+    # ParaTAA evaluates windows: more FLOPs than the sequential sampler it is measured against
+    # (each call evaluates between one and `window` steps of every image)
+    calls, one = parallel["model_steps"]["model"], parallel["flops"]["per_forward_per_image"]["model"]
+    assert calls * one < parallel["flops"]["per_image"] <= calls * 5 * one
+    assert parallel["flops_speedup_vs_baseline"] < 1 and parallel["flops"]["counted_images"] == 1
     # the table rule merges each score file with its row
     scores = []
     for k, key in enumerate(rows):
@@ -87,7 +107,7 @@ def test_a_table_is_timed_round_robin(checkpoints, tmp_path):
 def test_one_setting_against_its_baseline(checkpoints, tmp_path):
     record = time_setting(method="tstitch", setting_values={"ratio": 0.4},
                           baseline={"method": "tstitch", "params": {"ratio": 0.0}}, checkpoints=checkpoints,
-                          model_configs={"small": DIT, "large": DIT}, sampling=SAMPLING, seed=0,
+                          model_configs=CONFIGS, sampling=SAMPLING, seed=0,
                           timing={**TIMING, "warmup": 0, "repeats": 2}, config={}, output=str(tmp_path / "t.json"),
                           log=lambda *a: None)
     assert read_verified_json(tmp_path / "t.json") == record

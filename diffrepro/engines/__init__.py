@@ -12,6 +12,9 @@ sampling section and device, and then
 - `forward_pass(role, batch_size, seed)` -> a callable: one forward pass of that role's model
   as the method's loop calls it (guided), for the ideal time;
 - `extra_costs(...)`: family-specific timing extras (a denoiser's loop-only time);
+- `flop_modules()` -> {role: nn.Module}: the networks whose forward FLOPs timing counts
+  (engines.flops; a pipeline's U-Nets, not its text encoder or VAE), and `counting()`, a
+  context in which they run eager for the count;
 - `roles` (models by role), `device`, `meta()` (what shard and timing files record about
   the loaded models).
 

@@ -4,6 +4,7 @@ that decodes the samples to images (diffrepro.decoder)."""
 
 from __future__ import annotations
 
+import contextlib
 import statistics
 from pathlib import Path
 from typing import Sequence
@@ -137,6 +138,23 @@ class DenoiserEngine:
         noise, t, y = self._forward_inputs(batch_size, seed)
         denoiser = self.roles[role]
         return lambda: denoiser(noise, t, y)
+
+    def flop_modules(self) -> dict[str, torch.nn.Module]:
+        """The networks whose forward FLOPs count (engines.flops), by role: each DiT behind its guidance."""
+        return {role: denoiser.model for role, denoiser in self.roles.items()}
+
+    @contextlib.contextmanager
+    def counting(self):
+        """While FLOPs are counted: the eager DiTs in place of torch.compile'd ones (a counter
+        sees the ops of eager calls; a compiled graph is counted as traced, if at all)."""
+        compiled = {role: d.model for role, d in self.roles.items() if hasattr(d.model, "_orig_mod")}
+        try:
+            for role, model in compiled.items():
+                self.roles[role].model = model._orig_mod
+            yield
+        finally:
+            for role, model in compiled.items():
+                self.roles[role].model = model
 
     def extra_costs(self, spec, setting, seed: int, batch_size: int, repeats: int, uniform_batch: bool) -> dict:
         """For methods that evaluate a window of steps at once: one forward pass on the

@@ -5,6 +5,7 @@ resized to the scoring size."""
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Sequence
 
@@ -290,6 +291,15 @@ class PipelineEngine:
                                   tokens=(self.pipeline.tokenizer or self.pipeline.tokenizer_2).model_max_length, guided=guided, seed=seed,
                                   device=self.device, dtype=unet.dtype)
         return lambda: unet(**inputs)
+
+    def flop_modules(self) -> dict[str, torch.nn.Module]:
+        """The networks whose forward FLOPs count (engines.flops), by role: the U-Nets only,
+        not the text encoder or the VAE."""
+        return dict(self.roles)
+
+    def counting(self):
+        """While FLOPs are counted: nothing to swap (pipelines run eager here)."""
+        return contextlib.nullcontext()
 
     def extra_costs(self, spec, setting, seed: int, batch_size: int, repeats: int, uniform_batch: bool) -> dict:
         return {"window": None, "window_batch": None}

@@ -16,11 +16,14 @@ from typing import Any, Iterable, Mapping
 import pandas as pd
 
 from ..io import write_text
+from .cost import cost_columns
 from .format import fmt, images, label
 
 COLUMNS = ["method", "setting", "params", "fid", "fid_se", "fid_diff_se", "inception_score",
            "class_accuracy", "clip_score", "nfe", "nfe_by_model", "time_s", "time_p90_s", "batch_size",
-           "speedup", "reference", "on_frontier"]
+           "speedup", "reference", "on_frontier",
+           # cost beside time (report.cost)
+           "gflops_per_image", "flops_speedup", "images_per_s"]
 
 
 def pareto_frontier(times: Iterable[float], fids: Iterable[float]) -> list[bool]:
@@ -51,6 +54,7 @@ def _row(record: Mapping[str, Any]) -> dict[str, Any]:
         "batch_size": int(timing["batch_size"]),
         "speedup": float(timing.get("speedup_vs_baseline", math.nan)),
         "reference": f"{reference.get('method', '')}/{reference.get('setting', '')}",
+        **{k: v for k, v in cost_columns(timing).items() if k in ("gflops_per_image", "flops_speedup", "images_per_s")},
     }
 
 

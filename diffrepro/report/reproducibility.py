@@ -73,12 +73,20 @@ def sections(tables: Mapping[str, Mapping[str, Any]], kinds: Mapping[str, Any], 
     return out
 
 
-def render(template: str | Path, *, suite: str, config_file: str, sections_: list[Section]) -> str:
+def render(template: str | Path, *, suite: str, config_file: str, sections_: list[Section],
+           gpu_check: str | None = None) -> str:
+    """gpu_check: the "GPU check" section's text (report.gpu_check.gpu_check_section; by
+    default from results/gpu_check/gpu_check.json under the working directory)."""
     import jinja2
+
+    from .gpu_check import gpu_check_section
+
+    if gpu_check is None:
+        gpu_check = gpu_check_section()
 
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(Path(template).parent)),
                              undefined=jinja2.StrictUndefined, keep_trailing_newline=True,
                              trim_blocks=True, lstrip_blocks=True)
     text = env.get_template(Path(template).name).render(suite=suite, config_file=config_file,
-                                                        sections=sections_)
+                                                        sections=sections_, gpu_check=gpu_check)
     return re.sub(r"\n{3,}", "\n\n", text)

@@ -104,11 +104,21 @@ class FigureJob:
 
 
 def build_table(job: TableJob) -> None:
-    """Rule `table`: the kind writes job.outputs csv, md and claims; the CSV's sha256 goes
-    beside it (here, so no kind can forget it), checked by the figures that read it."""
+    """Rule `table`: the kind writes job.outputs csv, md and claims; a sampling table's
+    Markdown then gets its cost beside time (report.cost: NFE, FLOPs, p50 / p90, images/s per
+    setting), here so every kind has it; the CSV's sha256 goes beside it (here, so no kind can
+    forget it), checked by the figures that read it."""
     from ..integrity import record_sidecar
 
     job.kind.build(job)
+    if job.kind.stage == "sampling" and {"scores", "timings"} <= set(job.inputs):
+        from pathlib import Path
+
+        from ..io import write_text
+        from .cost import cost_markdown
+
+        md = Path(job.outputs["md"])
+        write_text(md, md.read_text().rstrip("\n") + "\n\n" + cost_markdown(job.records, job.methods))
     record_sidecar(job.outputs["csv"])
 
 

@@ -19,6 +19,7 @@ import pandas as pd  # noqa: E402
 
 from diffrepro.io import write_text  # noqa: E402
 from diffrepro.report import bands  # noqa: E402
+from diffrepro.report.cost import CSV_COLUMNS as CSV_COST_COLUMNS, cost_columns  # noqa: E402
 from diffrepro.report.paper import TSTITCH_YAML  # noqa: E402
 from diffrepro.report.figures import save_png_svg, wrapped_title  # noqa: E402
 from diffrepro.report.format import fmt as _fmt, images as _images, label as _label  # noqa: E402,F401
@@ -47,7 +48,9 @@ OUR_COLUMNS = [
     "ours_overhead_vs_ideal",
 ]
 PAPER_COLUMNS = ["paper_fid", "paper_time_s", "paper_speedup"]
-TABLE_COLUMNS = OUR_COLUMNS + PAPER_COLUMNS
+# cost beside time (report.cost): GFLOPs per image, FLOPs speed-up vs r=0, p50 / p90, images/s
+COST_COLUMNS = [f"ours_{c}" for c in CSV_COST_COLUMNS]
+TABLE_COLUMNS = OUR_COLUMNS + PAPER_COLUMNS + COST_COLUMNS
 
 PAPER_NOTE = (
     "DiT-S/2 -> DiT-XL/2 on ImageNet 256x256, DDIM 100, CFG 1.5; FID-5K from the ADM evaluator "
@@ -78,6 +81,7 @@ def _our_row(record: Mapping[str, Any]) -> dict[str, Any]:
         # time(r=0) / time(r), both measured side by side in the timing job of r
         "_paired_speedup": float(timing.get("speedup_vs_baseline", math.nan)),
         "_batch": int(timing["batch_size"]),
+        **cost_columns(timing, prefix="ours_"),
     }
 
 

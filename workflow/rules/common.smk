@@ -7,6 +7,7 @@ from diffrepro.integrity import CONFIGFILES_ENV
 from diffrepro.plan import DOWNLOADS, Plan, as_param, names_pattern
 from diffrepro.report.kinds import table_targets
 from diffrepro.report.notes import setting_note
+from diffrepro.report.gpu_check import GPU_CHECK_JSON
 
 PLAN = Plan(config)
 CHECKPOINTS, RESULTS, REPORTS, LOGS = PLAN.checkpoints, PLAN.results, PLAN.reports, PLAN.logs

@@ -81,10 +81,13 @@ rule reproducibility:
         [path for made in PLAN.reproducibility_files().values()
          for path in (made["table"], made["claims"], *made["scores"])],
         template="workflow/report/reproducibility.md.j2",
+        # the GPU check's result (benchmarks/gpu_check.py), when one was recorded here
+        gpu_check=[GPU_CHECK_JSON] if os.path.exists(GPU_CHECK_JSON) else [],
     output:
         PLAN.reproducibility.get("output", f"{REPORTS}/REPRODUCIBILITY.md"),
     params:
         files=as_param(PLAN.reproducibility_files()),
+        gpu_check=GPU_CHECK_JSON,
         config_file=", ".join(CONFIG_FILES),
     localrule: True
     conda:

@@ -3,6 +3,7 @@
 import json
 
 from diffrepro.io import write_text
+from diffrepro.report.gpu_check import gpu_check_section
 from diffrepro.report.kinds import kind_of
 from diffrepro.report.reproducibility import render, sections
 from diffrepro.snakejob import job
@@ -12,4 +13,5 @@ with job(snakemake, uses_torch=False):
     found = sections(tables, {name: kind_of(entry) for name, entry in tables.items()},
                      {name: f"reproduce_{name}_table" for name in tables}, json.loads(snakemake.params.files))
     write_text(snakemake.output[0], render(snakemake.input.template, suite=snakemake.config["suite"],
-                                           config_file=snakemake.params.config_file, sections_=found))
+                                           config_file=snakemake.params.config_file, sections_=found,
+                                           gpu_check=gpu_check_section(snakemake.params.gpu_check)))
