@@ -181,7 +181,9 @@ def test_grid_may_be_a_list_of_products(config):
     assert "n25-w25-k25-m1-tol0.001-rtol0.001-it25" in settings
     assert settings["n100-w100-k100-m2-tol0.001-rtol0.001-it100-warm"]["warm_start"] is True
     assert not any(k.startswith("n25-w100") for k in settings)  # blocks do not mix
-    assert len(settings) == 12
+    assert settings["n100-w25-k25-m3-tol0.001-rtol0.001-it100-initrelease"]["window_init"] == "release"
+    assert settings["n50-w50-k50-m2-tol0.001-rtol0.001-it50-var30"]["variation_steps"] == 30
+    assert len(settings) == 26
 
 
 def test_a_window_longer_than_the_trajectory_is_rejected(config):

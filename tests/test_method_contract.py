@@ -243,10 +243,15 @@ CONTRACTS: dict[str, Contract] = {
              "n25-w5-k1-m1-tol0-rtol0-it10": {"steps": 25, "window": 5, "memory": 1, "tolerance": 0.0,
                                                "relative_tolerance": 0.0, "max_iterations": 10},
              "n25-w25-k25-m2-tol0.001-rtol0.001-it25-warm": {"steps": 25, "window": 25, "order": 25,
-                                                             "warm_start": True}},
+                                                             "warm_start": True},
+             "n25-w25-k25-m2-tol0.001-rtol0.001-it25-var5": {"steps": 25, "window": 25, "order": 25,
+                                                             "variation_steps": 5},
+             "n25-w5-k1-m3-tol0.001-rtol0.001-it25-initrelease-histrelease": {
+                 "steps": 25, "window": 5, "memory": 3, "window_init": "release", "taa_history": "release"}},
         invalid=[{"steps": 0, "window": 1}, {"steps": 10, "window": 11}, {"steps": 10, "window": 4, "order": 5},
                  {"steps": 10, "window": 4, "memory": 0}, {"steps": 10, "window": 4, "tolerance": -1.0},
-                 {"steps": 10, "window": 4, "max_iterations": -1}],
+                 {"steps": 10, "window": 4, "max_iterations": -1}, {"steps": 10, "window": 4, "variation_steps": 11},
+                 {"steps": 10, "window": 4, "window_init": "zeros"}, {"steps": 10, "window": 4, "taa_history": "x"}],
         off=off_parallel("parataa", PARATAA_EXACT), batch={"steps": 6, "window": 3, "order": 2, "memory": 2},
         extra={"loose": {"tolerance": 0.5, "relative_tolerance": 0.0}}),
     "picard": Contract(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import pandas as pd
 import pytest
@@ -14,6 +15,7 @@ from diffrepro.report.parataa import (
     TABLE_COLUMNS,
     build_table,
     claims,
+    table_markdown,
     claims_markdown,
     convergence_plot,
     labels_from_records,
@@ -35,7 +37,7 @@ def make_record(method: str, setting: str, steps: int, *, iterations: float = 0.
                 memory: int = 2, warm: bool = False, window: int = 25, order: int = 4,
                 fid: float = SEQ_FID, fid_diff_se: float = 0.2, speedup: float = 1.5,
                 ci: tuple[float, float] = (1.3, 1.7), converged: float = 1.0,
-                dev: float = 1e-3, off: float = 0.0) -> dict:
+                dev: float = 1e-3, off: float = 0.0, options: dict | None = None) -> dict:
     """One record in the report's input schema; `iterations` 0 means sequential (= steps)."""
     sequential = method == "sequential"
     iterations = float(steps) if sequential else iterations
@@ -44,7 +46,8 @@ def make_record(method: str, setting: str, steps: int, *, iterations: float = 0.
         params |= {"window": window, "tolerance": 0.1, "max_iterations": steps}
     if method == "parataa":
         params |= {"window": window, "order": order, "memory": memory, "tolerance": 1e-3,
-                   "relative_tolerance": 1e-3, "max_iterations": steps, "warm_start": warm}
+                   "relative_tolerance": 1e-3, "max_iterations": steps, "warm_start": warm,
+                   **(options or {})}
     ref_time = SEQ_TIME * steps / 25
     stats = {"mean": iterations, "median": iterations, "min": iterations - 1, "max": iterations + 2}
     return {
@@ -282,3 +285,74 @@ def test_claims_markdown_gives_numbers(table: pd.DataFrame) -> None:
     for number in ("4-14×", "12.50×", "44 iterations", "3.1× wall-clock", "1.25×"):
         assert number in text, number
     assert "**does not hold on this device**" in text and "**holds**" in text
+
+
+# --- the released code's rules and the variation ---------------------------------------------
+
+RELEASE = {"window_init": "release", "taa_history": "release"}
+
+
+def records_with_rules_and_variations() -> list[dict]:
+    """The default records plus, at 100 steps, window-25 settings with each rule (ours is the
+    twin) and two variations that land far from their own class's sequential samples."""
+    extra = [
+        make_record("parataa", "w25", 100, iterations=30.0, memory=3, window=25, order=25),
+        make_record("parataa", "w25init", 100, iterations=33.0, memory=3, window=25, order=25,
+                    options={"window_init": "release"}),
+        make_record("parataa", "w25hist", 100, iterations=36.0, memory=3, window=25, order=25,
+                    options={"taa_history": "release"}),
+        make_record("parataa", "w25rel", 100, iterations=38.0, memory=3, window=25, order=25,
+                    options=RELEASE),
+        make_record("parataa", "var20", 100, iterations=4.0, options={"variation_steps": 20},
+                    window=100, dev=1.7, off=0.6, fid=14.0, speedup=9.0, ci=(8.0, 10.0)),
+        make_record("parataa", "var60", 100, iterations=6.0, options={"variation_steps": 60},
+                    window=100, dev=1.9, off=0.9, fid=18.0),
+    ]
+    return make_records() + extra
+
+
+def test_rule_and_variation_rows_in_the_table() -> None:
+    row = build_table(records_with_rules_and_variations()).set_index("setting")
+    assert row.loc["w25rel", ["window_init", "taa_history"]].tolist() == ["release", "release"]
+    assert row.loc["w25", ["window_init", "taa_history"]].tolist() == ["paradigms", "newest"]
+    assert row.loc["p100", "window_init"] == "" and row.loc["taa100", "variation_steps"] == 0
+    # a variation's iterations and NFE are per solved step (its last k)
+    assert row.loc["var20", "solved_steps"] == 20 and row.loc["var20", "step_reduction"] == pytest.approx(20 / 4)
+    assert row.loc["var20", "nfe_per_step"] == pytest.approx(4 * 100 / 20)
+    assert row.loc["taa100", "solved_steps"] == 100
+
+
+def test_markdown_shows_the_rules_and_variations_with_what_is_measured(tmp_path) -> None:
+    table = build_table(records_with_rules_and_variations())
+    text = re.sub(r" +", " ", table_markdown(table, labels=LABELS, setting_note=NOTE))  # no padding
+    rules = text.split("## Window entry and TAA history")[1].split("## Variation")[0]
+    assert "initialize_samples" in rules and "Measured: parallel iterations and network evaluations" in rules
+    for cells in ("| paradigms | newest | 30.00 (32) | 750.0 | 7.50 |", "| release | newest | 33.00 (35) |",
+                  "| paradigms | release | 36.00 (38) |", "| release | release | 38.00 (40) |"):
+        assert cells in rules, cells
+    assert "taa100" not in rules and "| 100 / 4 / 2 |" not in rules  # no twin with other rules
+    variation = text.split("## Variation")[1].split("## Published")[0]
+    assert "own class's sequential sample" in variation and "parallel_sd_winit.py" in variation
+    assert "| 100 | 20 | 100 / 4 / 2 | 4.00 (6) | 5.00× | 400.0 | 1.7 (0.17) | 60.0% | +4.00 ± 0.20 |" in variation
+    assert "| 60 |" in variation
+    # back from CSV, the plots take the new rows
+    write_table(table, tmp_path / "t.csv", tmp_path / "t.md", setting_note=NOTE, labels=LABELS)
+    pareto_plot(pd.read_csv(tmp_path / "t.csv"), tmp_path / "p.png", tmp_path / "p.svg", title="x", labels=LABELS)
+    assert "var k=20" in (tmp_path / "p.svg").read_text()
+
+
+def test_without_such_settings_the_sections_are_left_out(table: pd.DataFrame) -> None:
+    text = table_markdown(table, labels=LABELS, setting_note=NOTE)
+    assert "## Window entry" not in text and "## Variation" not in text
+
+
+def test_claims_are_judged_on_our_rules_without_variations(table: pd.DataFrame) -> None:
+    records = records_with_rules_and_variations()
+    found = claims(build_table([r for r in records if r["setting"] not in ("w25", "w25init", "w25hist", "w25rel")]
+                               + [r for r in records if r["setting"] == "w25"]))
+    everything = claims(build_table(records))
+    assert everything == found  # the release-rule rows and the variations change no verdict or number
+    converges = by_key(everything, "converges_parataa")[0]
+    assert converges["verdict"] == "holds" and "var20" not in converges["ours_value"]
+    assert "var20" not in by_key(everything, "wall_clock_parataa")[1]["ours_value"]
+    assert "Judged on the settings with our window-entry" in claims_markdown(build_table(records), NOTE)

@@ -14,6 +14,10 @@ final. Two solvers share that skeleton:
 - `PicardSolver` (ParaDiGMS, Shih et al., NeurIPS 2023): Picard iteration from the window
   start, window slid past the first step whose change exceeds its tolerance.
 
+Where the released ParaTAA code departs from our rules (how states entering a sliding
+window start; which history rows TAA uses), its rule is an option (`ENTRY_RULES`,
+`HISTORY_RULES`); the defaults are the rules used before these options existed.
+
 Each solver works on ONE trajectory (its window, convergence and stopping are per image,
 so results do not depend on the batch); `solve_in_lockstep` runs many at once, stacking
 their windows into one network call per parallel iteration. States are float64, as in the
@@ -85,22 +89,56 @@ class Solver(Protocol):
     def update(self, eps: torch.Tensor) -> None: ...
 
 
+# How states that newly enter a sliding window start (`window_init`):
+# - "paradigms": every new state, the window's last output included, as a copy of the last
+#   state guessed so far (the end of the previous window: a computed state). This is
+#   ParaDiGMS' rule (Shih et al. 2023; AndyShih12/paradigms, stablediffusion_paradigms.py:
+#   `latents_time_evolution_buffer[end_idx:new_end_idx+1] = ...[end_idx]`), not the ParaTAA
+#   release's (an earlier comment here called it both papers' choice: it is not).
+# - "release": the released ParaTAA code's rule (TZW1998/ParaTAA-Diffusion, parallel_sd.py,
+#   ParallelDDIM.initialize_samples with prepare_model_kwargs and step): only the window's
+#   INPUTS are filled, up to min(final + window - 1, N), as copies of the last state it
+#   counts as initialised; the window's last output keeps the buffer's zero until its first
+#   update, and is not counted as initialised afterwards, so when the window slides its
+#   computed value is overwritten by a copy of the state before it. One departure, on
+#   purpose: the release also overwrites a FINALISED state that way when a whole window is
+#   finalised in one iteration (with window = 1 every iteration, which turns its sequential
+#   limit into a repeat of the previous state); here no state X[0..final] is ever overwritten,
+#   so the copy starts from the finalised state instead.
+ENTRY_RULES = ("paradigms", "release")
+# Which history differences Triangular Anderson Acceleration uses for a step that entered
+# the window after the oldest remembered iteration (`taa_history`; it matters only for
+# memory m >= 3 and a window shorter than the trajectory): "newest" its most recent
+# differences, all between iterations it took part in (the paper's description); "release"
+# the released code's oldest rows of a zero-padded buffer (`_oldest_rows_zero_padded`).
+HISTORY_RULES = ("newest", "release")
+
+
 class _WindowedSolver:
     """What both solvers share: the state array, lazy initialisation, bookkeeping."""
 
     def __init__(self, trajectory: Trajectory, x_T: torch.Tensor, noise: torch.Tensor,
-                 window: int, max_iterations: int, initial: torch.Tensor | None = None):
+                 window: int, max_iterations: int, initial: torch.Tensor | None = None,
+                 solve_from: int = 0, window_init: str = "paradigms"):
         n = trajectory.steps
+        if window_init not in ENTRY_RULES:
+            raise ValueError(f"window_init must be one of {ENTRY_RULES}, got {window_init!r}")
+        if not 0 <= solve_from < n or (solve_from > 0 and initial is None):
+            raise ValueError(f"solve_from must be in 0..{n - 1} and needs an initial trajectory "
+                             f"(the states it keeps); got {solve_from}")
         self.traj = trajectory
         self.W = min(window, n)
         self.max_iterations = max_iterations
+        self.window_init = window_init
         self.z = noise
         self.X = torch.zeros(n + 1, *x_T.shape, dtype=torch.float64)
         self.X[0] = x_T.double()
         if initial is not None:               # warm start: a whole trajectory given up front
             self.X[1:] = initial[1:].double()
         self.initialized = n if initial is not None else 0  # X[..initialized] hold guesses
-        self.final = 0        # X[0..final] are solved (exact up to the tolerance)
+        # X[0..final] are solved (exact up to the tolerance); solve_from > 0 keeps the given
+        # trajectory's states up to there (the release's variation, parallel_sd_winit.py)
+        self.final = solve_from
         self.iterations = 0   # parallel network calls
         self.evaluations = 0  # network evaluations (rows of those calls)
         self.residual_trace: list[float] = []
@@ -109,12 +147,24 @@ class _WindowedSolver:
     def window(self) -> tuple[torch.Tensor, torch.Tensor]:
         """States and timesteps of the steps to evaluate: inputs X[final .. end-1]."""
         end = min(self.final + self.W, self.traj.steps)
-        if self.initialized < end:
-            # New states start as a copy of the last one guessed (both papers' choice).
+        if self.window_init == "release":
+            self._enter_as_released()
+        elif self.initialized < end:
+            # New states start as a copy of the last one guessed (ParaDiGMS' rule, above).
             self.X[self.initialized + 1:end + 1] = self.X[self.initialized]
             self.initialized = end
         self._steps = torch.arange(self.final, end)
         return self.X[self.final:end].float(), self.traj.timesteps[self._steps]
+
+    def _enter_as_released(self) -> None:
+        """The release's initialize_samples in our indexing (see ENTRY_RULES): fill the
+        inputs up to min(final + W - 1, N) from the last state counted as initialised, never
+        from before `final`, and leave the window's last output as it is."""
+        top = min(self.traj.steps, self.final + self.W - 1)
+        start = max(self.initialized, self.final)
+        if start < top:
+            self.X[start + 1:top + 1] = self.X[start]
+            self.initialized = top
 
     def _drift(self, eps: torch.Tensor) -> torch.Tensor:
         """b_i eps_i + c_i z_i for the window's steps."""
@@ -155,16 +205,22 @@ class ParaTAASolver(_WindowedSolver):
       with the window's eps held fixed;
     - TAA: X_o <- X_o + R_o - (dX_o + dR_o) gamma_o, with gamma_o from the ridge-regularised
       least squares over the residual differences of steps final+1..o only (equally or
-      more noisy steps: the "triangular" part), using the last m - 1 differences;
+      more noisy steps: the "triangular" part), using up to m - 1 differences (which ones:
+      `taa_history`);
     - the first unconverged output, computed from converged inputs, is final after the
       update; everything before it already was.
     """
 
     def __init__(self, trajectory, x_T, noise, *, window: int, order: int, memory: int,
                  tolerance: float, relative_tolerance: float, max_iterations: int,
-                 ridge: float = 1e-3, initial=None):
-        super().__init__(trajectory, x_T, noise, window, max_iterations, initial)
+                 ridge: float = 1e-3, initial=None, solve_from: int = 0,
+                 window_init: str = "paradigms", taa_history: str = "newest"):
+        super().__init__(trajectory, x_T, noise, window, max_iterations, initial, solve_from,
+                         window_init)
+        if taa_history not in HISTORY_RULES:
+            raise ValueError(f"taa_history must be one of {HISTORY_RULES}, got {taa_history!r}")
         self.order, self.memory, self.ridge = order, memory, ridge
+        self.taa_history = taa_history
         self.tolerance, self.relative_tolerance = tolerance, relative_tolerance
         # Per iteration: (first output index, X of the window's outputs, their R).
         self.history: deque[tuple[int, torch.Tensor, torch.Tensor]] = deque(maxlen=memory)
@@ -207,9 +263,9 @@ class ParaTAASolver(_WindowedSolver):
 
         Differences are taken between consecutive iterations at the same step index. A step
         that entered the window j iterations ago has j - 1 of them; every earlier step has
-        at least as many, so the triangular sums never reach outside known history. (The
-        released code takes the OLDEST m - 1 rows of a zero-padded buffer, which differs
-        from the most recent ones only for m > 2; we use the most recent, as the paper.)
+        at least as many. Which ones it uses is `taa_history` (HISTORY_RULES): "newest" the
+        j - 1 most recent, so the triangular sums never reach outside known history;
+        "release" the OLDEST j - 1 rows of the zero-padded buffer, as the released code.
         """
         correction = torch.zeros_like(residual)
         if self.memory < 2 or len(self.history) < 2 or first_corrected >= len(residual):
@@ -217,15 +273,18 @@ class ParaTAASolver(_WindowedSolver):
         n = len(residual)
         aligned = [(_on_window(lo, n, lo_k, x_k), _on_window(lo, n, lo_k, r_k))
                    for lo_k, x_k, r_k in self.history]
-        # Differences between consecutive iterations, newest first, on this window's steps;
-        # `available[o]` counts the newest ones that exist for step o without a gap.
-        d_x, d_r, available = [], [], torch.zeros(n, dtype=torch.long)
-        for (x_new, r_new), (x_old, r_old) in zip(aligned[:0:-1], aligned[-2::-1]):
-            dx, dr = x_new - x_old, r_new - r_old
-            valid = ~torch.isnan(dx.flatten(1)).any(1)
-            available += valid & (available == len(d_x))
-            d_x.append(torch.nan_to_num(dx))
-            d_r.append(torch.nan_to_num(dr))
+        if self.taa_history == "release":
+            d_x, d_r, available = _oldest_rows_zero_padded(aligned)
+        else:
+            # Differences between consecutive iterations, newest first, on this window's steps;
+            # `available[o]` counts the newest ones that exist for step o without a gap.
+            d_x, d_r, available = [], [], torch.zeros(n, dtype=torch.long)
+            for (x_new, r_new), (x_old, r_old) in zip(aligned[:0:-1], aligned[-2::-1]):
+                dx, dr = x_new - x_old, r_new - r_old
+                valid = ~torch.isnan(dx.flatten(1)).any(1)
+                available += valid & (available == len(d_x))
+                d_x.append(torch.nan_to_num(dx))
+                d_r.append(torch.nan_to_num(dr))
         d_x, d_r = torch.stack(d_x), torch.stack(d_r)               # (J, n, ...)
         flat_r = d_r.flatten(2)
         gram = torch.einsum("jod,kod->ojk", flat_r, flat_r).cumsum(0)  # sum over steps <= o
@@ -240,6 +299,21 @@ class ParaTAASolver(_WindowedSolver):
             steps = (d_x[:j, rows] + d_r[:j, rows]).flatten(2)                  # (j, rows, D)
             correction[rows] = torch.einsum("rj,jrd->rd", gamma, steps).view_as(correction[rows])
         return correction
+
+
+def _oldest_rows_zero_padded(aligned: list[tuple[torch.Tensor, torch.Tensor]]):
+    """The release's history rows (parallel_sd.py, ParallelDDIM.taa_step): the buffer holds
+    the last m iterations' (X, R) on every step, ZERO where a step was outside that
+    iteration's window; its differences are ordered oldest first, and a step that has been
+    in the window for j of the buffered iterations (`memory_indexes`) uses the first j - 1
+    of them. For a step that entered after the buffer's oldest iteration these include
+    differences against the zero padding."""
+    present = torch.stack([~torch.isnan(x.flatten(1)).any(1) for x, _ in aligned])  # (L, n)
+    available = (present.sum(0) - 1).clamp(min=0)
+    padded = [(torch.nan_to_num(x), torch.nan_to_num(r)) for x, r in aligned]
+    d_x = [new[0] - old[0] for old, new in zip(padded[:-1], padded[1:])]
+    d_r = [new[1] - old[1] for old, new in zip(padded[:-1], padded[1:])]
+    return d_x, d_r, available
 
 
 def _on_window(lo: int, n: int, lo_k: int, values: torch.Tensor) -> torch.Tensor:
@@ -324,7 +398,8 @@ def summarize(solvers: Sequence[_WindowedSolver]) -> tuple[torch.Tensor, dict, d
 def sequential_trajectories(trajectory: Trajectory, denoiser: GuidedDenoiser, x_T: torch.Tensor,
                             labels: torch.Tensor, noises: torch.Tensor) -> torch.Tensor:
     """Every state X[0..N] of the sequential solution, (images, N + 1, ...) in float64:
-    the warm start's source trajectory (the paper reuses a previous prompt's)."""
+    the warm start's and the variation's source trajectory (the paper reuses a previous
+    prompt's)."""
     X = [x_T.double()]
     for i, t in enumerate(trajectory.timesteps.tolist()):
         eps = denoiser(X[-1].float(), t, labels)[:, : x_T.shape[1]].double()

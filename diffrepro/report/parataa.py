@@ -35,9 +35,12 @@ NO_LOSS_SIGMAS = 2.0
 VISIBLE_DEVIATION = 0.1  # max abs. pixel deviation (data range [-1, 1]) that counts as a different image
 NOT_CONFIGURED = "cannot be checked (no such settings configured)"
 
+# ParaTAA's rules where the released code departs from ours (methods/parataa.py): the defaults
+DEFAULT_RULES = {"window_init": "paradigms", "taa_history": "newest"}
+
 TABLE_COLUMNS = [
-    "steps", "method", "setting", "window", "order", "memory", "warm_start", "tolerance",
-    "relative_tolerance", "iterations_mean", "iterations_max", "step_reduction", "nfe_mean",
+    "steps", "method", "setting", "window", "order", "memory", "warm_start", "variation_steps",
+    "window_init", "taa_history", "tolerance", "relative_tolerance", "solved_steps", "iterations_mean", "iterations_max", "step_reduction", "nfe_mean",
     "nfe_per_step", "max_abs_dev", "mean_abs_dev", "images_off_fraction", "fid", "fid_se", "fid_diff", "fid_diff_se",
     "inception_score", "class_accuracy", "time_s", "reference_time_s", "speedup", "speedup_ci_lo",
     "speedup_ci_hi", "batch_size", "cost_window", "window_cost_ratio", "implied_speedup",
@@ -68,16 +71,22 @@ def _row(record: Mapping[str, Any], by_key: Mapping[tuple[str, str], Mapping[str
     if int(ref["params"]["steps"]) != steps:
         raise ValueError(f"{name}: its reference {ref_name} has other steps")
     iterations, nfe = float(par["iterations"]["mean"]), float(par["network_evaluations"]["mean"])
+    # a variation solves only its last k steps (the others are given): iterations and NFE
+    # are per solved step, its deviation is from the own class's sequential sample
+    variation = int(params.get("variation_steps") or 0)
+    solved = variation or steps
     forward, ci = timing.get("forward_s") or {}, timing.get("speedup_ci95") or (None, None)
     cost_ratio = _num(forward.get("window_batch")) / _num(forward.get("batch"))
     speedup = timing.get("speedup_vs_baseline")  # median of paired runs; else ratio of medians
     return {
         "steps": steps, "method": method, "setting": setting,
         **{k: _num(params.get(k)) for k in ("window", "order", "memory")},
-        "warm_start": bool(params.get("warm_start", False)),
+        "warm_start": bool(params.get("warm_start", False)), "variation_steps": variation,
+        **{k: params.get(k, v) if method == "parataa" else "" for k, v in DEFAULT_RULES.items()},
         **{k: _num(params.get(k)) for k in ("tolerance", "relative_tolerance")},
+        "solved_steps": solved,
         "iterations_mean": iterations, "iterations_max": float(par["iterations"]["max"]),
-        "step_reduction": steps / iterations, "nfe_mean": nfe, "nfe_per_step": nfe / steps,
+        "step_reduction": solved / iterations, "nfe_mean": nfe, "nfe_per_step": nfe / solved,
         "max_abs_dev": float(record["deviation"]["max_abs"]),
         "mean_abs_dev": float(record["deviation"]["mean_abs"]),
         "images_off_fraction": _num(record["deviation"].get("images_off_fraction")),
@@ -136,6 +145,9 @@ def _markdown_frame(df: pd.DataFrame, labels: Mapping[str, str]) -> pd.DataFrame
         "window w / order k / memory m": [" / ".join(_fmt(v, "g") for v in vals) for vals in
                                           zip(df["window"], df["order"], df["memory"])],
         "warm start": ["yes" if w else "no" for w in df["warm_start"]],
+        "variation: last k steps": [f"{int(k)}" if k else "–" for k in df["variation_steps"]],
+        "window entry / TAA history": [f"{a} / {b}" if m == "parataa" else "–" for m, a, b in
+                                       zip(df["method"], df["window_init"], df["taa_history"])],
         "tol": [_fmt(v, "g") for v in df["tolerance"]],
         "iterations mean (max)": [f"{m:.2f} ({x:g})" for m, x in
                                   zip(df["iterations_mean"], df["iterations_max"])],
@@ -207,9 +219,101 @@ def table_markdown(df: pd.DataFrame, *, labels: Mapping[str, str], setting_note:
         "- speed-up = time of the sequential run with the same steps / time of this run, median of "
         "paired runs; window-batch cost = time of one forward pass on window×batch images / on one "
         "batch; implied speed-up = (steps / iterations) / window-batch cost, a lower bound: windows "
-        "shrink near the end of the trajectory, so the mean call is smaller than a full window.", "",
+        "shrink near the end of the trajectory, so the mean call is smaller than a full window.",
+        "- steps / iterations and NFE / step count the solved steps: all of them, or a "
+        "variation's last k (its deviation is from its own class's sequential sample, which it "
+        "is not meant to reproduce; see its section).", "",
         _markdown_frame(df, labels).to_markdown(index=False, disable_numparse=True), "",
+        rules_markdown(df), variation_markdown(df),
         published_markdown(published),
+    ])
+
+
+def _is_variation(df: pd.DataFrame) -> pd.Series:
+    return df["variation_steps"].fillna(0).astype(int) > 0
+
+
+def _default_rules(df: pd.DataFrame) -> pd.Series:
+    """Rows run with our default window-entry and history rules (every non-ParaTAA row)."""
+    return ((df["method"] != "parataa")
+            | ((df["window_init"] == DEFAULT_RULES["window_init"])
+               & (df["taa_history"] == DEFAULT_RULES["taa_history"])))
+
+
+def rules_markdown(df: pd.DataFrame) -> str:
+    """ParaTAA settings run with each (window entry, TAA history) rule, side by side per
+    (steps, window, order, memory, tolerances, start): where the released code's rules are
+    configured, with the twin that uses ours."""
+    taa = df[(df["method"] == "parataa") & ~_is_variation(df)]
+    twin = ["steps", "window", "order", "memory", "tolerance", "relative_tolerance", "warm_start"]
+    groups = [g for _, g in taa.groupby(twin, sort=True) if not _default_rules(g).all()]
+    if not groups:
+        return ""
+    rows = pd.concat(groups)
+    shown = pd.DataFrame({
+        "steps": rows["steps"].astype(str),
+        "window w / order k / memory m": [" / ".join(_fmt(v, "g") for v in vals) for vals in
+                                          zip(rows["window"], rows["order"], rows["memory"])],
+        "window entry": rows["window_init"], "TAA history": rows["taa_history"],
+        "iterations mean (max)": [f"{m:.2f} ({x:g})" for m, x in
+                                  zip(rows["iterations_mean"], rows["iterations_max"])],
+        "NFE mean": [f"{v:.1f}" for v in rows["nfe_mean"]],
+        "NFE / step": [f"{v:.2f}" for v in rows["nfe_per_step"]],
+        "max (mean) abs. deviation from sequential": [
+            f"{a:.2g} ({b:.2g})" for a, b in zip(rows["max_abs_dev"], rows["mean_abs_dev"])],
+        "converged": [f"{v:.0%}" for v in rows["converged_fraction"]],
+    })
+    return "\n".join([
+        "## Window entry and TAA history: ours and the released code's", "",
+        "- window entry: how a state that newly enters the sliding window starts. *paradigms* "
+        "(ours): a copy of the last state guessed, the previous window's computed end "
+        "(ParaDiGMS' rule); *release*: the released ParaTAA code's (parallel_sd.py, "
+        "initialize_samples): only the window's inputs are filled, its newest output starts at "
+        "zero and is recopied from the state before it when the window slides (but never over a "
+        "finalised state, which the release does when a whole window is finalised at once).",
+        "- TAA history: which past iterations' differences Anderson acceleration uses for a step "
+        "that entered the window after the oldest remembered iteration. *newest* (ours, the "
+        "paper's): its most recent ones; *release*: the oldest rows of the release's zero-padded "
+        "buffer. It matters only for memory m >= 3 and a window shorter than the steps.",
+        "- Measured: parallel iterations and network evaluations (NFE) per image until every step "
+        "met the tolerance, and the final sample's distance from the sequential one.", "",
+        shown.to_markdown(index=False, disable_numparse=True), "",
+    ])
+
+
+def variation_markdown(df: pd.DataFrame) -> str:
+    """Trajectory-initialised variations (parallel_sd_winit.py): iterations, NFE and the
+    distance to the OWN class's sequential sample (which a variation does not reproduce)."""
+    rows = df[(df["method"] == "parataa") & _is_variation(df)]
+    if rows.empty:
+        return ""
+    shown = pd.DataFrame({
+        "steps": rows["steps"].astype(str),
+        "solved: last k steps": rows["variation_steps"].astype(int).astype(str),
+        "window w / order k / memory m": [" / ".join(_fmt(v, "g") for v in vals) for vals in
+                                          zip(rows["window"], rows["order"], rows["memory"])],
+        "iterations mean (max)": [f"{m:.2f} ({x:g})" for m, x in
+                                  zip(rows["iterations_mean"], rows["iterations_max"])],
+        "k / iterations": [f"{v:.2f}×" for v in rows["step_reduction"]],
+        "NFE mean": [f"{v:.1f}" for v in rows["nfe_mean"]],
+        "max (mean) abs. distance to own class's sequential sample": [
+            f"{a:.2g} ({b:.2g})" for a, b in zip(rows["max_abs_dev"], rows["mean_abs_dev"])],
+        f"images off by > {VISIBLE_DEVIATION:g}": [_fmt(v, ".1%") for v in rows["images_off_fraction"]],
+        "ΔFID vs own class's sequential ± paired SE": _pm(rows["fid_diff"], rows["fid_diff_se"], "+.2f"),
+        "class accuracy": [_fmt(v, ".3f") for v in rows["class_accuracy"]],
+    })
+    return "\n".join([
+        "## Variation: start from another class's trajectory, solve the last k steps", "",
+        "- As the released parallel_sd_winit.py (prompt A's trajectory reused for prompt B): the "
+        "states up to step N - k are the sequential trajectory of the same noise with the next "
+        "class label (given, not timed); ParaTAA then solves only the last k steps with the "
+        "image's own label. The result is an SDEdit-like variation of the other class's image, "
+        "not the own class's sequential sample.",
+        "- Measured: parallel iterations and NFE per image for those k steps (k sequential steps "
+        "would take k network calls), and the final sample's distance to the own class's "
+        "sequential sample with the same noise (data range [-1, 1]) with the FID difference; "
+        "class accuracy tells how often the variation shows its own class.", "",
+        shown.to_markdown(index=False, disable_numparse=True), "",
     ])
 
 
@@ -396,6 +500,7 @@ def claims(df: pd.DataFrame, published: str | os.PathLike = PARATAA_YAML) -> lis
     judged per step count come once per steps value.
     """
     runs, low, high = _published(published)
+    df = df[_default_rules(df) & ~_is_variation(df)]  # the release's rules and variations: own sections
     return [
         *_claims_step_reduction(df, runs, low, high),
         *_claims_fewer_iterations(df, runs),
@@ -418,6 +523,8 @@ def claims_markdown(df: pd.DataFrame, setting_note: str, published: str | os.Pat
         "## ParaTAA claims: paper vs ours", "", f"- **ours**: {setting_note}.",
         "- Verdicts follow the rules below, fixed before the runs. The papers' numbers are on "
         "Stable Diffusion, ours on the embedded suite: only iteration counts and ratios are judged.",
+        "- Judged on the settings with our window-entry and TAA-history rules and no variation; "
+        "the released code's rules and the variations are compared in the table's own sections.",
         "", rows.to_markdown(index=False, disable_numparse=True), "", "Rules:", "",
         *[f"{i}. *{claim}*: {rule}." for i, (claim, rule) in enumerate(rules.values(), 1)], "",
     ])
@@ -434,7 +541,9 @@ def setting_label(method: str, params: Mapping[str, Any]) -> str:
     if method == "picard":  # ParaDiGMS' tolerance is relative to the step's noise std
         return f"Picard w={w}, tol={tol}·σ"
     if method == "parataa":
-        return f"ParaTAA m={m} k={k}, w={w}, tol={tol}" + (", warm" if params.get("warm_start") else "")
+        return (f"ParaTAA m={m} k={k}, w={w}, tol={tol}" + (", warm" if params.get("warm_start") else "")
+                + _variant(params.get("variation_steps"), params.get("window_init"),
+                           params.get("taa_history")))
     return f"sequential {params['steps']}"
 
 
@@ -474,10 +583,22 @@ def convergence_plot(records: Iterable[Mapping[str, Any]], png_path: str | os.Pa
 def _point_label(row: pd.Series) -> str:
     """Short annotation: what tells the points of one method and step count apart."""
     if row["method"] == "parataa":
-        return f"m={_fmt(_num(row['memory']), 'g')}" + (" warm" if _truthy(row["warm_start"]) else "")
+        return (f"m={_fmt(_num(row['memory']), 'g')}" + (" warm" if _truthy(row["warm_start"]) else "")
+                + _variant(row.get("variation_steps"), row.get("window_init"), row.get("taa_history")))
     if row["method"] == "picard":
         return f"tol={_fmt(_num(row['tolerance']), 'g')}"
     return ""
+
+
+def _variant(variation: Any, window_init: Any, taa_history: Any) -> str:
+    """', var k=10', ', release entry', ', release history' (nothing for the defaults)."""
+    k = _num(variation)
+    text = f", var k={k:g}" if k > 0 else ""
+    if isinstance(window_init, str) and window_init not in ("", DEFAULT_RULES["window_init"]):
+        text += f", {window_init} entry"
+    if isinstance(taa_history, str) and taa_history not in ("", DEFAULT_RULES["taa_history"]):
+        text += f", {taa_history} history"
+    return text
 
 
 def _truthy(value: Any) -> bool:
