@@ -138,3 +138,57 @@ def test_a_few_steps_per_method(folder, tmp_path, method):
     assert (tmp_path / "iter1.safetensors").exists() and summary["pairing"] == METHODS[method]
     assert len(summary["history"]) == 2 and all(np.isfinite(h["loss"]) for h in summary["history"])
     assert any(not torch.equal(final[k], before[k]) for k in before)  # the EMA moved
+
+
+@pytest.fixture(scope="module")
+def hub_record(tmp_path_factory):
+    """A tiny SD pipeline saved as a hub repository, fetched and pinned as rule fetch_hub_model does."""
+    from diffrepro.io import write_json
+    from diffrepro.t2i.hub import fetch_hub_model
+
+    assets = tmp_path_factory.mktemp("hub")
+    sd_pipeline(sd_unet(0, 1)).save_pretrained(assets / "sd", safe_serialization=True)
+    record = fetch_hub_model({"id": "someone/tiny-sd", "path": str(assets / "sd")}, config_key="models.sd.hub",
+                             as_pipeline=True, log=lambda *_: None)
+    write_json(assets / "sd.hub.json", record)
+    return str(assets / "sd.hub.json")
+
+
+@pytest.mark.slow
+def test_train_sample_score_and_time_on_a_tiny_pipeline(folder, hub_record, tmp_path):
+    """The paper path end to end in the library: LSA from scratch (2 steps, snapshots 1 and 2),
+    the reference statistics of the folder, the snapshots scored with Inception FID, the timing."""
+    from diffrepro.io import read_json
+    from diffrepro.unet_latent_study import reference_job, score_latent_runs, time_latent_pairings, train_latent_run
+    from test_adm_metrics import write_random_inception_weights
+
+    data = {"images": str(folder[0]), "class_names": str(folder[1]), "resolution": RESOLUTION, "workers": 0}
+    regime = {"init": None, "train": {"iterations": 2, "batch_size": 4, "lr": 1e-3, "micro_batch_size": 2,
+                                      "log_every": 1}, "snapshots": [1, 2]}
+    summary = train_latent_run(record_path=hub_record, data=data, regime=regime, components=METHODS["lsa"], seed=0,
+                               directory=str(tmp_path), device="cpu", precision="fp32", log=lambda *_: None)
+    assert summary["scratch"] and summary["init_sha256"] is None and summary["classes"] == 3
+    weights = write_random_inception_weights(tmp_path / "inception.pth")
+    reference_job(data=data, inception_weights=str(weights), device="cpu", output=str(tmp_path / "ref.npz"),
+                  log=lambda *_: None)
+    with np.load(tmp_path / "ref.npz") as ref:
+        assert int(ref["num_images"]) == 9 and ref["mu"].shape == (2048,)
+    runs = {0: {1: str(tmp_path / "iter0000001.safetensors"), 2: str(tmp_path / "iter0000002.safetensors")}}
+    evaluation = {"steps": 2, "guidance_scale": 7.5, "num_samples": 3, "batch_size": 3, "seed": 0}
+    result = score_latent_runs(method="lsa", components=METHODS["lsa"], record_path=hub_record, data=data, runs=runs,
+                               evaluation=evaluation, validation={"images": 4, "bins": 2, "noise_seed": 0},
+                               scoring={"fid_method": "factored"}, reference_path=str(tmp_path / "ref.npz"),
+                               inception_weights=str(weights), device="cpu", precision="fp32", config={},
+                               output=str(tmp_path / "scores.json"), log=lambda *_: None)
+    assert [(r["seed"], r["iteration"]) for r in result["rows"]] == [(0, 1), (0, 2)]
+    for row in result["rows"]:
+        assert np.isfinite(row["fid"]) and row["fid"] > 0 and np.isfinite(row["validation_loss"])
+    assert result["rows"][0]["fid"] != result["rows"][1]["fid"]  # two snapshots, two sets of weights
+    assert read_json(tmp_path / "scores.json")["labels"]["fid"].startswith("FID (Inception")
+    timing = time_latent_pairings(methods={"vanilla": [], "lsa": METHODS["lsa"]}, baseline="vanilla",
+                                  record_path=hub_record, data=data, regime=regime, batch_sizes=[2, 4], repeats=1,
+                                  agreement_batches=2, device="cpu", precision="fp32", config={},
+                                  output=str(tmp_path / "timing.json"), log=lambda *_: None)
+    agreement = timing["methods"]["lsa"]["assignment_agreement"]
+    assert [a["distance_dtype"] for a in agreement] == ["float16", "float32"] and agreement[0]["scale"] == 0.1
+    assert timing["methods"]["vanilla"]["assignment_agreement"] == []
