@@ -28,13 +28,14 @@ from .unet_training_study import snapshot_path
 
 DATA_KEY = "unet_training.data"
 FID_LABEL = "FID (Inception, TF weights; pytorch-fid protocol)"
-DATA_DEFAULTS = {"class_names": None, "resolution": 256, "center_crop": True, "random_flip": True, "workers": 8,
-                 "reference": {}}
-REFERENCE_DEFAULTS = {"images": None, "count": None, "seed": 0}
 
 
 def data_settings(data: dict) -> dict:
-    return {**DATA_DEFAULTS, **data, "reference": {**REFERENCE_DEFAULTS, **data.get("reference", {})}}
+    """`unet_training.data` with the schema's defaults (for callers outside the workflow)."""
+    from .validation import schema_defaults
+
+    reference = {**schema_defaults("unet_training", "data", "reference"), **data.get("reference", {})}
+    return {**schema_defaults("unet_training", "data"), **data, "reference": reference}
 
 
 def training_images(data: dict) -> ClassImages:
@@ -196,7 +197,7 @@ def score_latent_runs(*, method: str, components: list, record_path: str, data: 
                       inception_weights: str | None, device, precision: str, config: dict, output: str,
                       log=print) -> dict:
     """Scores of every snapshot of one (regime, method): the rows of the DiT study's tables
-    (class accuracy is not measured on this path: NaN)."""
+    (class accuracy is not measured on this path: the tables print "—")."""
     from . import adm_metrics
     from .checkpoints import load_checkpoint
     from .t2i.latent_training import class_contexts, training_schedule
@@ -227,7 +228,7 @@ def score_latent_runs(*, method: str, components: list, record_path: str, data: 
             val = validation_loss_by_bin(pipeline.unet, pipeline.vae, contexts, pixels, labels, schedule,
                                          bins=validation["bins"], seed=validation["noise_seed"],
                                          batch_size=evaluation["batch_size"])
-            rows.append({"seed": seed, "iteration": iteration, **scores, "class_accuracy": float("nan"),
+            rows.append({"seed": seed, "iteration": iteration, **scores,  # no class accuracy (no classifier)
                          "validation_loss": float(val.mean()), "validation_loss_by_bin": val.tolist()})
             files[f"checkpoint:seed{seed}:iter{iteration}"] = path
             log(f"{method} seed {seed} iteration {iteration}: FID {scores['fid']:.2f} IS {scores['inception_score']:.2f} "
@@ -318,6 +319,7 @@ def time_latent_pairings(*, methods: dict[str, list], baseline: str, record_path
         results[name] = {**costs[name], "batch_size": recipe["batch_size"], "assignment_agreement": agreement}
         log(f"{name}: step {results[name]['iteration_ms']:.1f} ms ({results[name]['iteration_vs_baseline']:.3f}x)")
     result = {"methods": results, "baseline": baseline, "repeats": repeats, "device": str(device),
+              "threads": torch.get_num_threads(),
               "precision": precision, "provenance": provenance(config, seeds={}, files={"hub_record": record_path})}
     write_hashed_json(output, result)
     return result

@@ -113,6 +113,7 @@ def _one_step(folder, micro):
     return loss, {name: p.grad for name, p in step.unet.named_parameters()}
 
 
+@pytest.mark.slow
 def test_micro_batches_give_the_whole_batch_gradient(folder):
     loss_whole, whole = _one_step(folder, None)
     loss_micro, micro = _one_step(folder, 2)
