@@ -172,9 +172,11 @@ def validation_loss_by_bin(unet, vae, contexts, pixels, labels, schedule, *, bin
     """Epsilon-MSE of held-out images (VAE posterior means x scaling factor) in `bins` equal
     ranges of t, (t, noise) drawn from `seed` alone: every method and snapshot sees the same."""
     device, dtype = unet.device, unet.dtype
-    latents = torch.cat([vae.encode(to_model_input(pixels[i:i + batch_size], torch.zeros(len(pixels[i:i + batch_size]), dtype=torch.bool))
-                                    .to(device, vae.dtype)).latent_dist.mean.float()
-                         for i in range(0, len(pixels), batch_size)]) * vae.config.scaling_factor
+    means = []
+    for i in range(0, len(pixels), batch_size):
+        x = to_model_input(pixels[i:i + batch_size], torch.zeros(len(pixels[i:i + batch_size]), dtype=torch.bool))
+        means.append(vae.encode(x.to(device, vae.dtype)).latent_dist.mean.float())
+    latents = torch.cat(means) * vae.config.scaling_factor
     generator = torch.Generator().manual_seed(seed)
     T = schedule.config.num_train_timesteps
     width = T // bins
@@ -205,6 +207,9 @@ def score_latent_runs(*, method: str, components: list, record_path: str, data: 
     settings = data_settings(data)
     images = training_images(data)
     held_out = reference_images(data)
+    if len(held_out.classes) != len(images.classes):  # the held-out loss prompts them with the training names
+        raise ValueError(f"config key {DATA_KEY}.reference.images: {held_out.root} has {len(held_out.classes)} "
+                         f"class folders, the training folder {len(images.classes)}; their class folders must agree")
     pipeline, record = load_study_pipeline(record_path, device, precision)
     pipeline.to(device)
     extractor = adm_metrics.load_inception(inception_weights, device)
@@ -214,9 +219,6 @@ def score_latent_runs(*, method: str, components: list, record_path: str, data: 
     contexts = class_contexts(pipeline, images.prompts, device, pipeline.unet.dtype)
     chosen = reference_indices(held_out, validation["images"], validation["noise_seed"])
     (pixels, labels), = iterate_batches(held_out, [chosen], resolution=settings["resolution"])
-    if held_out.root != images.root and len(held_out.classes) != len(images.classes):
-        raise ValueError(f"config key {DATA_KEY}.reference.images: {held_out.root} has {len(held_out.classes)} "
-                         f"classes, the training folder {len(images.classes)}; their class folders must agree")
     rows, files = [], {"hub_record": record_path, "reference_statistics": reference_path}
     for seed, checkpoints in sorted(runs.items()):
         for iteration, path in sorted(checkpoints.items()):

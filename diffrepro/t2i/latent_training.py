@@ -60,7 +60,7 @@ def training_schedule(scheduler):
 def class_contexts(pipeline, prompts, device, dtype, chunk: int = 64) -> torch.Tensor:
     """Text-encoder hidden states of every class prompt, then of "" (the last row), padded to
     the tokenizer's max length as the seed's tokenize_captions."""
-    rows = [encode_prompts(pipeline.tokenizer, pipeline.text_encoder, list(prompts[i:i + chunk]) or [""])
+    rows = [encode_prompts(pipeline.tokenizer, pipeline.text_encoder, list(prompts[i:i + chunk]))
             for i in range(0, len(prompts), chunk)]
     rows.append(encode_prompts(pipeline.tokenizer, pipeline.text_encoder, [""]))
     return torch.cat(rows).to(device, dtype)
