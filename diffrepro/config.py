@@ -228,11 +228,18 @@ def _overlay(config: dict, values: dict) -> None:
 
 def _check_scoring(config: dict) -> None:
     backend = config["scoring"]["backend"]
+    from .unet_training_config import is_latent_study
+
+    if is_latent_study(config) and backend != "adm":
+        raise ConfigError("config key scoring.backend: unet_training with a hub model is scored with Inception "
+                          "FID against its image folder (unet_training.data.reference): set scoring.backend: adm")
     if backend == "digits" and "classifier" not in config:
         raise ConfigError("config key classifier: the digits scoring backend needs the digits CNN's "
                           "training settings (see config/default.yaml), or set scoring.backend: adm")
     has_batch, has_images = "reference_batch" in config["scoring"], "reference_images" in config["scoring"]
-    if backend == "adm" and not (has_batch or has_images):
+    # no sampling method: nothing is scored against a reference batch (the U-Net study at paper
+    # scale computes its own reference from unet_training.data)
+    if backend == "adm" and not (has_batch or has_images) and config["methods"]:
         raise ConfigError("config key scoring.reference_batch: the adm scoring backend needs the "
                           "ADM reference batch {file, url} (e.g. VIRTUAL_imagenet256_labeled.npz), or "
                           "scoring.reference_images to compute one from real images (text-to-image)")
@@ -390,9 +397,14 @@ def _check_family(spec: MethodSpec, entry: dict, config: dict, where: str) -> No
 def _check_text_to_image(config: dict) -> None:
     """Class-prompt U-Nets need the t2i section and must read its text encoder's width; the
     CLIP section must say where its weights come from."""
+    from .unet_training_config import is_latent_study
+
+    sampled = {model for m in config["methods"].values() for model in m["models"].values()}
     for name, entry in config["models"].items():
         if entry["arch"] != "sd_unet":
             continue
+        if is_latent_study(config) and name == config["unet_training"]["model"] and name not in sampled:
+            continue  # the U-Net study's pipeline: its prompts are unet_training.data's class names
         if "t2i" not in config:
             raise ConfigError(f"config key models.{name}: an sd_unet model needs the t2i section "
                               f"(scheduler, steps, guidance_scale, and text_encoder or prompts)")

@@ -17,6 +17,7 @@ from .config import model_config, paper_file, reference_run, training_threads
 from .methods import get_method
 from .report.kinds import kind_of
 from .report.paper import paper_short_name, paper_timing_batch
+from .unet_training_config import is_latent_study
 
 DOWNLOADS = "resources/downloads"
 RESULTS = "results"
@@ -83,6 +84,9 @@ class Plan:
         # --configfile into config/default.yaml key by key: training.methods may hold more).
         self.unet_training = config.get("unet_training", {})
         self.unet_training_timing = f"{self.results}/unet_training/timing.json"
+        # paper scale: a hub pipeline trained on an image folder's VAE latents (unet_latent_study)
+        self.unet_training_latent = is_latent_study(config)
+        self.unet_training_reference = f"{self.results}/unet_training/reference.npz"
         self.unet_training_tables = [t for t, kind in self.kinds.items() if kind.stage == "unet_training"]
         self.training_table_methods = list(dict.fromkeys(m for t in self.training_tables for m in self.tables[t]["methods"]))
         self.reproducibility = config["reproducibility"]
@@ -120,9 +124,11 @@ class Plan:
         return names_pattern([re.escape(f) for f in self.remote_files])
 
     def used_as_pipeline(self, model: str) -> bool:
-        """Whether some method builds its pipeline around this model (the large or only role)."""
+        """Whether some method builds its pipeline around this model (the large or only role), or
+        the U-Net study trains in its pipeline (paper scale: VAE, text encoder, scheduler)."""
         return any(entry["models"].get("large", entry["models"].get("model")) == model
-                   for entry in self.config["methods"].values())
+                   for entry in self.config["methods"].values()) or \
+            (self.unet_training_latent and self.unet_training["model"] == model)
 
     # -- methods and settings ----------------------------------------------------------------
     def family(self, method: str) -> str:
@@ -373,9 +379,28 @@ class Plan:
         return self.unet_training["regimes"][w.regime]
 
     def unet_training_init(self, w) -> dict:
-        """Fine-tuning regimes start from the trained model's checkpoint."""
+        """Fine-tuning regimes start from the trained model's checkpoint; at paper scale every
+        regime needs the hub pipeline's record (scratch re-initialises its U-Net)."""
+        if self.unet_training_latent:
+            return self.unet_training_hub()
         init = self.unet_training_regime(w).get("init")
         return {"init": self.checkpoint_path(init)} if init else {}
+
+    def unet_training_hub(self, w=None) -> dict:
+        """Paper scale: the hub pipeline's fetch record; the embedded suite: nothing."""
+        return {"hub": self.checkpoint_path(self.unet_training["model"])} if self.unet_training_latent else {}
+
+    def unet_training_reference_inputs(self, w) -> dict:
+        weights = self.inception_weights_input()
+        return {"inception_weights": weights} if weights else {}
+
+    def unet_training_t2i(self, rule: str = "score"):
+        """The `t2i` param of the U-Net rules. The embedded suite's: what a run depends on in
+        t2i (`rule` train), or the whole section. At paper scale the pipeline brings its
+        scheduler and text encoder: the jobs depend on the image folder and compute options."""
+        if not self.unet_training_latent:
+            return self.t2i_training_inputs(self.unet_training["model"]) if rule == "train" else self.config["t2i"]
+        return {"data": self.unet_training["data"], "compute": compute_settings(self.config)}
 
     def unet_training_summary(self, regime, method, seed) -> str:
         return f"{self.checkpoints}/unet_training/{regime}/{method}/seed{seed}/train.json"
@@ -385,8 +410,11 @@ class Plan:
 
     def unet_training_score_inputs(self, w) -> dict:
         """The runs' summaries (each lists its snapshot checkpoints), seed by seed."""
-        return {"summaries": [self.unet_training_summary(w.regime, w.method, seed)
-                              for seed in self.unet_training["seeds"]],
+        summaries = [self.unet_training_summary(w.regime, w.method, seed) for seed in self.unet_training["seeds"]]
+        if self.unet_training_latent:
+            return {"summaries": summaries, **self.unet_training_hub(), "reference": self.unet_training_reference,
+                    **self.unet_training_reference_inputs(w)}
+        return {"summaries": summaries,
                 "classifier": f"{self.checkpoints}/digits_cnn.safetensors",
                 "reference": f"{self.results}/reference/digits_stats.npz"}
 

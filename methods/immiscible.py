@@ -53,8 +53,9 @@ def assignment(x0, noise, *, distance_dtype: str = "float32", scale: float = 1.0
     from scipy.optimize import linear_sum_assignment
 
     distances = pairwise_l2(x0, noise, distance_dtype=distance_dtype, scale=scale)
-    _, columns = linear_sum_assignment(distances.float().numpy() if distance_dtype == "float16"
-                                       else distances.numpy())
+    # scipy runs on the CPU: distances computed on a GPU (the seed's) come over first
+    _, columns = linear_sum_assignment(distances.float().cpu().numpy() if distance_dtype == "float16"
+                                       else distances.cpu().numpy())
     return torch.from_numpy(columns)
 
 
@@ -71,7 +72,7 @@ def nearest_of_k(x0, candidates, *, distance_dtype: str = "float32"):
     dtype = getattr(torch, distance_dtype)
     distances = torch.linalg.vector_norm(candidates.flatten(2).to(dtype) - x0.flatten(1).to(dtype)[:, None], dim=2)
     best = distances.argmin(dim=1)
-    return candidates[torch.arange(len(x0)), best]
+    return candidates[torch.arange(len(x0), device=best.device), best]
 
 
 def assignment_agreement(batches, noises, *, distance_dtype: str, scale: float = 1.0,
@@ -118,8 +119,10 @@ def immiscible(params: AssignmentParams, alphas_cumprod):
     def pair(x0, generator):
         import torch
 
-        return assign_noise(x0, torch.randn(x0.shape, generator=generator),
-                            distance_dtype=params.distance_dtype, scale=params.scale)
+        # drawn from the (CPU) generator, then put beside x0: a no-op on the CPU, so the embedded
+        # runs are unchanged; on a GPU the distances are computed there, as the seed does
+        noise = torch.randn(x0.shape, generator=generator).to(x0.device)
+        return assign_noise(x0, noise, distance_dtype=params.distance_dtype, scale=params.scale)
     return {"pairing": NoisePairing(pair, f"linear assignment, {params.distance_dtype} distances (immiscible)")}
 
 
@@ -141,6 +144,6 @@ def immiscible_knn(params: KNNParams, alphas_cumprod):
     def pair(x0, generator):
         import torch
 
-        candidates = torch.randn((x0.shape[0], params.k, *x0.shape[1:]), generator=generator)
+        candidates = torch.randn((x0.shape[0], params.k, *x0.shape[1:]), generator=generator).to(x0.device)
         return nearest_of_k(x0, candidates, distance_dtype=params.distance_dtype)
     return {"pairing": NoisePairing(pair, f"nearest of {params.k}, {params.distance_dtype} distances (immiscible KNN)")}

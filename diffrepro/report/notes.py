@@ -63,6 +63,8 @@ def training_setting_note(config: dict) -> str:
 def unet_training_setting_note(config: dict, regime: str) -> str:
     u = config["unet_training"]
     spec, e = u["regimes"][regime], u["evaluation"]
+    if "data" in u:  # paper scale: a hub pipeline's U-Net on an image folder's VAE latents
+        return latent_unet_training_setting_note(config, regime)
     start = f"fine-tuned from the trained {spec['init']}" if spec.get("init") else "trained from scratch"
     return (f"suite {config['suite']}: the class-prompt U-Net {u['model']} (no VAE: the digits' pixels are "
             f"the latents) {start} per method and seed ({len(u['seeds'])} seeds), "
@@ -71,3 +73,17 @@ def unet_training_setting_note(config: dict, regime: str) -> str:
             f"{e['num_samples']} samples ({config['t2i']['scheduler']['class']}-{e['steps']}, guidance "
             f"{e['guidance_scale']}, class prompts round-robin); held-out {u['validation']['fraction']:.0%} "
             f"of the digits for the validation loss")
+
+
+def latent_unet_training_setting_note(config: dict, regime: str) -> str:
+    u = config["unet_training"]
+    spec, e, data = u["regimes"][regime], u["evaluation"], u["data"]
+    hub = config["models"][u["model"]]["hub"]["id"]
+    start = f"fine-tuned from {hub}" if spec.get("init") else f"{hub}'s U-Net re-initialised, trained from scratch"
+    t = spec["train"]
+    return (f"suite {config['suite']}: {start}, on VAE latents of {data['images']} at "
+            f"{data.get('resolution', 256)} px, per method and seed ({len(u['seeds'])} seeds), {t['iterations']} "
+            f"iterations of batch {t['batch_size']}, lr {t['lr']}, {compute_settings(config)['precision']}; EMA "
+            f"weights scored at iterations {spec['snapshots']} with {e['num_samples']} samples (the pipeline's "
+            f"scheduler, {e['steps']} steps, guidance {e['guidance_scale']}, class names round-robin), Inception "
+            f"FID; held-out loss on {u['validation']['images']} reference images")

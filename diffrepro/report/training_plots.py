@@ -93,6 +93,7 @@ def cost_plot(timing: dict, methods: Sequence[str], png, svg, *, title: str) -> 
         right.barh(list(methods), ms, color="tab:blue")
         right.set(xlabel="ms per training iteration (median)",
                   title=f"one training iteration, batch {timing['methods'][methods[0]]['batch_size']}, "
-                        f"{timing['threads']} CPU thread(s)")
+                        + (f"{timing['threads']} CPU thread(s)" if timing.get("device", "cpu") == "cpu"
+                           else timing["device"]))  # paper scale: the GPU
         _title(fig, title)
         save_png_svg(fig, png, svg)

@@ -5,16 +5,28 @@ from pathlib import Path
 
 from diffrepro.io import write_json
 from diffrepro.snakejob import job
+from diffrepro.unet_training_config import is_latent_study
 from diffrepro.unet_training_study import snapshot_path, train_unet_run
 
 with job(snakemake) as log:
     directory = Path(snakemake.output.summary).parent
     regime = json.loads(snakemake.params.regime)
-    summary = train_unet_run(components=json.loads(snakemake.params.components),
-                             model_config=json.loads(snakemake.params.model_config),
-                             t2i=json.loads(snakemake.params.t2i), train=regime["train"],
-                             seed=int(snakemake.wildcards.seed), snapshots=regime["snapshots"],
-                             validation=json.loads(snakemake.params.validation), directory=str(directory),
-                             init_path=snakemake.input.get("init"), log=log)
+    if is_latent_study(snakemake.config):  # paper scale: a hub pipeline, the image folder's latents
+        from diffrepro.jobs import job_device
+        from diffrepro.unet_latent_study import train_latent_run
+
+        inputs = json.loads(snakemake.params.t2i)
+        summary = train_latent_run(record_path=snakemake.input.hub, data=inputs["data"], regime=regime,
+                                   components=json.loads(snakemake.params.components),
+                                   seed=int(snakemake.wildcards.seed), directory=str(directory),
+                                   device=job_device(inputs["compute"]), precision=inputs["compute"]["precision"],
+                                   log=log)
+    else:
+        summary = train_unet_run(components=json.loads(snakemake.params.components),
+                                 model_config=json.loads(snakemake.params.model_config),
+                                 t2i=json.loads(snakemake.params.t2i), train=regime["train"],
+                                 seed=int(snakemake.wildcards.seed), snapshots=regime["snapshots"],
+                                 validation=json.loads(snakemake.params.validation), directory=str(directory),
+                                 init_path=snakemake.input.get("init"), log=log)
     summary["snapshots"] = {str(it): str(snapshot_path(directory, it)) for it in regime["snapshots"]}
     write_json(snakemake.output.summary, summary)
