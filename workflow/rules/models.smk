@@ -13,6 +13,8 @@ rule train_denoiser:
         train=lambda w: as_param(config["models"][w.model]["train"]),
         # a class-prompt U-Net also depends on the text encoder and the noise schedule
         t2i=lambda w: as_param(PLAN.t2i_training_inputs(w.model)),
+        # an LDM U-Net trains on the ldm section's noise schedule
+        ldm=lambda w: as_param(PLAN.ldm_training_inputs(w.model)),
     threads: config["threads"]
     resources:
         **PLAN.job_resources("train_denoiser"),
