@@ -178,3 +178,20 @@ def test_config_errors_are_refused_before_any_job(tmp_path, text, expected):
     from test_config_errors import refused
 
     assert expected in refused(tmp_path, text)
+
+
+def test_an_ldm_ckpt_is_read_safely_converted_and_checked(tmp_path):
+    from diffrepro.engines.ldm import load_ldm_unet
+    from diffrepro.models.ldm_unet import convert_official_ldm_checkpoint
+
+    layout = compvis_layout(TINY)
+    g = torch.Generator().manual_seed(1)
+    state = {k: torch.randn(shape, generator=g) for k, shape in layout.items()}
+    # a Lightning checkpoint: plain data beside the state dict
+    torch.save({"state_dict": state, "epoch": 3, "global_step": 10}, tmp_path / "ldm_s.ckpt")
+    convert_official_ldm_checkpoint(tmp_path / "ldm_s.ckpt", TINY, tmp_path / "ldm_s.safetensors")
+    model = load_ldm_unet(tmp_path / "ldm_s.safetensors", TINY)
+    assert torch.equal(model.embedding.weight, state["cond_stage_model.embedding.weight"])
+    assert torch.equal(model.unet.conv_in.weight, state["model.diffusion_model.input_blocks.0.0.weight"])
+    with pytest.raises(ValueError, match="does not fit the configured ldm_unet"):
+        convert_official_ldm_checkpoint(tmp_path / "ldm_s.ckpt", {**TINY, "context_dim": 16}, tmp_path / "x.safetensors")

@@ -54,6 +54,11 @@ class LDMEngine(DenoiserEngine):
         config = LDMUNetConfig(**next(iter(model_configs.values())))
         shape = (config.in_channels, config.image_size, config.image_size)
         to_images, decoder = pixels_to_uint8, None
+        if vae_info is None and config.in_channels not in (1, 3):
+            # T-Stitch's LDMs sample VQ-f8 latents; decoding them (taming's VQ decoder) is not here yet
+            raise ValueError(f"{config.in_channels}-channel LDM samples are latents and need a first stage to "
+                             f"decode them; the VQ-f8 autoencoder of T-Stitch's LDMs is not supported yet "
+                             f"(docs/paper-scale.md). Pixel-space models (1 or 3 channels) need none.")
         if vae_info is not None:
             from ..decoder import decode_to_uint8, load_vae
 

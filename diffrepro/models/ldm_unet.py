@@ -160,3 +160,36 @@ def compvis_layout(config: LDMUNetConfig | dict) -> dict[str, tuple[int, ...]]:
     norm(f"{p}out.0", ch)
     conv(f"{p}out.2", ch, c.out_channels, 3)
     return keys
+
+
+def check_ldm_state_dict(state: dict[str, torch.Tensor], config: LDMUNetConfig, source: str) -> None:
+    """Load into a model of this config on the meta device: names and shapes must match exactly."""
+    with torch.device("meta"):
+        model = build_ldm_unet(config)
+    try:
+        model.load_state_dict(state, strict=True, assign=True)
+    except RuntimeError as err:
+        raise ValueError(f"{source} does not fit the configured ldm_unet {config.to_dict()}: {err}. Check the "
+                         f"model's `config` against the LDM yaml's unet_config (model_channels, channel_mult, "
+                         f"num_res_blocks, attention_resolutions, num_head_channels, context_dim).") from None
+
+
+def convert_official_ldm_checkpoint(source_path, config: LDMUNetConfig | dict, output, *, url: str = "",
+                                    lock_path=None, log=print) -> str:
+    """Verify an LDM .ckpt (against the download lock, then against the config), convert it to
+    our keys (EMA U-Net weights) and write checksummed safetensors; returns their sha256."""
+    import os
+
+    from ..checkpoints import save_checkpoint
+    from ..io import sha256_file
+
+    config = config if isinstance(config, LDMUNetConfig) else LDMUNetConfig(**config)
+    if lock_path is not None:
+        from ..download import RemoteFile, fetch
+
+        fetch(RemoteFile(os.path.basename(source_path), url), source_path, lock_path, allow_downloads=False, log=log)
+    state = convert_ldm_state_dict(read_ldm_checkpoint(source_path), config)
+    check_ldm_state_dict(state, config, str(source_path))
+    metadata = {"source_file": os.path.basename(source_path), "source_url": url,
+                "source_sha256": sha256_file(source_path), "converted_from": "CompVis LDM layout"}
+    return save_checkpoint(output, state, metadata=metadata)

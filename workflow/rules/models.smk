@@ -84,6 +84,7 @@ rule convert_checkpoint:
         model=names_pattern(PLAN.published_models),
     params:
         model_config=lambda w: as_param(config["models"][w.model]["config"]),
+        arch=lambda w: config["models"][w.model]["arch"],
         url=lambda w: config["models"][w.model]["source"]["url"],
         lock=PLAN.downloads_lock(),
     threads: 1
