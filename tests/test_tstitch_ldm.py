@@ -195,3 +195,23 @@ def test_an_ldm_ckpt_is_read_safely_converted_and_checked(tmp_path):
     assert torch.equal(model.unet.conv_in.weight, state["model.diffusion_model.input_blocks.0.0.weight"])
     with pytest.raises(ValueError, match="does not fit the configured ldm_unet"):
         convert_official_ldm_checkpoint(tmp_path / "ldm_s.ckpt", {**TINY, "context_dim": 16}, tmp_path / "x.safetensors")
+
+
+@pytest.mark.slow  # two short trainings of a tiny U-Net (a few seconds)
+def test_ldm_training_resumes_to_the_same_weights(tmp_path):
+    from safetensors.torch import load_file
+
+    from diffrepro.data import load_digits_tensors
+    from diffrepro.ldm_training import train_ldm_unet
+    from diffrepro.training import TrainConfig
+
+    images, labels = load_digits_tensors()
+    config, schedule = LDMUNetConfig(**TINY), {"linear_start": 0.0015, "linear_end": 0.0195}
+    train = TrainConfig(iterations=4, batch_size=8, lr=1e-3, warmup=1, checkpoint_every=2, log_every=2)
+    whole = train_ldm_unet(config, train, schedule, images, labels, tmp_path / "a.safetensors", log=lambda m: None)
+    assert train_ldm_unet(config, train, schedule, images, labels, tmp_path / "b.safetensors",
+                          log=lambda m: None, stop_after=2) == {"stopped_at": 2}
+    resumed = train_ldm_unet(config, train, schedule, images, labels, tmp_path / "b.safetensors", log=lambda m: None)
+    a, b = load_file(tmp_path / "a.safetensors"), load_file(tmp_path / "b.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert whole["sha256"] == resumed["sha256"] and len(whole["history"]) == 2
