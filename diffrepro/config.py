@@ -151,6 +151,7 @@ def check_config(config: dict) -> None:
     for name in config["models"]:
         model_config(config, name)  # a student's teacher exists and has the right shape
     _check_text_to_image(config)
+    _ldm_model_problems(config)
     if "training" in config:
         _check_training(config["training"])
     for table, entry in config["tables"].items():
@@ -365,8 +366,8 @@ def _check_sampling_table(config: dict, table: str, entry: dict) -> None:
                                   f"{ref}; list {ref} in the table too")
 
 
-# The model architecture each method family runs: the suite's DiT or a diffusers U-Net.
-FAMILY_ARCH = {"denoiser": "dit", "pipeline": "sd_unet"}
+# The model architecture each method family runs: the suite's DiT, a diffusers U-Net, an LDM U-Net.
+FAMILY_ARCH = {"denoiser": "dit", "pipeline": "sd_unet", "ldm": "ldm_unet"}
 
 
 def _check_family(spec: MethodSpec, entry: dict, config: dict, where: str) -> None:
@@ -387,11 +388,36 @@ def _check_family(spec: MethodSpec, entry: dict, config: dict, where: str) -> No
             raise ConfigError(f"config key compute: text-to-image methods ({spec.name!r}) run without "
                               f"torch.compile, and in fp32 unless all their models are hub pipelines (loaded "
                               f"in compute.precision); set compute.precision: fp32 and compute.compile: false")
+    if spec.family == "ldm":
+        _check_ldm(config, where)
     arch = FAMILY_ARCH[spec.family]
     for role, model in entry["models"].items():
         if config["models"][model]["arch"] != arch:
             raise ConfigError(f"config key {where}.models.{role}: method {spec.name!r} needs a model "
                               f"with arch {arch!r}; {model!r} is {config['models'][model]['arch']!r}")
+
+
+def _check_ldm(config: dict, where: str) -> None:
+    """An LDM method needs the ldm section, with a step count LDM's uniform DDIM grid can take."""
+    if "ldm" not in config:
+        raise ConfigError(f"config key ldm: {where} samples LDM U-Nets and needs the ldm section "
+                          f"(steps, eta, cfg_scale; see config/default.yaml)")
+    steps = config["ldm"]["steps"]
+    if 1000 % steps:
+        raise ConfigError(f"config key ldm.steps: {steps} does not divide 1000; LDM's uniform DDIM grid "
+                          f"(range(0, 1000, 1000 // steps)) takes 10, 20, 25, 50, 100, 200, 250, 500 or 1000 steps")
+
+
+def _ldm_model_problems(config: dict) -> None:
+    """Each ldm_unet config builds (channels divisible by heads and groups, ...), before any job."""
+    for name, entry in config["models"].items():
+        if entry["arch"] == "ldm_unet" and "config" in entry:
+            from .models.ldm_unet_config import LDMUNetConfig  # no torch: the workflow reads the config
+
+            try:
+                LDMUNetConfig(**entry["config"])
+            except (TypeError, ValueError) as err:
+                raise ConfigError(f"config key models.{name}.config: {err}") from None
 
 
 def _check_text_to_image(config: dict) -> None:

@@ -116,6 +116,12 @@ class Plan:
             return None
         return {key: self.config["t2i"][key] for key in ("scheduler", "text_encoder")}
 
+    def ldm_training_inputs(self, model: str) -> dict | None:
+        """The noise schedule an LDM U-Net trains on (the ldm section's; None for other models)."""
+        if self.config["models"][model]["arch"] != "ldm_unet":
+            return None
+        return {key: self.config["ldm"][key] for key in ("linear_start", "linear_end")}
+
     def teacher_config(self, w) -> str:
         """A distilled student's teacher's U-Net config (its own is derived from it)."""
         return as_param(model_config(self.config, self.config["models"][w.model]["distil"]["teacher"]))
@@ -174,10 +180,12 @@ class Plan:
     def sampling_params(self, w) -> str:
         """What changes the samples (batch size does not: noise is drawn per image), with the
         compute options: precision, TF32 and compile change the numbers. A text-to-image
-        method's samples depend on the t2i section instead."""
+        method's samples depend on the t2i section instead, an LDM method's on the ldm section."""
         compute = {k: v for k, v in compute_settings(self.config).items() if k != "device"}
         if self.family(w.method) == "pipeline":
             return as_param({**self.config["t2i"], **compute})
+        if self.family(w.method) == "ldm":
+            return as_param({**self.config["ldm"], **compute})
         s = self.config["sampling"]
         return as_param({**{k: s[k] for k in DIT_SAMPLING_KEYS}, **compute})
 

@@ -43,14 +43,21 @@ class TrainConfig:
 
 
 def train_denoiser_job(*, model_config: dict, train: dict, t2i: dict | None, checkpoint: str, summary: str,
-                       log=print) -> None:
+                       log=print, ldm: dict | None = None) -> None:
     """Rule train_denoiser: a DiT, or with `t2i` (its scheduler and text encoder) a class-prompt
-    U-Net for the text-to-image methods, trained on the digits; writes the training summary."""
+    U-Net for the text-to-image methods, or with `ldm` (its noise schedule) a class-conditional
+    LDM U-Net, trained on the digits; writes the training summary."""
     from .data import load_digits_tensors
     from .io import write_json
 
     images, labels = load_digits_tensors()
-    if t2i is not None:
+    if ldm is not None:
+        from .ldm_training import train_ldm_unet
+        from .models.ldm_unet_config import LDMUNetConfig
+
+        result = train_ldm_unet(LDMUNetConfig(**model_config), TrainConfig(**train), ldm, images, labels,
+                                checkpoint, log=log)
+    elif t2i is not None:
         from .t2i.training import train_t2i_unet
 
         result = train_t2i_unet(model_config, TrainConfig(**train), t2i, images, labels, checkpoint, log=log)

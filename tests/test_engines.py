@@ -14,6 +14,7 @@ from diffrepro.checkpoints import save_checkpoint
 from diffrepro.engines import ENGINES, engine_class, load_engine
 from diffrepro.methods import get_method
 from diffrepro.models.dit import build_dit
+from diffrepro.models.ldm_unet import build_ldm_unet
 from diffrepro.t2i.components import build_unet
 
 DIT = dict(input_size=8, patch_size=2, in_channels=1, hidden_size=16, depth=1, num_heads=2,
@@ -26,9 +27,14 @@ UNET = dict(sample_size=8, in_channels=1, out_channels=1, block_out_channels=[8,
 T2I = {"scheduler": {"class": "DDIMScheduler", "config": {"num_train_timesteps": 1000, "beta_schedule": "linear"}},
        "steps": 5, "guidance_scale": 7.5, "precision": "fp32",
        "text_encoder": {"hidden_size": 16, "layers": 1, "heads": 2, "max_length": 32, "seed": 0}}
+LDM_UNET = dict(image_size=8, in_channels=1, out_channels=1, model_channels=8, channel_mult=[1, 2], num_res_blocks=1,
+                attention_resolutions=[2], num_head_channels=8, context_dim=8, n_classes=10, norm_num_groups=4)
+LDM = {"steps": 5, "eta": 1.0, "cfg_scale": 3.0, "linear_start": 0.0015, "linear_end": 0.0195,
+       "device": "cpu", "precision": "fp32", "tf32": False, "compile": False}
 # per family: a two-model method, its sampling section, a model config and a model builder
 FAMILIES = {"denoiser": ("tstitch", SAMPLING, DIT, build_dit),
-            "pipeline": ("tstitch_sd", T2I, UNET, build_unet)}
+            "pipeline": ("tstitch_sd", T2I, UNET, build_unet),
+            "ldm": ("tstitch_ldm", LDM, LDM_UNET, build_ldm_unet)}
 
 
 @pytest.fixture(scope="module", params=sorted(FAMILIES))
@@ -79,7 +85,7 @@ def test_engine_contract(loaded):
     assert "decoder" in engine.meta()
 
 
-RULE_BODIES = ("jobs", "timing", "engines", "engines.denoiser", "engines.pipeline", "engines.clock")
+RULE_BODIES = ("jobs", "timing", "engines", "engines.denoiser", "engines.pipeline", "engines.ldm", "engines.clock")
 
 
 def _imports(path: Path, package: str) -> set[str]:

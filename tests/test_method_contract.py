@@ -38,6 +38,7 @@ LATENT_SHAPE = (4, 8, 8)   # tests/t2i_tiny.py's tiny SD U-Nets
 STEPS = 8                  # sampler steps where a setting does not fix its own
 DEFAULT_SAMPLER = "ddpm"   # draws noise every step: per-image generators matter
 T2I_STEPS = 4
+LDM_STEPS = 10             # LDM's uniform DDIM grid needs a step count dividing 1000
 INDICES = list(range(5))
 SPLIT = ([0, 1, 2], [3, 4])  # the same images in two smaller batches
 
@@ -71,8 +72,8 @@ class Contract:
 # --------------------------------------------------------------------------------------
 
 class Context:
-    def __init__(self, dits: dict, t2i: dict):
-        self.dits, self.t2i = dits, t2i
+    def __init__(self, dits: dict, t2i: dict, ldms: dict | None = None):
+        self.dits, self.t2i, self.ldms = dits, t2i, ldms or {}
 
     def denoisers(self, roles) -> dict:
         """One tiny DiT per role; "model" (a single-model method) is the large one."""
@@ -85,6 +86,12 @@ class Context:
             pipeline, unets = self.pipeline_for(spec.roles)
             call = pipeline_call(pipeline, indices, getattr(setting, "steps", None) or T2I_STEPS)
             return spec.run(pipeline, unets, call, setting)
+        if spec.family == "ldm":  # LDM U-Nets, LDM's DDIM with eta = 1 (noise every step)
+            from diffrepro.diffusion.ldm_ddim import LDMDDIMSampler
+
+            noise, labels, generators = initial_noise_and_labels(SEED, indices, DIT_SHAPE, NUM_CLASSES)
+            return spec.run({role: self.ldms[role] for role in spec.roles}, LDMDDIMSampler(LDM_STEPS), noise,
+                            labels, generators, setting)
         assert spec.family == "denoiser", f"unknown method family {spec.family!r}"
         noise, labels, generators = initial_noise_and_labels(SEED, indices, DIT_SHAPE, NUM_CLASSES)
         return spec.run(self.denoisers(spec.roles), sampler_for(spec, setting, sampler), noise, labels,
@@ -218,6 +225,26 @@ def off_tstitch_sd(ctx: Context):
     assert_differ(small.samples, large.samples)
 
 
+def off_tstitch_ldm(ctx: Context):
+    from diffrepro.diffusion.ldm_ddim import LDMDDIMSampler
+    from diffrepro.diffusion.random_context_guidance import draw_context_seeds
+
+    def ldm_alone(denoiser):
+        noise, labels, generators = initial_noise_and_labels(SEED, INDICES, DIT_SHAPE, NUM_CLASSES)
+        bound, sampler, x = denoiser.with_contexts(draw_context_seeds(generators)), LDMDDIMSampler(LDM_STEPS), noise
+        with torch.no_grad():
+            for i, t in enumerate(sampler.timesteps):
+                x = sampler.step(i, bound(x, t, labels), x, generators)
+        return x
+
+    ref = reference_of("tstitch_ldm", {"ratio": 0.5})
+    assert ref == {"method": "tstitch_ldm", "params": {"ratio": 0.0}}
+    large, small = ctx.run(ref["method"], ref["params"]), ctx.run("tstitch_ldm", {"ratio": 1.0})
+    assert torch.equal(large.samples, ldm_alone(ctx.ldms["large"])) and dict(large.model_steps) == {"large": LDM_STEPS}
+    assert torch.equal(small.samples, ldm_alone(ctx.ldms["small"])) and dict(small.model_steps) == {"small": LDM_STEPS}
+    assert_differ(small.samples, large.samples)
+
+
 # --------------------------------------------------------------------------------------
 # The contracts
 # --------------------------------------------------------------------------------------
@@ -273,6 +300,10 @@ CONTRACTS: dict[str, Contract] = {
         ids={"r0": {"ratio": 0.0}, "r0.4": {"ratio": 0.4}, "8-r0.25": {"ratio": 0.25, "steps": 8}},
         invalid=[{"ratio": -0.5}, {"ratio": 1.5}, {"ratio": 0.5, "steps": 0}, {"ratio": 0.5, "steps": 2.5}],
         off=off_tstitch_sd, batch={"ratio": 0.5}, baseline={"ratio": 0.0}, batch_atol=1e-4),
+    "tstitch_ldm": Contract(
+        ids={"r0": {"ratio": 0.0}, "r0.3": {"ratio": 0.3}, "r1": {"ratio": 1.0}},
+        invalid=[{"ratio": -0.1}, {"ratio": 1.01}],
+        off=off_tstitch_ldm, batch={"ratio": 0.5}, baseline={"ratio": 0.0}, batch_atol=1e-4),
 }
 
 # Read at collection, before any test loads a config: a config's `plugin:` entries (aliases, the
@@ -303,7 +334,18 @@ def ctx(tiny_models):
     # a scheduler that draws noise at every step: the per-image generators are used
     pipeline.scheduler = DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
                                        steps_offset=1, clip_sample=False)  # as the pipeline would set it
-    return Context(dits, {"pipeline": pipeline, "small": small, "large": large})
+    from diffrepro.diffusion.random_context_guidance import RandomContextGuidedDenoiser
+    from diffrepro.models.ldm_unet import build_ldm_unet
+
+    ldms = {}
+    for seed, (role, channels) in enumerate((("small", 8), ("large", 16))):
+        torch.manual_seed(seed)
+        model = build_ldm_unet(dict(image_size=8, in_channels=1, out_channels=1, model_channels=channels,
+                                    channel_mult=[1, 2], num_res_blocks=1, attention_resolutions=[2],
+                                    num_head_channels=8, context_dim=channels, n_classes=NUM_CLASSES,
+                                    norm_num_groups=4))
+        ldms[role] = RandomContextGuidedDenoiser(model.eval().requires_grad_(False), 3.0)
+    return Context(dits, {"pipeline": pipeline, "small": small, "large": large}, ldms)
 
 
 # --------------------------------------------------------------------------------------

@@ -19,8 +19,8 @@ sampling section and device, and then
   the loaded models).
 
 Families are the `family` of a registered method ("denoiser": our DiT and samplers;
-"pipeline": a diffusers text-to-image pipeline). Engines are imported lazily: the workflow
-imports diffrepro without diffusers.
+"pipeline": a diffusers text-to-image pipeline; "ldm": class-conditional LDM U-Nets, engines.ldm).
+Engines are imported lazily: the workflow imports diffrepro without diffusers.
 """
 
 from __future__ import annotations
@@ -31,7 +31,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 ENGINES = {"denoiser": "diffrepro.engines.denoiser:DenoiserEngine",
-           "pipeline": "diffrepro.engines.pipeline:PipelineEngine"}
+           "pipeline": "diffrepro.engines.pipeline:PipelineEngine",
+           "ldm": "diffrepro.engines.ldm:LDMEngine"}
 
 
 @dataclass

@@ -105,12 +105,17 @@ class DenoiserEngine:
     def steps(self, setting) -> int:
         return steps_for(setting, self.sampling)
 
+    def sampler_for(self, setting):
+        """The setting's sampler (None: the configured one); an engine of another family may
+        bring its own sampler (engines.ldm)."""
+        return sampler_for(setting, self.sampling)
+
     def _inputs(self, seed: int, indices: Sequence[int]):
         return initial_noise_and_labels(seed, list(indices), self.shape, self.num_classes)
 
     def run_batch(self, spec, setting, seed: int, indices: Sequence[int]) -> Batch:
         noise, y, generators = self._inputs(seed, indices)
-        out = spec.run(self.roles, sampler_for(setting, self.sampling), noise.to(self.device),
+        out = spec.run(self.roles, self.sampler_for(setting), noise.to(self.device),
                        y.to(self.device), generators, setting)
         samples = out.samples.float().cpu()
         extras = {"samples": samples.numpy(),
@@ -122,14 +127,14 @@ class DenoiserEngine:
 
     def prepare(self, spec, setting, seed: int, indices: Sequence[int]):
         """The method on inputs drawn now, outside whatever times the returned call."""
-        sampler = sampler_for(setting, self.sampling)
+        sampler = self.sampler_for(setting)
         noise, y, generators = self._inputs(seed, indices)
         noise, y = noise.to(self.device), y.to(self.device)
         return lambda: spec.run(self.roles, sampler, noise, y, generators, setting)
 
     def _forward_inputs(self, batch_size: int, seed: int):
         noise, y, _ = self._inputs(seed, range(batch_size))
-        sampler = sampler_for(None, self.sampling)
+        sampler = self.sampler_for(None)
         # the cost of a DiT pass does not depend on t; the middle step's, as the sampler calls it
         return noise.to(self.device), sampler.timesteps[len(sampler.timesteps) // 2], y.to(self.device)
 
@@ -161,7 +166,7 @@ class DenoiserEngine:
         window x batch rows ({"window", "window_batch"}); for whole-batch methods, the loop
         alone ("loop_only_s": method + sampler, the network replaced by a constant)."""
         noise, t, y = self._forward_inputs(batch_size, seed)
-        sampler = sampler_for(setting, self.sampling)
+        sampler = self.sampler_for(setting)
         costs = {"window": None, "window_batch": None}
         if hasattr(setting, "window"):
             window = min(setting.window, len(sampler.timesteps))

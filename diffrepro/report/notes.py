@@ -23,6 +23,7 @@ def setting_note(config: dict, table: str) -> str:
     if len(methods) > 1 and all(len(config["methods"][m]["models"]) == 1 for m in methods):
         models = ", ".join(f"{m}={next(iter(config['methods'][m]['models'].values()))}" for m in methods)
     pipeline_family = get_method(method).family == "pipeline"
+    ldm_family = get_method(method).family == "ldm"
     if kind.name == "tstitch_samplers":
         sampler = "sampler and steps per row"
     elif pipeline_family:
@@ -34,13 +35,17 @@ def setting_note(config: dict, table: str) -> str:
                    else ", class prompts")
         sampler = (f"diffusers {pipeline}, {t2i['scheduler']['class']}-{t2i['steps']}, "
                    f"guidance {t2i['guidance_scale']}{size}{prompts}")
+    elif ldm_family:
+        ldm = config["ldm"]
+        sampler = (f"LDM's DDIM-{ldm['steps']} (eta {ldm['eta']}), guidance {ldm['cfg_scale']} against a "
+                   f"uniform random context")
     else:
         sampler = s["sampler"].upper() + ("" if kind.name == "parataa" else f"-{s['steps']}")
     timing = method_timing(config, method)
     compute = compute_settings(config)
     precision = (f"{compute['precision']}{', TF32' if compute['tf32'] else ''}"
                  f"{', torch.compile' if compute['compile'] else ''}")
-    cfg = "" if pipeline_family else f", CFG {s['cfg_scale']}"
+    cfg = "" if pipeline_family or ldm_family else f", CFG {s['cfg_scale']}"
     return (
         f"suite {config['suite']}: {sampler}{cfg}, "
         f"{method_num_samples(config, method)} samples per setting, models {models}, "

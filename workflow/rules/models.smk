@@ -13,6 +13,8 @@ rule train_denoiser:
         train=lambda w: as_param(config["models"][w.model]["train"]),
         # a class-prompt U-Net also depends on the text encoder and the noise schedule
         t2i=lambda w: as_param(PLAN.t2i_training_inputs(w.model)),
+        # an LDM U-Net trains on the ldm section's noise schedule
+        ldm=lambda w: as_param(PLAN.ldm_training_inputs(w.model)),
     threads: config["threads"]
     resources:
         **PLAN.job_resources("train_denoiser"),
@@ -82,6 +84,7 @@ rule convert_checkpoint:
         model=names_pattern(PLAN.published_models),
     params:
         model_config=lambda w: as_param(config["models"][w.model]["config"]),
+        arch=lambda w: config["models"][w.model]["arch"],
         url=lambda w: config["models"][w.model]["source"]["url"],
         lock=PLAN.downloads_lock(),
     threads: 1

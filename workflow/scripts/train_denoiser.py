@@ -8,4 +8,5 @@ from diffrepro.training import train_denoiser_job
 with job(snakemake) as log:
     train_denoiser_job(model_config=json.loads(snakemake.params.model_config),
                        train=json.loads(snakemake.params.train), t2i=json.loads(snakemake.params.t2i),
+                       ldm=json.loads(snakemake.params.ldm),
                        checkpoint=snakemake.output.checkpoint, summary=snakemake.output.summary, log=log)
