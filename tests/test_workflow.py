@@ -200,7 +200,7 @@ def test_killed_run_resumes(smoke_run, tmp_path):
     SIGKILL (or a power loss) Snakemake's directory lock remains and `--unlock` comes first,
     as Snakemake's own message says. To keep the suite short the smoke run's models are
     reused (its T-Stitch samples and scores removed) and the target is one setting's score:
-    its four shards and the score job.
+    its four shards and the two score jobs.
     """
     import os
     import signal
@@ -210,11 +210,12 @@ def test_killed_run_resumes(smoke_run, tmp_path):
     shutil.copytree(smoke_run, work, symlinks=True)
     for lost in ("results/smoke/samples/tstitch", "results/smoke/scores/tstitch"):
         shutil.rmtree(work / lost)
-    target = "results/smoke/scores/tstitch/r0.4.json"  # r0.4 and its reference r0: 4 shards
+    # r0.4 is scored against its reference r0: four shards and two score jobs
+    target = "results/smoke/scores/tstitch/r0.4.json"
     args = ["--cores", "2", target, "--configfile", "config/smoke.yaml"]
     samples = work / "results/smoke/samples/tstitch"
     planned = job_counts(snakemake(work, "-n", *args).stdout)
-    assert planned == {"sample": 4, "score": 1}, planned  # nothing else is redone
+    assert planned == {"sample": 4, "score": 2}, planned  # nothing else is redone
 
     def start_and_kill_after(shards: int, kill) -> None:
         run = subprocess.Popen([*SNAKEMAKE, *args], cwd=work, stdout=subprocess.DEVNULL,
