@@ -220,17 +220,14 @@ def off_tstitch_sd(ctx: Context):
 
 def off_pipeline_baseline(name: str, on: dict):
     """A pipeline baseline at its configured baseline (knob at the no-op value) is the plain
-    pipeline exactly, with one U-Net call per step, also right after `on` (which changes the
-    samples) ran: what `on` attached is gone."""
+    pipeline exactly, with one U-Net call per step (that `on` changes the samples and leaves
+    the pipeline plain: tests/test_sd_baselines.py)."""
     def check(ctx: Context):
         pipeline = ctx.t2i["pipeline"]
         ref = reference_of(name, on)
         assert ref["method"] == name and ref["params"] == {**on, **CONTRACTS[name].baseline}
-        plain = pipeline_call(pipeline, INDICES, T2I_STEPS)()
-        assert_differ(ctx.run(name, on).samples, plain)
-        assert pipeline.unet is ctx.t2i["large"] and type(pipeline.scheduler).__name__ == "DDPMScheduler"
-        off = ctx.run(name, ref["params"])  # after `on`: whatever it attached is gone
-        assert torch.equal(off.samples, plain)
+        off = ctx.run(name, ref["params"])
+        assert torch.equal(off.samples, pipeline_call(pipeline, INDICES, T2I_STEPS)())
         assert dict(off.model_steps) == {"model": len(pipeline.scheduler.timesteps)}
     return check
 

@@ -131,6 +131,22 @@ def test_tome_merges_with_its_own_seeded_stream(sd):
     assert type(large.down_blocks[0].attentions[0].transformer_blocks[0]).__name__ == "BasicTransformerBlock"
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("name, on", [
+    ("sd_scheduler", {"scheduler": "ddim", "steps": 4}), ("deepcache_sd", {"cache_interval": 2}),
+    ("tome_sd", {"ratio": 0.5}), ("pab_sd", {"spatial_skip": 2, "cross_skip": 2, "timestep_low": -1}),
+    ("taylorseer_sd", {"cache_interval": 2, "warmup_steps": 1})])
+def test_on_changes_the_samples_and_leaves_the_pipeline_plain(sd, name, on):
+    from diffrepro.methods import get_method
+
+    pipe, _, large = sd
+    spec, plain = get_method(name), run(pipe)
+    out = spec.run(pipe, {"model": large}, lambda **kwargs: run(pipe, **kwargs), spec.make_setting(on))
+    assert not torch.allclose(out.samples, plain, atol=1e-4)
+    assert pipe.unet is large and type(pipe.scheduler).__name__ == "PNDMScheduler"
+    assert torch.equal(run(pipe), plain)
+
+
 # ------------------------------------------------------------------------------------------
 # diffusers' cache hooks that do not attach to a UNet2DConditionModel
 # ------------------------------------------------------------------------------------------
