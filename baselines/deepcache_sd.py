@@ -19,6 +19,10 @@ class DeepCacheSetting:
     def __post_init__(self):
         check_deepcache(self, "deepcache_sd")
 
+    def reference(self) -> tuple[str, dict]:
+        # the plain pipeline with the same steps: one shared reference run for every baseline
+        return "sd_scheduler", {"scheduler": "pipeline", "steps": self.steps}
+
     def id(self) -> str:
         name = f"i{self.cache_interval}-b{self.cache_branch_id}"
         return f"{self.steps}-{name}" if self.steps else name

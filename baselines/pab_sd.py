@@ -30,6 +30,10 @@ class PABSetting:
         if self.steps is not None and not (isinstance(self.steps, int) and 1 <= self.steps <= 1000):
             raise ValueError(f"pab_sd steps must be an integer in [1, 1000], got {self.steps!r}")
 
+    def reference(self) -> tuple[str, dict]:
+        # the plain pipeline with the same steps: one shared reference run for every baseline
+        return "sd_scheduler", {"scheduler": "pipeline", "steps": self.steps}
+
     def id(self) -> str:
         name = f"s{self.spatial_skip}-c{self.cross_skip}"
         if (self.timestep_low, self.timestep_high) != (100, 800):

@@ -27,6 +27,10 @@ class TaylorSeerSetting:
         if self.steps is not None and not (isinstance(self.steps, int) and 1 <= self.steps <= 1000):
             raise ValueError(f"taylorseer_sd steps must be an integer in [1, 1000], got {self.steps!r}")
 
+    def reference(self) -> tuple[str, dict]:
+        # the plain pipeline with the same steps: one shared reference run for every baseline
+        return "sd_scheduler", {"scheduler": "pipeline", "steps": self.steps}
+
     def id(self) -> str:
         name = f"i{self.cache_interval}-o{self.max_order}-w{self.warmup_steps}"
         return f"{self.steps}-{name}" if self.steps else name

@@ -24,6 +24,10 @@ class TStitchDeepCacheSetting:
             raise ValueError(f"tstitch_deepcache_sd ratio must be in [0, 1], got {self.ratio}")
         check_deepcache(self, "tstitch_deepcache_sd")
 
+    def reference(self) -> tuple[str, dict]:
+        # the large pipeline alone with the same steps: T-Stitch-SD's r = 0
+        return "tstitch_sd", {"ratio": 0.0, **({"steps": self.steps} if self.steps else {})}
+
     def id(self) -> str:
         name = f"r{self.ratio:g}-i{self.cache_interval}-b{self.cache_branch_id}"
         return f"{self.steps}-{name}" if self.steps else name
