@@ -245,6 +245,40 @@ def off_tstitch_ldm(ctx: Context):
     assert_differ(small.samples, large.samples)
 
 
+def off_pipeline_baseline(name: str, on: dict):
+    """A pipeline baseline is measured against the plain pipeline with the same steps (one run
+    shared by all: sd_scheduler's `pipeline` setting), and at its default, no-op setting it is
+    that pipeline exactly, one U-Net call per step (that `on` changes the samples and leaves
+    the pipeline plain: tests/test_sd_baselines.py)."""
+    def check(ctx: Context):
+        pipeline = ctx.t2i["pipeline"]
+        steps = {"steps": on["steps"]} if "steps" in on else {}
+        assert reference_of(name, on) == {"method": "sd_scheduler",
+                                          "params": {"scheduler": "pipeline", "steps": on.get("steps")}}
+        off = ctx.run(name, steps)
+        assert torch.equal(off.samples, pipeline_call(pipeline, INDICES, on.get("steps", T2I_STEPS))())
+        assert dict(off.model_steps) == {"model": len(pipeline.scheduler.timesteps)}
+    return check
+
+
+def off_sd_scheduler(ctx: Context):
+    # the configured baseline: the pipeline's own scheduler at t2i.steps, the pipeline as it is
+    assert reference_of("sd_scheduler", {"scheduler": "ddim", "steps": 3}) == \
+        {"method": "sd_scheduler", "params": {"scheduler": "pipeline", "steps": None}}
+    off = ctx.run("sd_scheduler", {})
+    assert torch.equal(off.samples, pipeline_call(ctx.t2i["pipeline"], INDICES, T2I_STEPS)())
+
+
+def off_tstitch_deepcache_sd(ctx: Context):
+    # DeepCache off is T-Stitch exactly, at any ratio
+    composed = ctx.run("tstitch_deepcache_sd", {"ratio": 0.5, "cache_interval": 1})
+    stitched = ctx.run("tstitch_sd", {"ratio": 0.5})
+    assert torch.equal(composed.samples, stitched.samples) and composed.model_steps == stitched.model_steps
+    assert reference_of("tstitch_deepcache_sd", {"ratio": 0.5, "cache_interval": 2}) == \
+        {"method": "tstitch_sd", "params": {"ratio": 0.0}}
+    assert reference_of("tstitch_deepcache_sd", {"ratio": 0.5, "steps": 8})["params"] == {"ratio": 0.0, "steps": 8}
+
+
 # --------------------------------------------------------------------------------------
 # The contracts
 # --------------------------------------------------------------------------------------
@@ -304,6 +338,44 @@ CONTRACTS: dict[str, Contract] = {
         ids={"r0": {"ratio": 0.0}, "r0.3": {"ratio": 0.3}, "r1": {"ratio": 1.0}},
         invalid=[{"ratio": -0.1}, {"ratio": 1.01}],
         off=off_tstitch_ldm, batch={"ratio": 0.5}, baseline={"ratio": 0.0}, batch_atol=1e-4),
+    # the text-to-image acceleration baselines (baselines/*_sd.py, sd_scheduler.py)
+    "sd_scheduler": Contract(
+        ids={"pipeline": {}, "ddim10": {"scheduler": "ddim", "steps": 10},
+             "dpmsolver++10": {"scheduler": "dpmsolver++", "steps": 10}, "unipc": {"scheduler": "unipc"}},
+        invalid=[{"scheduler": "euler"}, {"scheduler": "ddim", "steps": 0}, {"steps": 2.5}],
+        off=off_sd_scheduler,
+        batch={"scheduler": "dpmsolver++", "steps": 3}, baseline={"scheduler": "pipeline", "steps": None},
+        batch_atol=1e-4),
+    "deepcache_sd": Contract(
+        ids={"i1-b0": {}, "i3-b0": {"cache_interval": 3}, "10-i2-b4": {"cache_interval": 2, "cache_branch_id": 4,
+                                                                       "steps": 10}},
+        invalid=[{"cache_interval": 0}, {"cache_branch_id": 12}, {"cache_branch_id": -1}, {"cache_interval": 1.5}],
+        off=off_pipeline_baseline("deepcache_sd", {"cache_interval": 2}),
+        batch={"cache_interval": 2}, batch_atol=1e-4),
+    "tome_sd": Contract(
+        ids={"r0": {}, "r0.5": {"ratio": 0.5}, "10-r0.3-d2": {"ratio": 0.3, "max_downsample": 2, "steps": 10}},
+        invalid=[{"ratio": -0.1}, {"ratio": 0.8}, {"max_downsample": 3}],
+        off=off_pipeline_baseline("tome_sd", {"ratio": 0.5}),
+        batch={"ratio": 0.5}, batch_atol=1e-4),
+    "pab_sd": Contract(
+        ids={"s1-c1": {}, "s2-c6": {"spatial_skip": 2, "cross_skip": 6},
+             "s2-c1-t0-1000": {"spatial_skip": 2, "timestep_low": 0, "timestep_high": 1000}},
+        invalid=[{"spatial_skip": 0}, {"cross_skip": 0}, {"timestep_low": 800, "timestep_high": 100}],
+        off=off_pipeline_baseline("pab_sd", {"spatial_skip": 2, "cross_skip": 2, "timestep_low": -1,
+                                             "timestep_high": 1001}),
+        batch={"spatial_skip": 2, "cross_skip": 2, "timestep_low": -1, "timestep_high": 1001},
+        batch_atol=1e-4),
+    "taylorseer_sd": Contract(
+        ids={"i1-o1-w3": {}, "i3-o1-w3": {"cache_interval": 3}, "i2-o2-w1": {"cache_interval": 2, "max_order": 2,
+                                                                            "warmup_steps": 1}},
+        invalid=[{"cache_interval": 0}, {"max_order": -1}, {"cache_interval": 2, "warmup_steps": 0}],
+        off=off_pipeline_baseline("taylorseer_sd", {"cache_interval": 2, "warmup_steps": 1}),
+        batch={"cache_interval": 2, "warmup_steps": 1}, batch_atol=1e-4),
+    "tstitch_deepcache_sd": Contract(
+        ids={"r0-i1-b0": {"ratio": 0.0}, "r0.4-i2-b0": {"ratio": 0.4, "cache_interval": 2}},
+        invalid=[{"ratio": 1.5}, {"ratio": 0.4, "cache_interval": 0}, {"ratio": 0.4, "cache_branch_id": 12}],
+        off=off_tstitch_deepcache_sd, batch={"ratio": 0.25, "cache_interval": 2},
+        batch_atol=1e-4),
 }
 
 # Read at collection, before any test loads a config: a config's `plugin:` entries (aliases, the

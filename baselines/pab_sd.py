@@ -1,0 +1,52 @@
+"""Pyramid Attention Broadcast (Zhao et al., 2024) on the text-to-image pipeline's U-Net, through
+diffusers' hook (diffusers/hooks/pyramid_attention_broadcast.py): attention outputs broadcast
+to the following steps inside a timestep range, cross-attention less often recomputed than
+self-attention in the paper's pyramid."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from diffrepro.methods import MethodOutput, register_method
+
+
+@dataclass(frozen=True)
+class PABSetting:
+    spatial_skip: int = 1      # self-attention recomputed every `spatial_skip` steps; 1: every step (off)
+    cross_skip: int = 1        # cross-attention likewise
+    timestep_low: int = 100    # broadcast only while timestep_low < t < timestep_high (diffusers' default range)
+    timestep_high: int = 800
+    steps: int | None = None   # None: t2i.steps
+
+    def __post_init__(self):
+        for name in ("spatial_skip", "cross_skip"):
+            value = getattr(self, name)
+            if not (isinstance(value, int) and 1 <= value <= 1000):
+                raise ValueError(f"pab_sd {name} must be an integer in [1, 1000], got {value!r}")
+        if not (isinstance(self.timestep_low, int) and isinstance(self.timestep_high, int)
+                and -1 <= self.timestep_low < self.timestep_high <= 1001):
+            raise ValueError(f"pab_sd needs integers -1 <= timestep_low < timestep_high <= 1001, got "
+                             f"{self.timestep_low!r}, {self.timestep_high!r}")
+        if self.steps is not None and not (isinstance(self.steps, int) and 1 <= self.steps <= 1000):
+            raise ValueError(f"pab_sd steps must be an integer in [1, 1000], got {self.steps!r}")
+
+    def reference(self) -> tuple[str, dict]:
+        # the plain pipeline with the same steps: one shared reference run for every baseline
+        return "sd_scheduler", {"scheduler": "pipeline", "steps": self.steps}
+
+    def id(self) -> str:
+        name = f"s{self.spatial_skip}-c{self.cross_skip}"
+        if (self.timestep_low, self.timestep_high) != (100, 800):
+            name += f"-t{self.timestep_low}-{self.timestep_high}"
+        return f"{self.steps}-{name}" if self.steps else name
+
+
+@register_method("pab_sd", setting=PABSetting, roles=("model",), family="pipeline")
+def pab_sd(pipeline, unets, call, setting: PABSetting) -> MethodOutput:
+    """diffusers' Pyramid Attention Broadcast hook on the pipeline's U-Net."""
+    from diffrepro.t2i.caches import count_unet_calls, pyramid_attention_broadcast
+
+    with pyramid_attention_broadcast(pipeline.unet, setting.spatial_skip, setting.cross_skip,
+                                     (setting.timestep_low, setting.timestep_high)):
+        samples, steps = count_unet_calls(call)
+    return MethodOutput(samples, steps)

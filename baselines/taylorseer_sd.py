@@ -1,0 +1,46 @@
+"""TaylorSeer (Liu et al., 2025) on the text-to-image pipeline's U-Net, through diffusers' hook
+(diffusers/hooks/taylorseer_cache.py): between full steps, the attention and feed-forward
+outputs are forecast by a Taylor expansion from the last full steps."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from diffrepro.methods import MethodOutput, register_method
+
+
+@dataclass(frozen=True)
+class TaylorSeerSetting:
+    cache_interval: int = 1   # a full step every `cache_interval` steps; 1: every step (off)
+    max_order: int = 1        # order of the Taylor forecast (diffusers' default)
+    warmup_steps: int = 3     # full steps before any forecast (diffusers' disable_cache_before_step)
+    steps: int | None = None  # None: t2i.steps
+
+    def __post_init__(self):
+        for name, low in (("cache_interval", 1), ("max_order", 0), ("warmup_steps", 0)):
+            value = getattr(self, name)
+            if not (isinstance(value, int) and low <= value <= 1000):
+                raise ValueError(f"taylorseer_sd {name} must be an integer in [{low}, 1000], got {value!r}")
+        if self.warmup_steps < 1 and self.cache_interval > 1:
+            raise ValueError("taylorseer_sd warmup_steps must be >= 1 when cache_interval > 1: "
+                             "a forecast needs one full step first")
+        if self.steps is not None and not (isinstance(self.steps, int) and 1 <= self.steps <= 1000):
+            raise ValueError(f"taylorseer_sd steps must be an integer in [1, 1000], got {self.steps!r}")
+
+    def reference(self) -> tuple[str, dict]:
+        # the plain pipeline with the same steps: one shared reference run for every baseline
+        return "sd_scheduler", {"scheduler": "pipeline", "steps": self.steps}
+
+    def id(self) -> str:
+        name = f"i{self.cache_interval}-o{self.max_order}-w{self.warmup_steps}"
+        return f"{self.steps}-{name}" if self.steps else name
+
+
+@register_method("taylorseer_sd", setting=TaylorSeerSetting, roles=("model",), family="pipeline")
+def taylorseer_sd(pipeline, unets, call, setting: TaylorSeerSetting) -> MethodOutput:
+    """diffusers' TaylorSeer cache hook on the pipeline's U-Net."""
+    from diffrepro.t2i.caches import count_unet_calls, taylorseer
+
+    with taylorseer(pipeline.unet, setting.cache_interval, setting.max_order, setting.warmup_steps):
+        samples, steps = count_unet_calls(call)
+    return MethodOutput(samples, steps)
