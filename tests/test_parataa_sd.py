@@ -107,3 +107,27 @@ def test_sdxl_pipelines_are_refused():
 
     with pytest.raises(ValueError, match="SD-1.x pipelines"):
         prompt_denoiser(sdxl_pipeline(sdxl_unet(0, layers=1)), PROMPTS, 4.0)
+
+
+def test_paper_config_errors_name_key_and_fix():
+    import copy
+    from pathlib import Path
+
+    import yaml
+
+    from diffrepro.config import check_config
+    from diffrepro.validation import ConfigError, apply_schema
+
+    paper = yaml.safe_load((Path(__file__).parents[1] / "config/paper/parataa_sd.yaml").read_text())
+    for mutate, expected in [
+        (lambda c: c["methods"]["parataa_sd"]["grid"][1].pop("source_prompt"),
+         r"methods.parataa_sd.grid: .*add source_prompt"),
+        (lambda c: c["methods"]["sequential_sd"]["grid"].update(steps=[25]),
+         r"add it to methods.sequential_sd.grid"),
+        (lambda c: c["methods"]["parataa_sd"]["grid"][0].update(window=[60]),
+         r"window must be in 1..steps, got 60")]:
+        config = copy.deepcopy(paper)
+        mutate(config)
+        with pytest.raises(ConfigError, match=expected):
+            apply_schema(config)
+            check_config(config)
