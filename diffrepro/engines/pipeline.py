@@ -243,7 +243,8 @@ def run_batch(spec, setting, pipeline, unets, t2i: dict, seed: int, indices: Seq
 
     # What a method that runs its own loop needs of the call: the same prompts, x_T (CPU float32),
     # guidance and steps as `call` uses, and the pipeline's decoding.
-    call.prompts, call.latents, call.labels = texts, noise, labels
+    # x_T rounded to the U-Net dtype as the pipeline call receives it (fp16 hub pipelines)
+    call.prompts, call.latents, call.labels = texts, noise.to(pipeline.unet.dtype).float(), labels
     call.class_prompts = prompts is None
     call.guidance_scale, call.steps, call.decode = t2i["guidance_scale"], steps_of(setting, t2i), decode
     return spec.run(pipeline, unets, call, setting), labels, final.get("images")
