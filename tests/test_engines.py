@@ -85,6 +85,21 @@ def test_engine_contract(loaded):
     assert "decoder" in engine.meta()
 
 
+def test_pipeline_engine_passes_parallel_diagnostics_and_window_cost(loaded):
+    """A method that runs its own loop in the pipeline (parataa_sd) gets its per-image
+    diagnostics into the shard extras and a window-sized U-Net pass timed."""
+    family, _, engine = loaded
+    if family != "pipeline":
+        pytest.skip("pipeline engine only")
+    spec = get_method("parataa_sd")
+    setting = spec.make_setting({"steps": 4, "window": 3, "order": 2})
+    batch = engine.run_batch(spec, setting, 3, [0, 1])
+    assert batch.extras["per_image__parallel_iterations"].shape == (2,)
+    assert batch.extras["per_image__converged"].all() and batch.extras["trace__residual"].shape[0] == 2
+    costs = engine.extra_costs(spec, setting, 0, 2, 1, False)
+    assert costs["window"] == 3 and costs["window_batch"] > 0
+
+
 RULE_BODIES = ("jobs", "timing", "engines", "engines.denoiser", "engines.pipeline", "engines.ldm", "engines.clock")
 
 

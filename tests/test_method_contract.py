@@ -132,6 +132,9 @@ def pipeline_call(pipeline, indices, steps: int):
         with torch.no_grad():
             return pipeline(prompts, num_inference_steps=steps, guidance_scale=7.5, latents=noise.clone(),
                             generator=generators, output_type="latent", return_dict=False, **kwargs)[0]
+    # what methods running their own loop read (engines.pipeline.run_batch sets the same)
+    call.prompts, call.latents, call.labels, call.class_prompts = prompts, noise, labels, False
+    call.guidance_scale, call.steps, call.decode = 7.5, steps, lambda latents: latents
     return call
 
 
@@ -197,6 +200,40 @@ def off_sequential(ctx: Context):
     for sampler in ("ddpm", "ddim"):
         out = ctx.run("sequential", {"steps": STEPS}, sampler=sampler)
         assert torch.equal(out.samples, alone(ctx.dits["large"], sampler)) and dict(out.model_steps) == {"model": STEPS}
+
+
+def sequential_ddim_pipeline(ctx: Context, steps: int) -> torch.Tensor:
+    """The pipeline's own loop with DDIMScheduler from its config (clip_sample off), written out
+    here: what sequential_sd must be."""
+    from diffusers import DDIMScheduler
+
+    pipeline = ctx.t2i["pipeline"]
+    ddim = type(pipeline)(**{**pipeline.components,
+                             "scheduler": DDIMScheduler.from_config(pipeline.scheduler.config, clip_sample=False)})
+    ddim.set_progress_bar_config(disable=True)
+    return pipeline_call(ddim, INDICES, steps)()
+
+
+def off_sequential_sd(ctx: Context):
+    assert reference_of("sequential_sd", {"steps": 5}) == {"method": "sequential_sd", "params": {"steps": 5}}
+    own = ctx.t2i["pipeline"].scheduler
+    out = ctx.run("sequential_sd", {"steps": 3})
+    assert torch.equal(out.samples, sequential_ddim_pipeline(ctx, 3)) and dict(out.model_steps) == {"model": 3}
+    assert ctx.t2i["pipeline"].scheduler is own  # given back after the run
+
+
+def off_parallel_sd(name: str, exact: dict, loose: dict):
+    """At tolerance 0 a parallel solver in the pipeline is sequential_sd (float64 states
+    against the pipeline's float32 DDIM steps: rounding only)."""
+    def check(ctx: Context):
+        ref = reference_of(name, exact)
+        assert ref == {"method": "sequential_sd", "params": {"steps": exact["steps"]}}
+        out, sequential = ctx.run(name, exact), ctx.run(ref["method"], ref["params"])
+        scale = float(sequential.samples.abs().max())
+        torch.testing.assert_close(out.samples, sequential.samples, atol=2e-5 * scale, rtol=1e-5)
+        assert out.per_image["converged"].all()
+        assert not torch.equal(ctx.run(name, {**exact, **loose}).samples, out.samples), "vacuous"
+    return check
 
 
 def off_text_to_image(ctx: Context):
@@ -376,6 +413,27 @@ CONTRACTS: dict[str, Contract] = {
         invalid=[{"ratio": 1.5}, {"ratio": 0.4, "cache_interval": 0}, {"ratio": 0.4, "cache_branch_id": 12}],
         off=off_tstitch_deepcache_sd, batch={"ratio": 0.25, "cache_interval": 2},
         batch_atol=1e-4),
+    "sequential_sd": Contract(
+        ids={"n25": {"steps": 25}, "n50": {"steps": 50}},
+        invalid=[{"steps": 0}, {"steps": -5}],
+        off=off_sequential_sd, batch={"steps": T2I_STEPS}, batch_atol=1e-4),
+    "parataa_sd": Contract(
+        ids={"n50-w50-k20-m2-tol0.001-rtol0.001-it50": {"steps": 50, "window": 50, "order": 20, "memory": 2},
+             "n50-w50-k20-m2-tol0.001-rtol0.001-it50-var10-src-a-cute-dog": {
+                 "steps": 50, "window": 50, "order": 20, "variation_steps": 10, "source_prompt": "a cute dog"},
+             "n50-w50-k20-m2-tol0.001-rtol0.001-it50-var10": {"steps": 50, "window": 50, "order": 20,
+                                                              "variation_steps": 10}},
+        invalid=[{"steps": 10, "window": 11}, {"steps": 10, "window": 4, "order": 5},
+                 {"steps": 10, "window": 4, "variation_steps": 10}, {"steps": 10, "window": 4, "source_prompt": ""}],
+        off=off_parallel_sd("parataa_sd", {**PARATAA_EXACT, "steps": 4, "window": 3},
+                            {"tolerance": 0.5, "relative_tolerance": 0.0}),
+        batch={"steps": 4, "window": 2, "order": 2, "memory": 2}, batch_atol=1e-4),
+    "picard_sd": Contract(
+        ids={"n50-w50-tol0.1-it50": {"steps": 50, "window": 50}, "n50-w50-tol0-it50": {"steps": 50, "window": 50,
+                                                                                      "tolerance": 0.0}},
+        invalid=[{"steps": 10, "window": 0}, {"steps": 10, "window": 4, "tolerance": -0.1}],
+        off=off_parallel_sd("picard_sd", {**PICARD_EXACT, "steps": 4, "window": 3}, {"tolerance": 10.0}),
+        batch={"steps": 4, "window": 2, "tolerance": 0.05}, batch_atol=1e-4),
 }
 
 # Read at collection, before any test loads a config: a config's `plugin:` entries (aliases, the

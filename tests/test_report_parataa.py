@@ -356,3 +356,22 @@ def test_claims_are_judged_on_our_rules_without_variations(table: pd.DataFrame) 
     assert converges["verdict"] == "holds" and "var20" not in converges["ours_value"]
     assert "var20" not in by_key(everything, "wall_clock_parataa")[1]["ours_value"]
     assert "Judged on the settings with our window-entry" in claims_markdown(build_table(records), NOTE)
+
+
+def test_pipeline_runs_fill_the_same_rows_with_clip(table: pd.DataFrame) -> None:
+    """sequential_sd / picard_sd / parataa_sd records (methods/parataa_sd.py) read as their
+    solvers' rows; their CLIP score adds a CLIP column and its difference from sequential."""
+    records = make_records()
+    for r in records:
+        r["method"] += "_sd"
+        r["reference"]["method"] += "_sd"
+        r["metrics"]["clip_score"] = 0.30 if r["method"] == "sequential_sd" else 0.29
+        r["labels"]["clip_score"] = "CLIP score (digits-clip)"
+    sd = build_table(records)
+    assert list(sd.columns) == TABLE_COLUMNS + ["clip_score", "clip_diff"]
+    pd.testing.assert_frame_equal(sd[TABLE_COLUMNS], table)  # the same rows as the DiT runs'
+    row = sd.set_index("setting")
+    assert row.loc["taa25", "clip_diff"] == pytest.approx(-0.01) and row.loc["n25", "clip_diff"] == 0
+    markdown = table_markdown(sd, labels=labels_from_records(records), setting_note=NOTE)
+    assert "CLIP score (digits-clip)" in markdown and "ΔCLIP vs sequential" in markdown
+    assert "-0.0100" in markdown

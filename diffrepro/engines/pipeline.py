@@ -6,6 +6,7 @@ resized to the scoring size."""
 from __future__ import annotations
 
 import contextlib
+import statistics
 from pathlib import Path
 from typing import Sequence
 
@@ -230,6 +231,22 @@ def run_batch(spec, setting, pipeline, unets, t2i: dict, seed: int, indices: Seq
             return final["latents"]
         return out
 
+    def decode(latents):
+        """For methods that run their own loop (parallel DDIM): the final latents decoded as the
+        pipeline's call decodes them (a hub pipeline's VAE; the embedded suite has none)."""
+        if decoded:
+            vae = pipeline.vae
+            with torch.no_grad():
+                image = vae.decode(latents.to(device, vae.dtype) / vae.config.scaling_factor, return_dict=False)[0]
+            final["images"] = pipeline.image_processor.postprocess(image, output_type="np")
+        return latents
+
+    # What a method that runs its own loop needs of the call: the same prompts, x_T (CPU float32),
+    # guidance and steps as `call` uses, and the pipeline's decoding.
+    # x_T rounded to the U-Net dtype as the pipeline call receives it (fp16 hub pipelines)
+    call.prompts, call.latents, call.labels = texts, noise.to(pipeline.unet.dtype).float(), labels
+    call.class_prompts = prompts is None
+    call.guidance_scale, call.steps, call.decode = t2i["guidance_scale"], steps_of(setting, t2i), decode
     return spec.run(pipeline, unets, call, setting), labels, final.get("images")
 
 
@@ -273,7 +290,9 @@ class PipelineEngine:
             images = fid_images(decoded, self.t2i.get("fid_size"), self.t2i.get("jpeg_quality"))
             # the decoded floats, before the uint8 cast turns a NaN black
             nonfinite = np.union1d(nonfinite_rows(samples), nonfinite_rows(decoded)).astype(np.int64)
-        return Batch(images, y.numpy(), out.steps_by_role(self.roles), {"samples": samples}, nonfinite)
+        extras = {"samples": samples, **{f"per_image__{k}": v for k, v in out.per_image.items()},
+                  **{f"trace__{k}": v for k, v in out.traces.items()}}
+        return Batch(images, y.numpy(), out.steps_by_role(self.roles), extras, nonfinite)
 
     def prepare(self, spec, setting, seed: int, indices: Sequence[int]):
         """A whole pipeline call (text encoding, every step, guidance, decoding: the paper's
@@ -302,4 +321,12 @@ class PipelineEngine:
         return contextlib.nullcontext()
 
     def extra_costs(self, spec, setting, seed: int, batch_size: int, repeats: int, uniform_batch: bool) -> dict:
-        return {"window": None, "window_batch": None}
+        """For methods that evaluate a window of steps at once (parallel DDIM): one U-Net pass
+        on window x batch rows, as they call it."""
+        if not hasattr(setting, "window"):
+            return {"window": None, "window_batch": None}
+        from .clock import timed
+
+        window = min(setting.window, self.steps(setting))
+        run = self.forward_pass(next(iter(self.roles)), window * batch_size, seed)
+        return {"window": window, "window_batch": statistics.median(timed(run, self.device) for _ in range(repeats))}

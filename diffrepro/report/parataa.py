@@ -28,6 +28,9 @@ from diffrepro.report.format import fmt as _fmt, label as _label, labels_from_re
 
 PARATAA_YAML = PAPER_DIR / "parataa.yaml"
 METHODS = ("sequential", "picard", "parataa")
+# The same solvers inside a diffusers SD pipeline (methods/parataa_sd.py, baselines/picard_sd.py,
+# baselines/sequential_sd.py) fill the same rows.
+PIPELINE_METHODS = {f"{m}_sd": m for m in METHODS}
 METHOD_NAMES = {"sequential": "sequential", "picard": "Picard", "parataa": "ParaTAA"}
 METHOD_COLORS = {"sequential": "C0", "picard": "C1", "parataa": "C2"}
 # Claim rules, declared before any run so a verdict cannot be tuned to the numbers.
@@ -50,6 +53,16 @@ TABLE_COLUMNS = [
 # ---------------------------------------------------------------------------------------------
 # Table
 # ---------------------------------------------------------------------------------------------
+
+
+def as_solver_records(records: Iterable[Mapping[str, Any]]) -> list[dict]:
+    """Records with a pipeline method's name (parataa_sd, ...) under its solver's (parataa, ...),
+    the reference's too; the setting ids stay, so every record keeps its key."""
+    def solver(run: Mapping[str, Any]) -> dict:
+        return {**run, "method": PIPELINE_METHODS.get(run["method"], run["method"])}
+
+    return [{**solver(r), **({"reference": solver(r["reference"])} if "reference" in r else {})}
+            for r in records]
 
 
 def _num(value: Any) -> float:
@@ -93,6 +106,9 @@ def _row(record: Mapping[str, Any], by_key: Mapping[tuple[str, str], Mapping[str
         "fid": float(metrics["fid"]), "fid_se": _num(metrics.get("fid_bootstrap_se")),
         "fid_diff": float(metrics["fid"]) - float(ref["metrics"]["fid"]),
         **{k: _num(metrics.get(k)) for k in ("fid_diff_se", "inception_score", "class_accuracy")},
+        # text-to-image runs: CLIP score and its difference from the sequential run's
+        "clip_score": _num(metrics.get("clip_score")),
+        "clip_diff": _num(metrics.get("clip_score")) - _num(ref["metrics"].get("clip_score")),
         "time_s": float(timing["median_s"]), "reference_time_s": float(ref["timing"]["median_s"]),
         "speedup": float(speedup if speedup is not None
                          else ref["timing"]["median_s"] / timing["median_s"]),
@@ -108,7 +124,7 @@ def _row(record: Mapping[str, Any], by_key: Mapping[tuple[str, str], Mapping[str
 
 def build_table(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
     """One row per (method, setting), sorted by steps, then sequential/Picard/ParaTAA, then setting."""
-    records = list(records)
+    records = as_solver_records(records)
     if not records:
         raise ValueError("no records to tabulate")
     by_key: dict[tuple[str, str], Mapping[str, Any]] = {}
@@ -120,7 +136,9 @@ def build_table(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
     df = pd.DataFrame([_row(r, by_key) for r in records])
     df["_order"] = df["method"].map(METHODS.index)
     df = df.sort_values(["steps", "_order", "setting"], ignore_index=True)
-    return df[TABLE_COLUMNS]
+    # CLIP columns only where a run has a CLIP score (the DiT tables keep their columns)
+    clip = ["clip_score", "clip_diff"] if df["clip_score"].notna().any() else []
+    return df[TABLE_COLUMNS + clip]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -160,6 +178,8 @@ def _markdown_frame(df: pd.DataFrame, labels: Mapping[str, str]) -> pd.DataFrame
         "ΔFID vs sequential ± paired SE": _pm(df["fid_diff"], df["fid_diff_se"], "+.2f"),
         _label(labels, "inception_score"): [_fmt(v, ".2f") for v in df["inception_score"]],
         _label(labels, "class_accuracy"): [_fmt(v, ".3f") for v in df["class_accuracy"]],
+        **({labels.get("clip_score", "CLIP score"): [_fmt(v, ".4f") for v in df["clip_score"]],
+            "ΔCLIP vs sequential": [_fmt(v, "+.4f") for v in df["clip_diff"]]} if "clip_score" in df else {}),
         "time (s)": [_fmt(v, ".3g") for v in df["time_s"]],
         "speed-up vs sequential [95% CI]": [
             f"{s:.2f}× [{_fmt(lo, '.2f')}, {_fmt(hi, '.2f')}]"
@@ -551,7 +571,7 @@ def setting_label(method: str, params: Mapping[str, Any]) -> str:
 def convergence_plot(records: Iterable[Mapping[str, Any]], png_path: str | os.PathLike,
                      svg_path: str | os.PathLike, *, title: str) -> None:
     """Median residual per parallel iteration: how fast each setting reaches its tolerance."""
-    runs = [r for r in records if r["method"] != "sequential"
+    runs = [r for r in as_solver_records(records) if r["method"] != "sequential"
             and (r.get("convergence") or {}).get("median_residual")]
     if not runs:
         raise ValueError("no Picard/ParaTAA record with a convergence curve")
