@@ -1,7 +1,8 @@
 """Shared fixtures: tiny DiTs, the smoke DAG run, a local file server.
 
 Two tiers:
-- fast, the working loop (about a minute on 2 cores): `python -m pytest -m "not slow"`
+- fast, the working loop (under 2 minutes on 2 cores): `python -m pytest -m "not slow" -n 2 --dist worksteal`
+  (pytest-xdist, one torch thread per worker as set below; work stealing balances the files)
   (add -q, -x, or a file; unit tests, the method contract, Snakemake dry runs).
 - full, what CI runs (under 15 minutes): `bash scripts/run_tests.sh`, every test.
 
