@@ -8,7 +8,6 @@ configure_optimizers, with the suite's warm-up and EMA (diffrepro.training)."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from dataclasses import asdict
@@ -22,7 +21,7 @@ from .diffusion.ldm_ddim import ldm_linear_betas
 from .finite import LossGuard
 from .models.ldm_unet import build_ldm_unet
 from .models.ldm_unet_config import LDMUNetConfig
-from .training import TrainConfig, load_resume, resume_path, save_resume
+from .training import TrainConfig, load_resume, resume_path, run_fingerprint, save_resume
 
 
 def train_ldm_unet(model_config: LDMUNetConfig, train: TrainConfig, schedule: dict, images: torch.Tensor,
@@ -36,9 +35,7 @@ def train_ldm_unet(model_config: LDMUNetConfig, train: TrainConfig, schedule: di
     optimizer = torch.optim.AdamW(model.parameters(), lr=train.lr, weight_decay=0.0)
     abar = torch.from_numpy(np.cumprod(1.0 - ldm_linear_betas(schedule["linear_start"], schedule["linear_end"])))
     resume = resume_path(output)
-    fingerprint = json.dumps({"model": model_config.to_dict(), "train": asdict(train), "schedule": schedule,
-                              "data": hashlib.sha256(images.numpy().tobytes() + labels.numpy().tobytes()).hexdigest()},
-                             sort_keys=True)
+    fingerprint = run_fingerprint(model_config, train, images, labels, schedule=schedule)
     start, history = load_resume(resume, model, ema, optimizer, generator, fingerprint=fingerprint, log=log)
     guard = LossGuard(str(output), resume, start or None)
 

@@ -70,6 +70,15 @@ def resume_path(output: str | Path) -> Path:
     return Path(f"{output}.resume.pt")
 
 
+def run_fingerprint(model_config, train: TrainConfig, images: torch.Tensor, labels: torch.Tensor,
+                    **recipe) -> str:
+    """What a training run depends on (model, train config, data, and the caller's `recipe`
+    entries): a resume file left by a run with another fingerprint is not reused."""
+    data = hashlib.sha256(images.numpy().tobytes() + labels.numpy().tobytes()).hexdigest()
+    return json.dumps({"model": model_config.to_dict(), "train": asdict(train), **recipe, "data": data},
+                      sort_keys=True)
+
+
 def train_dit(model_config: DiTConfig, train: TrainConfig, images: torch.Tensor,
               labels: torch.Tensor, output: str | Path, log=print,
               stop_after: int | None = None, method: TrainingMethod | None = None,
@@ -95,10 +104,7 @@ def train_dit(model_config: DiTConfig, train: TrainConfig, images: torch.Tensor,
     if bad:
         raise ValueError(f"snapshot iterations {bad} outside 1..{train.iterations}")
     resume = resume_path(output)
-    # what the run depends on: a resume file left by a run with another config is not reused
-    fingerprint = json.dumps({"model": model_config.to_dict(), "train": asdict(train), "method": method.describe(),
-                              "data": hashlib.sha256(images.numpy().tobytes() + labels.numpy().tobytes()).hexdigest()},
-                             sort_keys=True)
+    fingerprint = run_fingerprint(model_config, train, images, labels, method=method.describe())
     start, history = load_resume(resume, model, ema, optimizer, generator, fingerprint=fingerprint, log=log)
     guard = LossGuard(str(output), resume, start or None)
 
