@@ -41,7 +41,8 @@ def check_deepcache(setting, method: str) -> None:
 @register_method("deepcache_sd", setting=DeepCacheSetting, roles=("model",), family="pipeline")
 def deepcache_sd(pipeline, unets, call, setting: DeepCacheSetting) -> MethodOutput:
     """DeepCache's helper on the pipeline's U-Net: deep features reused between full steps."""
-    from diffrepro.t2i.caches import count_unet_calls, deepcache
+    from diffrepro.t2i.caches import deepcache
+    from diffrepro.t2i.step_count import count_unet_calls
 
     with deepcache(pipeline.unet, pipeline.scheduler, setting.cache_interval, setting.cache_branch_id):
         samples, steps = count_unet_calls(call)

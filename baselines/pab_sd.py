@@ -44,7 +44,8 @@ class PABSetting:
 @register_method("pab_sd", setting=PABSetting, roles=("model",), family="pipeline")
 def pab_sd(pipeline, unets, call, setting: PABSetting) -> MethodOutput:
     """diffusers' Pyramid Attention Broadcast hook on the pipeline's U-Net."""
-    from diffrepro.t2i.caches import count_unet_calls, pyramid_attention_broadcast
+    from diffrepro.t2i.caches import pyramid_attention_broadcast
+    from diffrepro.t2i.step_count import count_unet_calls
 
     with pyramid_attention_broadcast(pipeline.unet, setting.spatial_skip, setting.cross_skip,
                                      (setting.timestep_low, setting.timestep_high)):

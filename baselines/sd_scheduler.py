@@ -28,7 +28,7 @@ class SDSchedulerSetting:
 @register_method("sd_scheduler", setting=SDSchedulerSetting, roles=("model",), family="pipeline")
 def sd_scheduler(pipeline, unets, call, setting: SDSchedulerSetting) -> MethodOutput:
     """The pipeline with another diffusers scheduler and step count (fewer steps at matched cost)."""
-    from diffrepro.t2i.caches import count_unet_calls
+    from diffrepro.t2i.step_count import count_unet_calls
     from diffrepro.t2i.schedulers import using_scheduler
 
     with using_scheduler(pipeline, setting.scheduler):

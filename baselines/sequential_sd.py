@@ -4,7 +4,6 @@ reference, one U-Net call per step."""
 
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,15 +22,10 @@ class SequentialSDSetting(SequentialSetting):
 def sequential_sd(pipeline, unets, call, setting: SequentialSDSetting) -> MethodOutput:
     """Sequential DDIM in the SD pipeline: one U-Net call per step."""
     from diffrepro.t2i.parallel import ddim_scheduler, using_scheduler
-
-    steps: Counter = Counter()
-
-    def count(pipe, step_index, timestep, callback_kwargs):
-        steps["model"] += 1
-        return {}
+    from diffrepro.t2i.step_count import count_unet_calls
 
     with using_scheduler(pipeline, ddim_scheduler(pipeline.scheduler)):
-        samples = call(callback_on_step_end=count)
+        samples, steps = count_unet_calls(call)
     n = len(samples)
     per_image = {"parallel_iterations": np.full(n, setting.steps, dtype=np.int64),
                  "network_evaluations": np.full(n, setting.steps, dtype=np.int64),

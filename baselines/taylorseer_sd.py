@@ -39,7 +39,8 @@ class TaylorSeerSetting:
 @register_method("taylorseer_sd", setting=TaylorSeerSetting, roles=("model",), family="pipeline")
 def taylorseer_sd(pipeline, unets, call, setting: TaylorSeerSetting) -> MethodOutput:
     """diffusers' TaylorSeer cache hook on the pipeline's U-Net."""
-    from diffrepro.t2i.caches import count_unet_calls, taylorseer
+    from diffrepro.t2i.caches import taylorseer
+    from diffrepro.t2i.step_count import count_unet_calls
 
     with taylorseer(pipeline.unet, setting.cache_interval, setting.max_order, setting.warmup_steps):
         samples, steps = count_unet_calls(call)

@@ -3,7 +3,6 @@ baseline every text-to-image method is compared with."""
 
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import dataclass
 
 from diffrepro.methods import MethodOutput, register_method
@@ -24,10 +23,6 @@ class TextToImageSetting:
 @register_method("text_to_image", setting=TextToImageSetting, roles=("model",), family="pipeline")
 def text_to_image(pipeline, unets, call, setting: TextToImageSetting) -> MethodOutput:
     """The pipeline as it is, with the configured U-Net."""
-    steps: Counter = Counter()
+    from diffrepro.t2i.step_count import count_unet_calls
 
-    def count(pipe, step_index, timestep, callback_kwargs):
-        steps["model"] += 1
-        return {}
-
-    return MethodOutput(call(callback_on_step_end=count), steps)
+    return MethodOutput(*count_unet_calls(call))

@@ -35,7 +35,8 @@ class ToMeSetting:
 @register_method("tome_sd", setting=ToMeSetting, roles=("model",), family="pipeline")
 def tome_sd(pipeline, unets, call, setting: ToMeSetting) -> MethodOutput:
     """ToMe for SD on the pipeline's U-Net: tokens merged before self-attention."""
-    from diffrepro.t2i.caches import count_unet_calls, token_merging
+    from diffrepro.t2i.caches import token_merging
+    from diffrepro.t2i.step_count import count_unet_calls
 
     with token_merging(pipeline.unet, setting.ratio, setting.max_downsample):
         samples, steps = count_unet_calls(call)

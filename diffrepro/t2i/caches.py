@@ -16,7 +16,6 @@ a fresh state, as a pipeline's own `cache_context` would.
 from __future__ import annotations
 
 import contextlib
-from collections import Counter
 from types import SimpleNamespace
 
 import torch
@@ -29,18 +28,6 @@ UNSUPPORTED_HOOKS = {
                        "and fails before attaching",
     "MagCache": "finds no top-level transformer blocks, attaches nothing and only logs it",
 }
-
-
-def count_unet_calls(call, role: str = "model", **kwargs):
-    """(samples, Counter) of a pipeline call: one U-Net evaluation per step (the step callback),
-    however much of the U-Net a cache skipped in it."""
-    steps: Counter = Counter()
-
-    def count(pipe, step_index, timestep, callback_kwargs):
-        steps[role] += 1
-        return {}
-
-    return call(callback_on_step_end=count, **kwargs), steps
 
 
 # -------------------------------------------------------------------------------------------
