@@ -74,6 +74,8 @@ class Plan:
         self.remote_files = {
             **{m["source"]["file"]: m["source"] for m in models.values() if "source" in m},
             **{entry["file"]: entry for entry in remote_scoring},
+            **({config["decoder"]["source"]["file"]: config["decoder"]["source"]}
+               if config.get("decoder", {}).get("source") else {}),
             **({self.prompts_source["file"]: self.prompts_source} if self.prompts_source else {}),
             **({self.reference_images["archive"]["file"]: self.reference_images["archive"]}
                if self.reference_images else {}),
@@ -125,6 +127,11 @@ class Plan:
     def teacher_config(self, w) -> str:
         """A distilled student's teacher's U-Net config (its own is derived from it)."""
         return as_param(model_config(self.config, self.config["models"][w.model]["distil"]["teacher"]))
+
+    def decoder_source(self) -> list[str]:
+        """The downloaded first-stage checkpoint rule fetch_vae converts (none: a diffusers VAE)."""
+        source = self.config.get("decoder", {}).get("source")
+        return [f"{DOWNLOADS}/{source['file']}"] if source else []
 
     def remote_files_pattern(self) -> str:
         return names_pattern([re.escape(f) for f in self.remote_files])

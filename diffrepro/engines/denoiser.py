@@ -96,7 +96,8 @@ class DenoiserEngine:
 
             decoder = read_json(vae_info)
             vae = load_vae(decoder, device)
-            to_images = lambda latents: decode_to_uint8(vae, latents, decoder["scale"])  # noqa: E731
+            rule = decoder.get("to_uint8", "dit")  # vae.json records of older builds have no rule: DiT's
+            to_images = lambda latents: decode_to_uint8(vae, latents, decoder["scale"], to_uint8=rule)  # noqa: E731
         return cls(denoisers, *sample_geometry(model_configs), sampling, device, to_images, decoder)
 
     def meta(self) -> dict:

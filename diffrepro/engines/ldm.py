@@ -6,7 +6,8 @@ engine's: only the models, the guidance and the sampler differ.
 The first stage: the embedded suite trains its U-Nets on the digits' pixels, so the "latents"
 are the images and the first stage is the identity (LDM's IdentityFirstStage). A latent suite
 with a VAE record decodes through diffrepro.decoder, with the record's scale (LDM's
-scale_factor; 1.0 for cin-ldm-vq-f8).
+scale_factor; 1.0 for cin-ldm-vq-f8) and uint8 rule; T-Stitch's LDMs decode with the VQ-f8
+autoencoder converted from the authors' checkpoint (diffrepro.models.vq_first_stage).
 """
 
 from __future__ import annotations
@@ -55,16 +56,16 @@ class LDMEngine(DenoiserEngine):
         shape = (config.in_channels, config.image_size, config.image_size)
         to_images, decoder = pixels_to_uint8, None
         if vae_info is None and config.in_channels not in (1, 3):
-            # T-Stitch's LDMs sample VQ-f8 latents; decoding them (taming's VQ decoder) is not here yet
             raise ValueError(f"{config.in_channels}-channel LDM samples are latents and need a first stage to "
-                             f"decode them; the VQ-f8 autoencoder of T-Stitch's LDMs is not supported yet "
-                             f"(docs/paper-scale.md). Pixel-space models (1 or 3 channels) need none.")
+                             f"decode them: add a `decoder` to the config (T-Stitch's VQ-f8: "
+                             f"config/paper/tstitch_ldm.yaml). Pixel-space models (1 or 3 channels) need none.")
         if vae_info is not None:
             from ..decoder import decode_to_uint8, load_vae
 
             decoder = read_json(vae_info)
             vae = load_vae(decoder, device)
-            to_images = lambda latents: decode_to_uint8(vae, latents, decoder["scale"])  # noqa: E731
+            rule = decoder.get("to_uint8", "dit")  # vae.json records of older builds have no rule: DiT's
+            to_images = lambda latents: decode_to_uint8(vae, latents, decoder["scale"], to_uint8=rule)  # noqa: E731
         return cls(denoisers, shape, config.n_classes, sampling, device, to_images, decoder)
 
     def steps(self, setting) -> int:

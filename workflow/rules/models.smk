@@ -98,13 +98,17 @@ rule convert_checkpoint:
         "../scripts/convert_checkpoint.py"
 
 
-# The VAE of a latent-space suite, resolved once (cache, local path or download) and pinned
-# by its weights' sha256, which every sampling job verifies.
+# The VAE of a latent-space suite, resolved once (cache, local path or download; an LDM's VQ
+# first stage converted from its downloaded checkpoint) and pinned by its weights' sha256,
+# which every sampling job verifies.
 rule fetch_vae:
+    input:
+        source=PLAN.decoder_source(),
     output:
         f"{CHECKPOINTS}/vae.json",
     params:
         decoder=as_param(config.get("decoder")),
+        lock=PLAN.downloads_lock(),
     threads: 1
     resources:
         **PLAN.job_resources("fetch_vae"),

@@ -8,4 +8,5 @@ from diffrepro.snakejob import job
 with job(snakemake) as log:
     fetch_vae_job(decoder=json.loads(snakemake.params.decoder),
                   allow_downloads=snakemake.config["allow_downloads"],
-                  output=snakemake.output[0], log=log)
+                  output=snakemake.output[0], source=snakemake.input.get("source") or None,
+                  lock_path=snakemake.params.lock, log=log)
