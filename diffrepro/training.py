@@ -163,9 +163,11 @@ def _metadata(model_config: DiTConfig, train: TrainConfig, iteration: int) -> di
 
 
 def load_resume(path: Path, model, ema, optimizer, generator, *, fingerprint: str | None = None,
-                log=print) -> tuple[int, list]:
+                scaler=None, log=print) -> tuple[int, list]:
     """Restore a killed run's state; returns (iteration to start at, history). With a
-    `fingerprint` (what the run depends on), a resume file of another run is deleted, not used."""
+    `fingerprint` (what the run depends on), a resume file of another run is deleted, not used.
+    A `scaler` (fp16's GradScaler) gets its scale and growth tracker back, so a resumed run
+    skips the same steps as an unbroken one."""
     if not path.exists():
         return 0, []
     state = torch.load(path, weights_only=True)
@@ -177,18 +179,22 @@ def load_resume(path: Path, model, ema, optimizer, generator, *, fingerprint: st
     ema.load_state_dict(state["ema"])
     optimizer.load_state_dict(state["optimizer"])
     generator.set_state(state["generator"])
+    if scaler is not None and state.get("scaler"):
+        scaler.load_state_dict(state["scaler"])
     start = int(state["iteration"])
     log(f"resuming {path} at iteration {start}")
     return start, json.loads(state["history"])
 
 
 def save_resume(path: Path, iteration: int, model, ema, optimizer, generator, history,
-                 fingerprint: str | None = None) -> None:
+                 fingerprint: str | None = None, scaler=None) -> None:
     """Refused if the weights hold a NaN or inf: the file keeps the last finite state."""
     refuse_nonfinite_weights(path, iteration, model=model.state_dict(), ema=ema.state_dict())
     state = {"iteration": iteration, "model": model.state_dict(), "ema": ema.state_dict(),
              "optimizer": optimizer.state_dict(), "generator": generator.get_state(),
              "history": json.dumps(history)}
+    if scaler is not None and scaler.is_enabled():  # a disabled scaler's state is {}
+        state["scaler"] = scaler.state_dict()
     if fingerprint is not None:
         state["fingerprint"] = fingerprint
     with atomic_path(path) as tmp:

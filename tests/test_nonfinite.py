@@ -220,3 +220,28 @@ def test_a_nan_loss_stops_the_digits_classifier(monkeypatch):
     with pytest.raises(NonFiniteError, match="training the digits classifier: the loss is nan at iteration 3; "
                                              "stopped before its update. Nothing was saved."):
         classifier.train_digits_classifier(images[:300], labels[:300], epochs=1, batch_size=64)
+
+
+def test_the_gradient_scalers_state_survives_a_resume(tmp_path):
+    """fp16 training (latent_training on a GPU): the scale and its growth tracker are saved, so
+    a resumed run skips the same overflowing steps as an unbroken one (issue 18)."""
+    from diffrepro.training import load_resume
+
+    model, ema = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0, growth_interval=3)
+    for value in (math.inf, 1.0, 1.0):  # one overflow halves the scale; two good steps count towards growth
+        optimizer.zero_grad()
+        scaler.scale(model(torch.full((1, 2), value)).sum()).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    assert scaler.get_scale() == 512.0
+    path = tmp_path / "run.resume.pt"
+    save_resume(path, 3, model, ema, optimizer, torch.Generator(), [], scaler=scaler)
+    fresh = torch.amp.GradScaler("cpu", init_scale=1024.0, growth_interval=3)
+    load_resume(path, torch.nn.Linear(2, 2), torch.nn.Linear(2, 2), torch.optim.SGD(model.parameters(), lr=0.1),
+                torch.Generator(), scaler=fresh, log=lambda _: None)
+    assert fresh.get_scale() == 512.0 and fresh.state_dict() == scaler.state_dict()
+    # a disabled scaler (fp32, CPU) writes nothing and reads nothing
+    save_resume(path, 3, model, ema, optimizer, torch.Generator(), [], scaler=torch.amp.GradScaler("cpu", enabled=False))
+    assert "scaler" not in torch.load(path, weights_only=True)

@@ -17,8 +17,8 @@ and KNN-stable_diffusion/conditional_{scratch,ft}_train_sd.py, on diffusers' tra
 One process: the seed's global batch (8 GPUs x 256) is one batch here, assigned as a whole as
 the seed gathers it, then run through the U-Net in micro-batches whose gradients add up to the
 whole batch's (`micro_batch_size`). Batches are consecutive slices of seeded epoch shuffles,
-flips and VAE samples come from the run's generator: a killed run resumes to the same stream
-(the gradient scaler's state is not saved: in fp16 a resumed run may skip a different step).
+flips and VAE samples come from the run's generator: a killed run resumes to the same stream,
+and the gradient scaler's state (fp16) is saved with it, so it skips the same steps.
 """
 
 from __future__ import annotations
@@ -203,7 +203,7 @@ def train_latent_unet(pipeline, data: ClassImages, *, scratch: bool, train: dict
                               "images": len(data), "precision": precision, "snapshots": sorted(snapshots)},
                              sort_keys=True)
     start, history = load_resume(resume, step.unet, step.ema, step.optimizer, generator,
-                                 fingerprint=fingerprint, log=log)
+                                 fingerprint=fingerprint, scaler=step.scaler, log=log)
     step.guard = LossGuard(str(output), resume, start or None)
     log(f"{'from scratch' if scratch else 'fine-tuning'}: {len(data)} images of {len(data.classes)} classes, "
         f"batch {batch_size} (micro {recipe['micro_batch_size'] or batch_size}), iterations {start}..{iterations}, "
@@ -221,7 +221,8 @@ def train_latent_unet(pipeline, data: ClassImages, *, scratch: bool, train: dict
             refuse_nonfinite_weights(snapshots[done], done, ema=step.ema.state_dict())
             save_checkpoint(snapshots[done], step.ema.state_dict(), {"iteration": str(done)})
         if done % recipe["checkpoint_every"] == 0 or done == iterations or done in snapshots:
-            save_resume(resume, done, step.unet, step.ema, step.optimizer, generator, history, fingerprint)
+            save_resume(resume, done, step.unet, step.ema, step.optimizer, generator, history, fingerprint,
+                        scaler=step.scaler)
             step.guard.saved_at = done
         if stop_after is not None and done >= stop_after:
             return {"stopped_at": done}
