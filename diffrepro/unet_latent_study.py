@@ -74,11 +74,29 @@ def record_sha256(record: dict) -> str:
 
 
 def train_latent_run(*, record_path: str, data: dict, regime: dict, components: list, seed: int, directory: str,
-                     device, precision: str, log=print, stop_after: int | None = None) -> dict:
-    """Rule train_unet_method on the latent path: one (regime, method, seed)."""
+                     device, precision: str, log=print, stop_after: int | None = None, processes: int = 1) -> dict:
+    """Rule train_unet_method on the latent path: one (regime, method, seed), on `device` or,
+    with `processes` > 1, data-parallel over that many GPUs of this node (the rule's `gpu`
+    resource; diffrepro.t2i.data_parallel)."""
+    training_images(data)  # the folder is checked before any model is loaded
+    kwargs = dict(record_path=record_path, data=data, regime=regime, components=components, seed=seed,
+                  directory=directory, precision=precision, stop_after=stop_after)
+    if processes > 1:
+        from .t2i.data_parallel import run_data_parallel
+
+        device_type = torch.device(device).type
+        log(f"data-parallel over {processes} {'GPUs' if device_type == 'cuda' else 'CPU processes'}; rank 0 logs")
+        return run_data_parallel(_train_latent_process, {**kwargs, "log": print}, processes=processes,
+                                 device_type=device_type)
+    return _train_latent_process(**kwargs, device=device, log=log)
+
+
+def _train_latent_process(*, record_path, data, regime, components, seed, directory, precision, stop_after, device,
+                          log=print, world=None) -> dict:
+    from .t2i.data_parallel import World
     from .t2i.latent_training import train_latent_unet
 
-    images = training_images(data)  # the folder is checked before any model is loaded
+    images = training_images(data)
     settings = data_settings(data)
     pipeline, record = load_study_pipeline(record_path, "cpu", "fp32")  # trained in fp32 (autocast on a GPU)
     scratch = regime.get("init") is None
@@ -89,7 +107,7 @@ def train_latent_run(*, record_path: str, data: dict, regime: dict, components: 
         snapshots={it: str(snapshot_path(directory, it)) for it in regime["snapshots"] if it != iterations},
         device=device, precision=precision, workers=settings["workers"], resolution=settings["resolution"],
         random_flip=settings["random_flip"], init_sha256=None if scratch else record_sha256(record), log=log,
-        stop_after=stop_after)
+        stop_after=stop_after, world=world or World())
     summary["hub_model"] = record["base"]["id"]
     return summary
 

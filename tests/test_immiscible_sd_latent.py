@@ -193,3 +193,38 @@ def test_train_sample_score_and_time_on_a_tiny_pipeline(folder, hub_record, tmp_
     agreement = timing["methods"]["lsa"]["assignment_agreement"]
     assert [a["distance_dtype"] for a in agreement] == ["float16", "float32"] and agreement[0]["scale"] == 0.1
     assert timing["methods"]["vanilla"]["assignment_agreement"] == []
+
+
+@pytest.mark.slow  # two spawned processes (gloo on the CPU), each loading torch: ~20 s
+def test_data_parallel_training_equals_one_process(folder, hub_record, tmp_path):
+    """Two processes, each encoding half the global batch: the latents are gathered, LSA assigns
+    over the global batch, the gradients are summed; the weights equal one process's run with
+    the same micro-batches (float summation order aside) and only rank 0 writes files."""
+    from diffrepro.checkpoints import load_checkpoint
+    from diffrepro.unet_latent_study import train_latent_run
+
+    data = {"images": str(folder[0]), "class_names": str(folder[1]), "resolution": RESOLUTION, "workers": 0}
+    regime = {"init": None, "train": {"iterations": 3, "batch_size": 4, "lr": 1e-3, "micro_batch_size": 1,
+                                      "log_every": 1, "checkpoint_every": 1}, "snapshots": [2, 3]}
+    runs = {}
+    for processes in (1, 2):
+        directory = tmp_path / f"p{processes}"
+        runs[processes] = train_latent_run(record_path=hub_record, data=data, regime=regime,
+                                           components=METHODS["lsa"], seed=0, directory=str(directory), device="cpu",
+                                           precision="fp32", log=lambda *_: None, processes=processes)
+    one, two = (load_checkpoint(tmp_path / f"p{p}" / "iter0000003.safetensors") for p in (1, 2))
+    moved = load_checkpoint(tmp_path / "p1" / "iter0000002.safetensors")
+    assert any(not torch.equal(one[k], moved[k]) for k in one)  # the last step changed the weights
+    for k in one:
+        torch.testing.assert_close(two[k], one[k], rtol=1e-5, atol=1e-6)
+    assert [h["loss"] for h in runs[2]["history"]] == pytest.approx([h["loss"] for h in runs[1]["history"]], rel=1e-5)
+    assert sorted(p.name for p in (tmp_path / "p2").iterdir()) == sorted(p.name for p in (tmp_path / "p1").iterdir())
+
+
+def test_a_batch_that_does_not_split_over_the_processes_is_refused(folder):
+    from diffrepro.t2i.data_parallel import World
+
+    data = scan_class_images(folder[0], key="k")
+    with pytest.raises(ValueError, match="batch_size 4 must split into 2 process.*micro-batches of 3"):
+        train_latent_unet(None, data, scratch=True, train=recipe(micro_batch_size=3), components=[], seed=0,
+                          output="unused", resolution=RESOLUTION, world=World(0, 2))

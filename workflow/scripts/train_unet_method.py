@@ -20,7 +20,7 @@ with job(snakemake) as log:
                                    components=json.loads(snakemake.params.components),
                                    seed=int(snakemake.wildcards.seed), directory=str(directory),
                                    device=job_device(inputs["compute"]), precision=inputs["compute"]["precision"],
-                                   log=log)
+                                   processes=max(1, int(snakemake.resources.get("gpu", 1))), log=log)
     else:
         summary = train_unet_run(components=json.loads(snakemake.params.components),
                                  model_config=json.loads(snakemake.params.model_config),
