@@ -7,11 +7,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from diffrepro.methods import MethodOutput, register_method
+from diffrepro.methods import MethodOutput, PlainPipelineReference, check_int, register_method
 
 
 @dataclass(frozen=True)
-class DeepCacheSetting:
+class DeepCacheSetting(PlainPipelineReference):
     cache_interval: int = 1   # 1: every step full (off)
     cache_branch_id: int = 0  # 3 * down stage + layer; 0 = the shallowest branch (the paper's SD setting)
     steps: int | None = None  # None: t2i.steps
@@ -19,23 +19,17 @@ class DeepCacheSetting:
     def __post_init__(self):
         check_deepcache(self, "deepcache_sd")
 
-    def reference(self) -> tuple[str, dict]:
-        # the plain pipeline with the same steps: one shared reference run for every baseline
-        return "sd_scheduler", {"scheduler": "pipeline", "steps": self.steps}
-
     def id(self) -> str:
         name = f"i{self.cache_interval}-b{self.cache_branch_id}"
         return f"{self.steps}-{name}" if self.steps else name
 
 
 def check_deepcache(setting, method: str) -> None:
-    if not (isinstance(setting.cache_interval, int) and 1 <= setting.cache_interval <= 1000):
-        raise ValueError(f"{method} cache_interval must be an integer in [1, 1000], got {setting.cache_interval!r}")
+    check_int(method, "cache_interval", setting.cache_interval, 1)
     if not (isinstance(setting.cache_branch_id, int) and 0 <= setting.cache_branch_id <= 11):
         raise ValueError(f"{method} cache_branch_id must be an integer in [0, 11] (3 per down stage, SD has 4), "
                          f"got {setting.cache_branch_id!r}")
-    if setting.steps is not None and not (isinstance(setting.steps, int) and 1 <= setting.steps <= 1000):
-        raise ValueError(f"{method} steps must be an integer in [1, 1000], got {setting.steps!r}")
+    check_int(method, "steps", setting.steps, 1, optional=True)
 
 
 @register_method("deepcache_sd", setting=DeepCacheSetting, roles=("model",), family="pipeline")

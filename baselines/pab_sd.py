@@ -7,11 +7,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from diffrepro.methods import MethodOutput, register_method
+from diffrepro.methods import MethodOutput, PlainPipelineReference, check_int, register_method
 
 
 @dataclass(frozen=True)
-class PABSetting:
+class PABSetting(PlainPipelineReference):
     spatial_skip: int = 1      # self-attention recomputed every `spatial_skip` steps; 1: every step (off)
     cross_skip: int = 1        # cross-attention likewise
     timestep_low: int = 100    # broadcast only while timestep_low < t < timestep_high (diffusers' default range)
@@ -20,19 +20,12 @@ class PABSetting:
 
     def __post_init__(self):
         for name in ("spatial_skip", "cross_skip"):
-            value = getattr(self, name)
-            if not (isinstance(value, int) and 1 <= value <= 1000):
-                raise ValueError(f"pab_sd {name} must be an integer in [1, 1000], got {value!r}")
+            check_int("pab_sd", name, getattr(self, name), 1)
         if not (isinstance(self.timestep_low, int) and isinstance(self.timestep_high, int)
                 and -1 <= self.timestep_low < self.timestep_high <= 1001):
             raise ValueError(f"pab_sd needs integers -1 <= timestep_low < timestep_high <= 1001, got "
                              f"{self.timestep_low!r}, {self.timestep_high!r}")
-        if self.steps is not None and not (isinstance(self.steps, int) and 1 <= self.steps <= 1000):
-            raise ValueError(f"pab_sd steps must be an integer in [1, 1000], got {self.steps!r}")
-
-    def reference(self) -> tuple[str, dict]:
-        # the plain pipeline with the same steps: one shared reference run for every baseline
-        return "sd_scheduler", {"scheduler": "pipeline", "steps": self.steps}
+        check_int("pab_sd", "steps", self.steps, 1, optional=True)
 
     def id(self) -> str:
         name = f"s{self.spatial_skip}-c{self.cross_skip}"

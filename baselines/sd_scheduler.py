@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from diffrepro.methods import MethodOutput, register_method
+from diffrepro.methods import MethodOutput, check_int, register_method
 
 
 @dataclass(frozen=True)
@@ -18,8 +18,7 @@ class SDSchedulerSetting:
 
         if self.scheduler not in NAMES:
             raise ValueError(f"sd_scheduler scheduler must be one of {list(NAMES)}, got {self.scheduler!r}")
-        if self.steps is not None and not (isinstance(self.steps, int) and 1 <= self.steps <= 1000):
-            raise ValueError(f"sd_scheduler steps must be an integer in [1, 1000], got {self.steps!r}")
+        check_int("sd_scheduler", "steps", self.steps, 1, optional=True)
 
     def id(self) -> str:
         return f"{self.scheduler}{self.steps}" if self.steps else self.scheduler

@@ -6,11 +6,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from diffrepro.methods import MethodOutput, register_method
+from diffrepro.methods import MethodOutput, PlainPipelineReference, check_int, register_method
 
 
 @dataclass(frozen=True)
-class TaylorSeerSetting:
+class TaylorSeerSetting(PlainPipelineReference):
     cache_interval: int = 1   # a full step every `cache_interval` steps; 1: every step (off)
     max_order: int = 1        # order of the Taylor forecast (diffusers' default)
     warmup_steps: int = 3     # full steps before any forecast (diffusers' disable_cache_before_step)
@@ -18,18 +18,11 @@ class TaylorSeerSetting:
 
     def __post_init__(self):
         for name, low in (("cache_interval", 1), ("max_order", 0), ("warmup_steps", 0)):
-            value = getattr(self, name)
-            if not (isinstance(value, int) and low <= value <= 1000):
-                raise ValueError(f"taylorseer_sd {name} must be an integer in [{low}, 1000], got {value!r}")
+            check_int("taylorseer_sd", name, getattr(self, name), low)
         if self.warmup_steps < 1 and self.cache_interval > 1:
             raise ValueError("taylorseer_sd warmup_steps must be >= 1 when cache_interval > 1: "
                              "a forecast needs one full step first")
-        if self.steps is not None and not (isinstance(self.steps, int) and 1 <= self.steps <= 1000):
-            raise ValueError(f"taylorseer_sd steps must be an integer in [1, 1000], got {self.steps!r}")
-
-    def reference(self) -> tuple[str, dict]:
-        # the plain pipeline with the same steps: one shared reference run for every baseline
-        return "sd_scheduler", {"scheduler": "pipeline", "steps": self.steps}
+        check_int("taylorseer_sd", "steps", self.steps, 1, optional=True)
 
     def id(self) -> str:
         name = f"i{self.cache_interval}-o{self.max_order}-w{self.warmup_steps}"

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from diffrepro.methods import MethodOutput, register_method
+from diffrepro.methods import MethodOutput, check_int, register_method
 
 
 @dataclass(frozen=True)
@@ -13,8 +13,7 @@ class TextToImageSetting:
     steps: int | None = None  # None: t2i.steps
 
     def __post_init__(self):
-        if self.steps is not None and not (isinstance(self.steps, int) and 1 <= self.steps <= 1000):
-            raise ValueError(f"text_to_image steps must be an integer in [1, 1000], got {self.steps!r}")
+        check_int("text_to_image", "steps", self.steps, 1, optional=True)
 
     def id(self) -> str:
         return f"steps{self.steps}" if self.steps else "default"

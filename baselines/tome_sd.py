@@ -6,11 +6,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from diffrepro.methods import MethodOutput, register_method
+from diffrepro.methods import MethodOutput, PlainPipelineReference, check_int, register_method
 
 
 @dataclass(frozen=True)
-class ToMeSetting:
+class ToMeSetting(PlainPipelineReference):
     ratio: float = 0.0        # fraction of tokens merged; 0: none (off); tomesd allows up to 1 - 1/(sx*sy) = 0.75
     max_downsample: int = 1   # 1, 2, 4 or 8 (tomesd's default 1: the full-resolution blocks only)
     steps: int | None = None  # None: t2i.steps
@@ -20,12 +20,7 @@ class ToMeSetting:
             raise ValueError(f"tome_sd ratio must be in [0, 0.75], got {self.ratio!r}")
         if self.max_downsample not in (1, 2, 4, 8):
             raise ValueError(f"tome_sd max_downsample must be 1, 2, 4 or 8, got {self.max_downsample!r}")
-        if self.steps is not None and not (isinstance(self.steps, int) and 1 <= self.steps <= 1000):
-            raise ValueError(f"tome_sd steps must be an integer in [1, 1000], got {self.steps!r}")
-
-    def reference(self) -> tuple[str, dict]:
-        # the plain pipeline with the same steps: one shared reference run for every baseline
-        return "sd_scheduler", {"scheduler": "pipeline", "steps": self.steps}
+        check_int("tome_sd", "steps", self.steps, 1, optional=True)
 
     def id(self) -> str:
         name = f"r{self.ratio:g}" + (f"-d{self.max_downsample}" if self.max_downsample != 1 else "")

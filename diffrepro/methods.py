@@ -78,6 +78,23 @@ def build_dataclass(cls: type, values: dict, *, owner: str, noun: str) -> Any:
     return cls(**values)
 
 
+def check_int(owner: str, name: str, value: Any, low: int, high: int = 1000, *, optional: bool = False) -> None:
+    """A setting's integer knob in [low, high] (None allowed if `optional`): the check every setting
+    class makes in __post_init__, for settings built in code as well as from the config."""
+    if optional and value is None:
+        return
+    if isinstance(value, bool) or not (isinstance(value, int) and low <= value <= high):
+        raise ValueError(f"{owner} {name} must be an integer in [{low}, {high}], got {value!r}")
+
+
+class PlainPipelineReference:
+    """Mixin of a text-to-image baseline's setting: measured against the plain pipeline with the
+    same steps (sd_scheduler's `pipeline` setting), one reference run shared by every baseline."""
+
+    def reference(self) -> tuple[str, dict]:
+        return "sd_scheduler", {"scheduler": "pipeline", "steps": self.steps}
+
+
 TYPE_WORDS = {int: "an integer", float: "a number", bool: "true or false", str: "text", type(None): "null"}
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from diffrepro.diffusion.schedule import NUM_TRAIN_TIMESTEPS
-from diffrepro.methods import MethodOutput, register_method
+from diffrepro.methods import MethodOutput, check_int, register_method
 
 SAMPLER_NAMES = ("ddim", "ddpm", "dpmsolver++")  # diffrepro.diffusion.samplers.SAMPLERS (no torch here)
 
@@ -24,8 +24,7 @@ class TStitchSetting:
             raise ValueError(f"tstitch ratio must be in [0, 1], got {self.ratio}")
         if self.sampler is not None and self.sampler not in SAMPLER_NAMES:
             raise ValueError(f"tstitch sampler must be one of {list(SAMPLER_NAMES)}, got {self.sampler!r}")
-        if self.steps is not None and not (isinstance(self.steps, int) and 2 <= self.steps <= 1000):
-            raise ValueError(f"tstitch steps must be an integer in [2, 1000], got {self.steps!r}")
+        check_int("tstitch", "steps", self.steps, 2, optional=True)
 
     def id(self) -> str:
         prefix = f"{self.sampler or ''}{self.steps or ''}"

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 
-from diffrepro.methods import MethodOutput, register_method
+from diffrepro.methods import MethodOutput, check_int, register_method
 
 
 @dataclass(frozen=True)
@@ -18,8 +18,7 @@ class TStitchSDSetting:
     def __post_init__(self):
         if not 0.0 <= self.ratio <= 1.0:
             raise ValueError(f"tstitch_sd ratio must be in [0, 1], got {self.ratio}")
-        if self.steps is not None and not (isinstance(self.steps, int) and 1 <= self.steps <= 1000):
-            raise ValueError(f"tstitch_sd steps must be an integer in [1, 1000], got {self.steps!r}")
+        check_int("tstitch_sd", "steps", self.steps, 1, optional=True)
 
     def id(self) -> str:
         return f"{self.steps}-r{self.ratio:g}" if self.steps else f"r{self.ratio:g}"

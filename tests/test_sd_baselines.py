@@ -174,3 +174,22 @@ def test_diffusers_cache_hooks_that_refuse_the_unet():
     pipe = sd_pipeline(unet)
     with pytest.raises(RuntimeError, match="dimensions"):
         run(pipe)
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: __import__("baselines.pab_sd", fromlist=["x"]).PABSetting(steps=0), r"pab_sd steps must be an integer in \[1, 1000\], got 0"),
+    (lambda: __import__("baselines.tome_sd", fromlist=["x"]).ToMeSetting(steps=True), r"tome_sd steps .* got True"),
+    (lambda: __import__("baselines.taylorseer_sd", fromlist=["x"]).TaylorSeerSetting(max_order=-1),
+     r"taylorseer_sd max_order must be an integer in \[0, 1000\]"),
+])
+def test_settings_built_in_code_are_checked_too(make, message):
+    with pytest.raises(ValueError, match=message):
+        make()
+
+
+def test_the_baselines_share_the_plain_pipeline_reference():
+    from baselines.deepcache_sd import DeepCacheSetting
+    from baselines.pab_sd import PABSetting
+
+    assert PABSetting(steps=10).reference() == DeepCacheSetting(steps=10).reference() == \
+        ("sd_scheduler", {"scheduler": "pipeline", "steps": 10})
