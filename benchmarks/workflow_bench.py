@@ -1,4 +1,7 @@
-"""Workflow benchmark: cold run, no-op rerun, one-ratio change, sampling-loop overhead.
+"""Workflow benchmark: cold run, no-op rerun, one-ratio change, sampling-loop overhead, and where
+the jobs' time goes (what a job imports beyond torch; per setting, everything that is not model
+compute; the share of the cold run's CPU time spent in model compute, from each job's
+`job phases` log line, diffrepro.job_phases).
 
     .venv/bin/python benchmarks/workflow_bench.py [--configfile config/default.yaml] [--keep]
 
@@ -36,6 +39,57 @@ def snakemake(*args: str) -> tuple[float, str]:
     return elapsed, result.stdout + result.stderr
 
 
+# what a sampling job's script imports (workflow/scripts/sample.py and the plugins it loads)
+JOB_IMPORTS = ("import torch; import diffrepro.snakejob, diffrepro.jobs, diffrepro.engines.denoiser; "
+               "from diffrepro.methods import load_plugins; load_plugins()")
+
+
+def import_overhead(runs: int = 7) -> dict:
+    """Median wall time of a fresh interpreter importing a job's modules minus one importing
+    torch alone, the two interleaved (the machine's load drifts)."""
+    import statistics
+
+    times = {"torch": [], "job": []}
+    for _ in range(runs):
+        for name, code in (("torch", "import torch"), ("job", JOB_IMPORTS)):
+            began = time.perf_counter()
+            subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
+            times[name].append(time.perf_counter() - began)
+    torch_s, job_s = statistics.median(times["torch"]), statistics.median(times["job"])
+    return {"median_s": round(job_s - torch_s, 3), "torch_alone_s": round(torch_s, 3), "job_imports_s": round(job_s, 3),
+            "runs": runs}
+
+
+def job_phases_summary(logs: Path, wall_s: float, threads: int) -> dict:
+    """Sum the `job phases` lines of a run's logs: per rule, and per setting of the table's
+    method (its sampling shards and its score job)."""
+    from diffrepro.job_phases import read_phases
+
+    per_rule: dict[str, dict[str, float]] = {}
+    per_setting: dict[str, float] = {}
+    for path in sorted(logs.rglob("*.log")):
+        phases = read_phases(path.read_text(errors="replace"))
+        if phases is None or phases["total_s"] is None:
+            continue
+        rule = path.relative_to(logs).parts[0]
+        totals = per_rule.setdefault(rule, {"jobs": 0, "start_s": 0.0, "compute_s": 0.0, "rest_s": 0.0})
+        totals["jobs"] += 1
+        for key in ("start_s", "compute_s", "rest_s"):
+            totals[key] += phases[key]
+        if rule in ("sample", "score") and path.relative_to(logs).parts[1] == "tstitch":
+            setting = path.relative_to(logs).parts[2].removesuffix(".log")
+            per_setting[setting] = per_setting.get(setting, 0.0) + phases["start_s"] + phases["rest_s"]
+    job_s = sum(t["start_s"] + t["compute_s"] + t["rest_s"] for t in per_rule.values())
+    compute_s = sum(t["compute_s"] for t in per_rule.values())
+    overheads = list(per_setting.values()) or [float("nan")]
+    return {"per_rule": {r: {k: round(v, 2) for k, v in t.items()} for r, t in sorted(per_rule.items())},
+            "compute_share_of_job_time": round(compute_s / job_s, 4) if job_s else None,
+            "compute_s_per_wall_s": round(compute_s / wall_s, 3),
+            "threads_per_job": threads,
+            "per_setting_overhead_s": {"mean": round(sum(overheads) / len(overheads), 2), "max": round(max(overheads), 2),
+                                       "settings": {k: round(v, 2) for k, v in sorted(per_setting.items())}}}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--configfile", default="config/default.yaml")
@@ -45,6 +99,10 @@ def main() -> None:
     suite = config["suite"]
     numbers: dict = {"config": args.configfile}
 
+    numbers["imports_beyond_torch_s"] = import_overhead()
+    print(f"a sampling job's imports beyond torch: {numbers['imports_beyond_torch_s']['median_s']:.2f} s "
+          f"(median of {numbers['imports_beyond_torch_s']['runs']} interleaved runs)")
+
     if not args.keep:
         for path in (f"results/{suite}", f"resources/checkpoints/{suite}", f"reports/{suite}", f"logs/{suite}"):
             shutil.rmtree(ROOT / path, ignore_errors=True)
@@ -52,6 +110,11 @@ def main() -> None:
         numbers["cold_run_s"] = round(cold, 1)
         numbers["cold_run_jobs"] = job_counts(out)
         print(f"cold run: {cold:.1f} s ({sum(numbers['cold_run_jobs'].values())} jobs)")
+        numbers["cold_run_phases"] = job_phases_summary(ROOT / f"logs/{suite}", cold, config["threads"])
+        phases = numbers["cold_run_phases"]
+        print(f"model compute: {phases['compute_share_of_job_time']:.1%} of the jobs' time; per setting "
+              f"(sample + score), not compute: mean {phases['per_setting_overhead_s']['mean']:.2f} s, "
+              f"max {phases['per_setting_overhead_s']['max']:.2f} s")
 
     warm, out = snakemake("--cores", "all", TARGET, "--configfile", args.configfile)
     numbers["second_run_s"] = round(warm, 2)

@@ -20,6 +20,7 @@ from .engines.denoiser import steps_for
 from .finite import (METRIC_ADVICE, NonFiniteError, describe_positions, nonfinite_rows,
                      refuse_nonfinite_metrics)
 from .integrity import read_verified_json, read_verified_npz, write_hashed_json, write_hashed_npz
+from .job_phases import compute
 from .io import read_json, write_json
 from .validation import schema_defaults
 from .methods import get_method
@@ -79,7 +80,8 @@ def generate(engine, method: str, setting_values: dict, seed: int, indices: Sequ
     began = time.perf_counter()
     for start in range(0, len(indices), batch_size):
         batch_indices = list(indices[start:start + batch_size])
-        batches.append(engine.run_batch(spec, setting, seed, batch_indices))
+        with compute():
+            batches.append(engine.run_batch(spec, setting, seed, batch_indices))
         if len(batches[-1].nonfinite):  # stop now: the rest of the shard would be wasted
             raise _nonfinite_images(f"{method} {spec.setting_id(setting)}", batch_indices,
                                     batches[-1].nonfinite, output)
@@ -358,17 +360,20 @@ def score_setting(*, shards: Sequence[str], reference_path: str, scoring: dict, 
     if "clip" in config and get_method(meta["method"]).family == "pipeline":
         from .engines.pipeline import read_prompts
 
-        clip_record = _clip_scores(images, labels, config, clip_weights, read_prompts(prompts_path), device, log)
+        with compute():
+            clip_record = _clip_scores(images, labels, config, clip_weights, read_prompts(prompts_path), device, log)
     if scoring["backend"] == "adm":
         verify_downloads({"reference_batch": reference_path, "inception_weights": inception_weights},
                          scoring, config["downloads"]["lock"], log)
-        scores, labels_text, files, extra, features = _adm_scores(
-            images, labels, reference_path=reference_path, scoring=scoring, device=device,
-            weights_path=inception_weights)
+        with compute():
+            scores, labels_text, files, extra, features = _adm_scores(
+                images, labels, reference_path=reference_path, scoring=scoring, device=device,
+                weights_path=inception_weights)
     else:
-        scores, labels_text, files, extra, features = _digits_scores(
-            images, labels, classifier_path=classifier_path, reference_path=reference_path,
-            scoring=scoring)
+        with compute():
+            scores, labels_text, files, extra, features = _digits_scores(
+                images, labels, classifier_path=classifier_path, reference_path=reference_path,
+                scoring=scoring)
     if clip_record is not None:
         scores.update(clip_record["metrics"])
         labels_text = {**labels_text, "clip_score": clip_record["label"]}

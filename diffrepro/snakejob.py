@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import time
 from pathlib import Path
 
 
@@ -12,6 +13,8 @@ def job(snakemake, torch_threads: int | None = None, uses_torch: bool = True, ex
     """Redirect output to the rule's log and configure torch; yields a `log` function.
     `uses_torch=False` skips torch entirely (importing it takes seconds). `exclusive`: a lock
     file (diffrepro.runlock) held for the whole job; held elsewhere, the job stops at once."""
+    from .job_phases import phases_line, process_age_s
+
     log_path = Path(snakemake.log[0])
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "w") as f, _exclusive(exclusive, f), \
@@ -24,6 +27,7 @@ def job(snakemake, torch_threads: int | None = None, uses_torch: bool = True, ex
 
             configure_runtime(torch_threads or snakemake.threads,
                               snakemake.config["allow_downloads"])
+        started, ready = process_age_s(), time.perf_counter()
 
         def log(message: str) -> None:
             print(message, flush=True)
@@ -34,6 +38,7 @@ def job(snakemake, torch_threads: int | None = None, uses_torch: bool = True, ex
             import traceback
             traceback.print_exc(file=f)
             raise
+        print(phases_line(started, time.perf_counter() - ready), flush=True)
 
 
 @contextlib.contextmanager

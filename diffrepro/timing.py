@@ -25,6 +25,7 @@ from .engines.clock import timed
 from .engines.flops import count_call, flops_record
 from .finite import NonFiniteError, describe_positions, nonfinite_rows
 from .integrity import write_hashed_json
+from .job_phases import compute
 from .jobs import job_device
 from .methods import get_method
 from .provenance import provenance
@@ -136,7 +137,7 @@ def time_table_settings(*, settings: Sequence[dict], methods: dict[str, dict], s
         call = engines[engine_key].forward_pass(role, batch_size, seed)
         return statistics.median([timed(call, device) for _ in range(plan["forward_repeats"])])
 
-    with torch.no_grad():
+    with torch.no_grad(), compute():  # warm-up, timed rounds and FLOP counts: all model compute
         for _ in range(plan["warmup"]):
             for run in order:
                 time_run(run)

@@ -26,6 +26,7 @@ from .checkpoints import save_checkpoint
 from .diffusion.losses import HybridLoss
 from .finite import LossGuard, refuse_nonfinite_weights
 from .io import atomic_path
+from .job_phases import compute
 from .models.dit import DiTConfig, build_dit
 from .training_methods import TrainingMethod, build_training_method
 
@@ -51,19 +52,23 @@ def train_denoiser_job(*, model_config: dict, train: dict, t2i: dict | None, che
     from .io import write_json
 
     images, labels = load_digits_tensors()
+    with compute():  # the whole run (its few checkpoint writes included) is the model's compute
+        result = _train(model_config, train, t2i, ldm, images, labels, checkpoint, log)
+    write_json(summary, result)
+
+
+def _train(model_config, train, t2i, ldm, images, labels, checkpoint, log) -> dict:
     if ldm is not None:
         from .ldm_training import train_ldm_unet
         from .models.ldm_unet_config import LDMUNetConfig
 
-        result = train_ldm_unet(LDMUNetConfig(**model_config), TrainConfig(**train), ldm, images, labels,
-                                checkpoint, log=log)
-    elif t2i is not None:
+        return train_ldm_unet(LDMUNetConfig(**model_config), TrainConfig(**train), ldm, images, labels,
+                              checkpoint, log=log)
+    if t2i is not None:
         from .t2i.training import train_t2i_unet
 
-        result = train_t2i_unet(model_config, TrainConfig(**train), t2i, images, labels, checkpoint, log=log)
-    else:
-        result = train_dit(DiTConfig(**model_config), TrainConfig(**train), images, labels, checkpoint, log=log)
-    write_json(summary, result)
+        return train_t2i_unet(model_config, TrainConfig(**train), t2i, images, labels, checkpoint, log=log)
+    return train_dit(DiTConfig(**model_config), TrainConfig(**train), images, labels, checkpoint, log=log)
 
 
 def resume_path(output: str | Path) -> Path:

@@ -67,6 +67,22 @@ def test_timing_files_record_the_measurement(smoke_run):
     assert timing["speedup_vs_baseline"] > 0
 
 
+def test_every_job_log_says_where_its_time_went(smoke_run):
+    """diffrepro.job_phases: start (process creation to the job's body), model compute, the rest;
+    benchmarks/workflow_bench.py sums them."""
+    from diffrepro.job_phases import read_phases
+
+    logs = {rule: sorted((smoke_run / "logs/smoke" / rule).rglob("*.log")) for rule in ("sample", "score", "time")}
+    assert all(logs.values()), logs
+    for rule, paths in logs.items():
+        for path in paths:
+            phases = read_phases(path.read_text())
+            assert phases is not None, path
+            assert phases["compute_s"] > 0 and phases["start_s"] > 0.5, (path, phases)  # torch alone takes > 0.5 s
+            assert phases["total_s"] == pytest.approx(phases["start_s"] + phases["compute_s"] + phases["rest_s"],
+                                                      abs=0.01)
+
+
 @pytest.mark.slow
 def test_parataa_table_compares_parallel_samplers_with_the_sequential_one(smoke_run):
     import json

@@ -1,0 +1,55 @@
+"""Where a workflow job's wall time goes, for benchmarks/workflow_bench.py: the start (the
+interpreter, Snakemake's script preamble, the imports and torch's set-up, measured from the
+process's creation), model compute (sampling batches, scoring features, training iterations,
+timed runs: the code paths wrapped in `compute()`), and the rest (loading, writing, arithmetic).
+Every job's log ends with one `job phases: {...}` line (diffrepro.snakejob)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+
+PREFIX = "job phases: "
+_compute_s = 0.0
+
+
+@contextlib.contextmanager
+def compute():
+    """Count the enclosed time as model compute (not nested: the outermost block counts)."""
+    global _compute_s
+    began = time.perf_counter()
+    try:
+        yield
+    finally:
+        _compute_s += time.perf_counter() - began
+
+
+def compute_seconds() -> float:
+    return _compute_s
+
+
+def process_age_s() -> float | None:
+    """Seconds since this process was created (None where psutil cannot tell)."""
+    try:
+        import psutil
+
+        return max(0.0, time.time() - psutil.Process().create_time())
+    except Exception:  # an unusual platform: the start is then not measured
+        return None
+
+
+def phases_line(started_s: float | None, body_s: float) -> str:
+    """The log line: start_s (process creation -> job body ready), compute_s, rest_s, total_s."""
+    compute_s = compute_seconds()
+    record = {"start_s": None if started_s is None else round(started_s, 3), "compute_s": round(compute_s, 3),
+              "rest_s": round(max(0.0, body_s - compute_s), 3),
+              "total_s": None if started_s is None else round(started_s + body_s, 3)}
+    return PREFIX + json.dumps(record, sort_keys=True)
+
+
+def read_phases(log_text: str) -> dict | None:
+    for line in reversed(log_text.splitlines()):
+        if line.startswith(PREFIX):
+            return json.loads(line[len(PREFIX):])
+    return None
