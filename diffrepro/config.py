@@ -438,6 +438,12 @@ def _check_text_to_image(config: dict) -> None:
             raise ConfigError(f"config key models.{name}.source: published sd_unet checkpoints are hub "
                               f"models; use models.{name}.hub: {{id: ...}}")
         t2i = config["t2i"]
+        if "distil_hub" in entry:
+            teacher = entry["distil_hub"]["teacher"]
+            found = config["models"].get(teacher, {})
+            if "hub" not in found or found.get("arch") != "sd_unet" or "distil_hub" in found:
+                raise ConfigError(f"config key models.{name}.distil_hub.teacher: {teacher!r} must be a hub sd_unet "
+                                  f"model of this config (models.<name>.hub), not one distilled here")
         if "hub" in entry:
             if "prompts" not in t2i:
                 raise ConfigError(f"config key t2i.prompts: hub model {name!r} generates from captions; add "

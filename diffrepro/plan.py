@@ -60,6 +60,8 @@ class Plan:
         self.published_models = [n for n, m in models.items() if "source" in m]
         self.distilled_models = [n for n, m in models.items() if "distil" in m]
         self.hub_models = [n for n, m in models.items() if "hub" in m]
+        # hub pipelines around a U-Net the workflow distils from another hub model (rule distil_hub_student)
+        self.distil_hub_models = [n for n, m in models.items() if "distil_hub" in m]
         scoring = config["scoring"]
         self.scoring_backend = scoring["backend"]
         # MS-COCO for the text-to-image paper configs: the captions (prompts) and the real
@@ -136,11 +138,29 @@ class Plan:
     def remote_files_pattern(self) -> str:
         return names_pattern([re.escape(f) for f in self.remote_files])
 
+    def student_summary(self, model: str) -> str:
+        return f"{self.checkpoints}/{model}.student.json"
+
+    def student_directory(self, model: str) -> str:
+        return f"{self.checkpoints}/{model}.student"
+
+    def hub_spec(self, model: str) -> dict:
+        """The hub spec rule fetch_hub_model resolves; a distil_hub model's U-Net is the local
+        directory rule distil_hub_student writes."""
+        spec = dict(self.config["models"][model]["hub"])
+        if model in self.distil_hub_models:
+            spec["unet"] = {"id": f"diffrepro:{model}", "path": self.student_directory(model), "subfolder": None}
+        return spec
+
+    def hub_inputs(self, w) -> list[str]:
+        return [self.student_summary(w.model)] if w.model in self.distil_hub_models else []
+
     def used_as_pipeline(self, model: str) -> bool:
         """Whether some method builds its pipeline around this model (the large or only role), or
         the U-Net study trains in its pipeline (paper scale: VAE, text encoder, scheduler)."""
         return any(entry["models"].get("large", entry["models"].get("model")) == model
                    for entry in self.config["methods"].values()) or \
+            any(m.get("distil_hub", {}).get("teacher") == model for m in self.config["models"].values()) or \
             (self.unet_training_latent and self.unet_training["model"] == model)
 
     # -- methods and settings ----------------------------------------------------------------

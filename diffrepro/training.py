@@ -181,7 +181,8 @@ def load_resume(path: Path, model, ema, optimizer, generator, *, fingerprint: st
         path.unlink()
         return 0, []
     model.load_state_dict(state["model"])
-    ema.load_state_dict(state["ema"])
+    if ema is not None:  # None: a run without an EMA copy (Distill SD XL's recipe)
+        ema.load_state_dict(state["ema"])
     optimizer.load_state_dict(state["optimizer"])
     generator.set_state(state["generator"])
     if scaler is not None and state.get("scaler"):
@@ -194,8 +195,9 @@ def load_resume(path: Path, model, ema, optimizer, generator, *, fingerprint: st
 def save_resume(path: Path, iteration: int, model, ema, optimizer, generator, history,
                  fingerprint: str | None = None, scaler=None) -> None:
     """Refused if the weights hold a NaN or inf: the file keeps the last finite state."""
-    refuse_nonfinite_weights(path, iteration, model=model.state_dict(), ema=ema.state_dict())
-    state = {"iteration": iteration, "model": model.state_dict(), "ema": ema.state_dict(),
+    emas = {} if ema is None else {"ema": ema.state_dict()}
+    refuse_nonfinite_weights(path, iteration, model=model.state_dict(), **emas)
+    state = {"iteration": iteration, "model": model.state_dict(), **emas,
              "optimizer": optimizer.state_dict(), "generator": generator.get_state(),
              "history": json.dumps(history)}
     if scaler is not None and scaler.is_enabled():  # a disabled scaler's state is {}

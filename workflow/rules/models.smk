@@ -124,12 +124,14 @@ rule fetch_vae:
 # path, the cache or (allow_downloads) the hub, and pinned by the sha256 of every weight file,
 # which each sampling job verifies before it loads them.
 rule fetch_hub_model:
+    input:
+        PLAN.hub_inputs,
     output:
         f"{CHECKPOINTS}/{{model}}.hub.json",
     wildcard_constraints:
         model=names_pattern(PLAN.hub_models),
     params:
-        hub=lambda w: as_param(config["models"][w.model]["hub"]),
+        hub=lambda w: as_param(PLAN.hub_spec(w.model)),
         as_pipeline=lambda w: PLAN.used_as_pipeline(w.model),
     threads: 1
     resources:
@@ -140,3 +142,26 @@ rule fetch_hub_model:
         f"{LOGS}/fetch_hub_model/{{model}}.log",
     script:
         "../scripts/fetch_hub_model.py"
+
+
+# Distill SD XL at paper scale: the student of a hub teacher's U-Net, distilled on captioned
+# images (diffengine's recipe), saved as a diffusers U-Net that rule fetch_hub_model then pins.
+rule distil_hub_student:
+    input:
+        teacher=lambda w: PLAN.checkpoint_path(config["models"][w.model]["distil_hub"]["teacher"]),
+    output:
+        f"{CHECKPOINTS}/{{model}}.student.json",
+    wildcard_constraints:
+        model=names_pattern(PLAN.distil_hub_models),
+    params:
+        spec=lambda w: as_param(config["models"][w.model]["distil_hub"]),
+        directory=lambda w: PLAN.student_directory(w.model),
+    threads: config["threads"]
+    resources:
+        **PLAN.job_resources("distil_hub_student"),
+    conda:
+        "../../environment.yml"
+    log:
+        f"{LOGS}/distil_hub_student/{{model}}.log",
+    script:
+        "../scripts/distil_hub_student.py"
