@@ -123,8 +123,6 @@ def build_vq_model(first_stage: dict):
 def convert_first_stage(source: str | os.PathLike, first_stage: dict, directory: str | os.PathLike):
     """Convert a taming VQ checkpoint into a diffusers VQModel directory (config.json and
     safetensors weights, written atomically as a whole); strict: every key must match."""
-    import shutil
-    import tempfile
 
     model = build_vq_model(first_stage)
     state = convert_taming_vq_state_dict(read_first_stage_checkpoint(source), first_stage)
@@ -137,15 +135,7 @@ def convert_first_stage(source: str | os.PathLike, first_stage: dict, directory:
     if missing or unexpected:
         raise ValueError(f"{source}: the checkpoint does not match the configured first stage "
                          f"(missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}); {fix}")
-    directory = Path(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
-    try:
-        model.save_pretrained(staging, safe_serialization=True)
-        if directory.exists():
-            shutil.rmtree(directory)
-        os.replace(staging, directory)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging)
-    return directory
+    from ..io import save_pretrained_atomically
+
+    save_pretrained_atomically(model, directory)
+    return Path(directory)

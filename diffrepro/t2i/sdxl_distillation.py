@@ -29,8 +29,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +36,7 @@ from pathlib import Path
 import torch
 
 from ..finite import LossGuard, refuse_nonfinite_weights
+from ..io import save_pretrained_atomically
 from ..training import load_resume, resume_path, save_resume
 from .class_images import batch_indices
 
@@ -211,26 +210,12 @@ def train_sdxl_student(pipeline, vae, images: list[CaptionedImage], *, variant: 
     finally:
         loss.close()  # the teacher is the pipeline's: take the feature hooks off it
     refuse_nonfinite_weights(output_dir, iterations, student=student.state_dict())
-    save_unet_directory(student, output_dir)
+    save_pretrained_atomically(student, output_dir)
     resume.unlink(missing_ok=True)
     return {"variant": variant, "recipe": recipe, "iterations": iterations, "images": len(images), "seed": seed,
             "precision": precision, "history": history, "final_loss": history[-1]["loss"] if history else None,
             "parameters": sum(p.numel() for p in student.parameters()),
             "seconds_this_run": time.perf_counter() - began}
-
-
-def save_unet_directory(unet, directory: Path) -> None:
-    """save_pretrained into a sibling staging folder, then swap it in: never half a model."""
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
-    try:
-        unet.save_pretrained(staging, safe_serialization=True)
-        if directory.exists():
-            shutil.rmtree(directory)
-        staging.rename(directory)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging)
 
 
 def load_vae(spec: dict, *, config_key: str, allow_downloads: bool, device, dtype) -> tuple[object, dict]:
