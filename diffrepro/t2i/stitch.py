@@ -8,6 +8,9 @@ tstitch_sd_utils.py; its SD-1.5 LCM pipeline compares i / len(timesteps), see RU
 the step index and len(timesteps) the scheduler's own count (PNDM with skip_prk_steps has
 N + 1 timesteps). The step index comes from the pipeline's
 `callback_on_step_end`, so the rule does not depend on timestep values (PNDM repeats one).
+In diffusers' ControlNet pipelines the ControlNet runs once per step and its residuals
+(down_block_additional_residuals, mid_block_additional_residual) reach whichever U-Net runs,
+as in T-Stitch's TStitchSDXLControlNet (tests/test_tstitch_controlnet.py).
 """
 
 from __future__ import annotations
