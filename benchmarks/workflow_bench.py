@@ -3,7 +3,7 @@ the jobs' time goes (what a job imports beyond torch; per setting, everything th
 compute; the share of the cold run's CPU time spent in model compute, from each job's
 `job phases` log line, diffrepro.job_phases).
 
-    .venv/bin/python benchmarks/workflow_bench.py [--configfile config/default.yaml] [--keep]
+    .venv/bin/python benchmarks/workflow_bench.py [--configfile config/default.yaml] [--keep | --all]
 
 Run it alone on the machine (timings). It deletes the suite's results, checkpoints,
 reports and logs first (unless --keep, which skips the cold run), then prints the numbers
@@ -90,22 +90,32 @@ def job_phases_summary(logs: Path, wall_s: float, threads: int) -> dict:
                                        "settings": {k: round(v, 2) for k, v in sorted(per_setting.items())}}}
 
 
+def clean(suite: str) -> None:
+    """A cold start: the suite's results, checkpoints, reports and logs deleted."""
+    for path in (f"results/{suite}", f"resources/checkpoints/{suite}", f"reports/{suite}", f"logs/{suite}"):
+        shutil.rmtree(ROOT / path, ignore_errors=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--configfile", default="config/default.yaml")
     parser.add_argument("--keep", action="store_true", help="reuse existing results (no cold run)")
+    parser.add_argument("--all", action="store_true",
+                        help="after the headline table's numbers, time a cold reproduce_all (every embedded table; "
+                             "the suite's results are deleted again first)")
     args = parser.parse_args()
     config = yaml.safe_load((ROOT / args.configfile).read_text())
     suite = config["suite"]
     numbers: dict = {"config": args.configfile}
+    if args.all and args.keep:
+        sys.exit("--all times a cold run; it cannot be combined with --keep")
 
     numbers["imports_beyond_torch_s"] = import_overhead()
     print(f"a sampling job's imports beyond torch: {numbers['imports_beyond_torch_s']['median_s']:.2f} s "
           f"(median of {numbers['imports_beyond_torch_s']['runs']} interleaved runs)")
 
     if not args.keep:
-        for path in (f"results/{suite}", f"resources/checkpoints/{suite}", f"reports/{suite}", f"logs/{suite}"):
-            shutil.rmtree(ROOT / path, ignore_errors=True)
+        clean(suite)
         cold, out = snakemake("--cores", "all", TARGET, "--configfile", args.configfile)
         numbers["cold_run_s"] = round(cold, 1)
         numbers["cold_run_jobs"] = job_counts(out)
@@ -158,6 +168,15 @@ def main() -> None:
     print(f"time decreases with r at every step: {numbers['time_decreases_with_r']}")
     print(f"max |overhead| = {worst:.2f}% (target: within 3%); "
           f"loop alone at most {numbers['max_loop_only_pct']:.2f}% of the ideal time")
+
+    if args.all:
+        clean(suite)
+        cold_all, out = snakemake("--cores", "all", "reproduce_all", "--configfile", args.configfile)
+        numbers["reproduce_all_cold_s"] = round(cold_all, 1)
+        numbers["reproduce_all_jobs"] = job_counts(out)
+        numbers["reproduce_all_phases"] = job_phases_summary(ROOT / f"logs/{suite}", cold_all, config["threads"])
+        print(f"reproduce_all cold: {cold_all / 60:.1f} min ({sum(numbers['reproduce_all_jobs'].values())} jobs); "
+              f"model compute {numbers['reproduce_all_phases']['compute_share_of_job_time']:.1%} of the jobs' time")
 
     out_path = ROOT / f"reports/{suite}/workflow_benchmark.json"
     out_path.parent.mkdir(parents=True, exist_ok=True)
