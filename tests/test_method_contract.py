@@ -202,6 +202,20 @@ def off_sequential(ctx: Context):
         assert torch.equal(out.samples, alone(ctx.dits["large"], sampler)) and dict(out.model_steps) == {"model": STEPS}
 
 
+def off_dit_cache(name: str, on: dict):
+    def check(ctx: Context):
+        # its configured baseline is its off: the large DiT as DiTTransformer2DModel, no hook
+        from diffrepro.dit_caches import diffusers_denoiser
+
+        baseline = CONTRACTS[name].baseline
+        assert reference_of(name, on) == {"method": name, "params": baseline}
+        out = ctx.run(name, baseline)
+        assert torch.equal(out.samples, alone(diffusers_denoiser(ctx.dits["large"])))
+        assert dict(out.model_steps) == {"model": STEPS}
+        assert_differ(ctx.run(name, on).samples, out.samples)
+    return check
+
+
 def sequential_ddim_pipeline(ctx: Context, steps: int) -> torch.Tensor:
     """The pipeline's own loop with DDIMScheduler from its config (clip_sample off), written out
     here: what sequential_sd must be."""
@@ -408,6 +422,16 @@ CONTRACTS: dict[str, Contract] = {
         invalid=[{"cache_interval": 0}, {"max_order": -1}, {"cache_interval": 2, "warmup_steps": 0}],
         off=off_pipeline_baseline("taylorseer_sd", {"cache_interval": 2, "warmup_steps": 1}),
         batch={"cache_interval": 2, "warmup_steps": 1}, batch_atol=1e-4),
+    "pab_dit": Contract(
+        ids={"s1": {}, "s3-t-1-1001": {"skip": 3, "timestep_low": -1, "timestep_high": 1001}},
+        invalid=[{"skip": 0}, {"timestep_low": 800, "timestep_high": 100}],
+        off=off_dit_cache("pab_dit", {"skip": 3}), baseline={"skip": 1},
+        batch={"skip": 3, "timestep_low": -1, "timestep_high": 1001}),
+    "taylorseer_dit": Contract(
+        ids={"i1-o1-w3": {}, "i3-o1-w2": {"cache_interval": 3, "warmup_steps": 2}},
+        invalid=[{"cache_interval": 0}, {"max_order": -1}, {"cache_interval": 2, "warmup_steps": 0}],
+        off=off_dit_cache("taylorseer_dit", {"cache_interval": 3}), baseline={"cache_interval": 1},
+        batch={"cache_interval": 3, "warmup_steps": 2}),
     "tstitch_deepcache_sd": Contract(
         ids={"r0-i1-b0": {"ratio": 0.0}, "r0.4-i2-b0": {"ratio": 0.4, "cache_interval": 2}},
         invalid=[{"ratio": 1.5}, {"ratio": 0.4, "cache_interval": 0}, {"ratio": 0.4, "cache_branch_id": 12}],

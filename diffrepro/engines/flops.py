@@ -14,10 +14,22 @@ attention, embeddings, and everything outside the denoiser calls.
 
 from __future__ import annotations
 
+import weakref
 from collections import Counter
 from typing import Callable, Mapping
 
 import torch
+
+# module -> modules that run in its place (diffrepro.dit_caches: our DiT as diffusers'
+# DiTTransformer2DModel): their calls are counted under the module's role
+_ALIASES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def register_alias(module: torch.nn.Module, alias: torch.nn.Module) -> None:
+    """Count `alias`'s forward calls as `module`'s (a converted copy that a method runs instead)."""
+    aliases = _ALIASES.setdefault(module, [])
+    if all(a is not alias for a in aliases):
+        aliases.append(alias)
 
 COUNTED = ("forward FLOPs of the denoiser calls the method made, as torch.utils.flop_counter.FlopCounterMode "
            "counts them: matrix products, convolutions and scaled-dot-product attention (2 per multiply-add)")
@@ -35,9 +47,10 @@ class DenoiserFlops:
         self.role_of: dict[int, str] = {}
         self.modules = []
         for role, module in modules.items():
-            if id(module) not in self.role_of:
-                self.role_of[id(module)] = role
-                self.modules.append(module)
+            for counted in (module, *_ALIASES.get(module, [])):
+                if id(counted) not in self.role_of:
+                    self.role_of[id(counted)] = role
+                    self.modules.append(counted)
         self.flops: Counter = Counter({role: 0 for role in modules})
         self.calls: Counter = Counter({role: 0 for role in modules})
         self.by_op: Counter = Counter()

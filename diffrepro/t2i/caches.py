@@ -118,6 +118,23 @@ class TimestepTracker:
         self.handle.remove()
 
 
+@contextlib.contextmanager
+def cache_context(module, name: str):
+    """CacheMixin's cache context on a model that is no CacheMixin. diffusers caches the list of
+    a registry's child registries on first use and never refreshes it, so on a model whose hooks
+    changed since (another baseline attached earlier in the same job) the new hooks would get no
+    context: the cached lists are dropped first."""
+    from diffusers.hooks import HookRegistry
+    from diffusers.models.cache_utils import CacheMixin
+
+    for sub in module.modules():
+        registry = getattr(sub, "_diffusers_hook", None)
+        if isinstance(registry, HookRegistry):
+            registry._child_registries_cache = None
+    with CacheMixin.cache_context(module, name):
+        yield
+
+
 def remove_hook_everywhere(unet, name: str) -> None:
     from diffusers.hooks import HookRegistry
 
@@ -161,7 +178,6 @@ def taylorseer(unet, cache_interval: int, max_order: int, warmup_steps: int):
     order `max_order` from the last full steps in between (1 = every step full). The factors are
     kept in the U-Net's dtype (the library's default, bfloat16, targets bf16 GPU models)."""
     from diffusers.hooks import TaylorSeerCacheConfig, apply_taylorseer_cache
-    from diffusers.models.cache_utils import CacheMixin
     from diffusers.hooks.taylorseer_cache import _TAYLORSEER_CACHE_HOOK
 
     config = TaylorSeerCacheConfig(cache_interval=cache_interval, disable_cache_before_step=warmup_steps,
@@ -173,7 +189,7 @@ def taylorseer(unet, cache_interval: int, max_order: int, warmup_steps: int):
         # call; SD's pipeline sets none and the U-Net has no CacheMixin: the mixin's own context
         # manager, one context for the batched conditional + unconditional call ("cond_uncond",
         # as diffusers' CogVideoX pipeline names it)
-        with CacheMixin.cache_context(unet, "cond_uncond"):
+        with cache_context(unet, "cond_uncond"):
             yield config
     finally:
         remove_hook_everywhere(unet, _TAYLORSEER_CACHE_HOOK)
