@@ -60,6 +60,7 @@ class Plan:
         self.published_models = [n for n, m in models.items() if "source" in m]
         self.distilled_models = [n for n, m in models.items() if "distil" in m]
         self.hub_models = [n for n, m in models.items() if "hub" in m]
+        self.controlnet_models = [n for n, m in models.items() if "controlnet" in m]
         scoring = config["scoring"]
         self.scoring_backend = scoring["backend"]
         # MS-COCO for the text-to-image paper configs: the captions (prompts) and the real
@@ -125,6 +126,10 @@ class Plan:
     def teacher_config(self, w) -> str:
         """A distilled student's teacher's U-Net config (its own is derived from it)."""
         return as_param(model_config(self.config, self.config["models"][w.model]["distil"]["teacher"]))
+
+    def controlnet_unet_config(self, w) -> str:
+        """The config of the U-Net a ControlNet model is made from (rule train_controlnet)."""
+        return as_param(model_config(self.config, self.config["models"][w.model]["controlnet"]["unet"]))
 
     def remote_files_pattern(self) -> str:
         return names_pattern([re.escape(f) for f in self.remote_files])

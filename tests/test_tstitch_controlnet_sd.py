@@ -181,3 +181,70 @@ def test_the_method_in_the_embedded_pipeline_scores_edge_agreement():
     iou = out.per_image["edge_iou"]
     assert iou.shape == (3,) and ((iou >= 0) & (iou <= 1)).all()
     assert pipe.unet is large
+
+
+def test_controlnet_training_resumes_to_the_same_weights_and_starts_as_the_unet(tmp_path):
+    """Rule train_controlnet's trainer: from_unet's copy with zero convolutions (the U-Net's
+    prediction unchanged at first), only the ControlNet trained, a killed run resumes exactly."""
+    from safetensors.torch import load_file
+
+    from diffrepro.data import load_digits_tensors
+    from diffrepro.t2i.controlnet_training import controlnet_config, train_controlnet
+    from diffrepro.training import TrainConfig
+    from pathlib import Path
+
+    import yaml
+
+    t2i = yaml.safe_load((Path(__file__).parents[1] / "config/default.yaml").read_text())["t2i"]
+    unet_config = dict(sample_size=8, in_channels=1, out_channels=1, block_out_channels=[8, 16], layers_per_block=1,
+                       norm_num_groups=4, cross_attention_dim=32, attention_head_dim=4,
+                       down_block_types=["CrossAttnDownBlock2D", "DownBlock2D"],
+                       up_block_types=["UpBlock2D", "CrossAttnUpBlock2D"])
+    torch.manual_seed(0)
+    unet = build_unet(unet_config).eval()
+    before = {k: v.clone() for k, v in unet.state_dict().items()}
+    config = controlnet_config({"conditioning_embedding_out_channels": [4, 4, 4, 8]}, unet_config)
+    images, labels = load_digits_tensors()
+    images, labels = images[:64], labels[:64]
+    train = TrainConfig(iterations=4, batch_size=8, lr=1e-3, warmup=1, ema_decay=0.5, seed=3, checkpoint_every=2,
+                        log_every=2)
+
+    def run(name, **kwargs):
+        return train_controlnet(config, unet, train, t2i, images, labels, str(tmp_path / name), "sha",
+                                log=lambda *a: None, **kwargs)
+
+    whole = run("whole.safetensors")
+    assert run("cut.safetensors", stop_after=2) == {"stopped_at": 2}
+    resumed = run("cut.safetensors")
+    assert whole["sha256"] == resumed["sha256"]
+    assert all(torch.equal(v, unet.state_dict()[k]) for k, v in before.items())  # the U-Net stays frozen
+    weights = load_file(tmp_path / "whole.safetensors")
+    assert any(k.startswith("controlnet_down_blocks") and v.abs().sum() > 0 for k, v in weights.items())
+    net = build_controlnet(config)
+    net.load_state_dict(weights)  # the checkpoint loads into the engine's ControlNet
+
+
+@pytest.mark.parametrize("text, expected", [
+    # sd_small: 2 stages, 1 pair each - not sd_large's skeleton
+    ("methods:\n  tstitch_controlnet_sd:\n    models: {small: sd_small}\n",
+     r"methods.tstitch_controlnet_sd.models.small: small U-Net 'sd_small' cannot take the ControlNet's residuals"),
+    # a ControlNet of another U-Net than the large one
+    ("methods:\n  tstitch_controlnet_sd:\n    models: {large: sd_small_ctrl, small: sd_small_ctrl}\n",
+     r"models.controlnet: 'sd_large_edges' is a ControlNet of 'sd_large', not of the large U-Net 'sd_small_ctrl'"),
+    # a U-Net in the controlnet role
+    ("methods:\n  tstitch_controlnet_sd:\n    models: {controlnet: sd_small}\n",
+     r"models.controlnet: method 'tstitch_controlnet_sd' needs a model with arch 'sd_controlnet'"),
+    ("models:\n  sd_large_edges:\n    controlnet: {unet: large}\n",
+     r"models.sd_large_edges.controlnet.unet: 'large' must be an SD-1.x-shaped sd_unet model"),
+])
+def test_the_config_refuses_a_controlnet_the_small_unet_cannot_take(tmp_path, text, expected):
+    from test_config_errors import refused
+
+    assert re_search(expected, refused(tmp_path, text))
+
+
+def re_search(pattern, message):
+    import re
+
+    assert re.search(pattern, message), message
+    return True

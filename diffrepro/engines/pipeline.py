@@ -151,6 +151,10 @@ def load_hub_pipeline_models(records: dict[str, str], t2i: dict, device, precisi
         if role == pipeline_role(records):
             pipeline = load_from_record(record, as_pipeline=True, torch_dtype=dtype).to(device)
             unets[role] = pipeline.unet
+        elif role == CONTROLNET_ROLE:
+            from ..t2i.hub import controlnet_from_record
+
+            unets[role] = controlnet_from_record(record, torch_dtype=dtype).to(device)
         else:
             unets[role] = load_from_record(record, as_pipeline=False, torch_dtype=dtype).to(device)
     pipeline.scheduler = make_scheduler(t2i["scheduler"], pipeline.scheduler)
@@ -158,6 +162,8 @@ def load_hub_pipeline_models(records: dict[str, str], t2i: dict, device, precisi
     # decode one image at a time: batches of 1024 px images would otherwise need tens of GB in
     # the fp32-upcast SDXL VAE, and each image's pixels no longer depend on its batch
     pipeline.vae.enable_slicing()
+    if CONTROLNET_ROLE in unets:
+        pipeline = controlnet_pipeline(pipeline, unets[CONTROLNET_ROLE])
     return pipeline, unets
 
 

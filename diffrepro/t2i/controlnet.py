@@ -52,6 +52,13 @@ def check_residual_compatible(controlnet_config, unet_config, what: str = "the s
         f"block_out_channels, layers_per_block and stages (fewer attention blocks are fine)")
 
 
+def controlnet_config(entry: dict, unet_config: dict) -> dict:
+    """A model entry's `controlnet` section to the engine's build_controlnet config: its U-Net's
+    config and a one-channel control embedding (the edge map)."""
+    return {"unet": unet_config, "conditioning_channels": 1,
+            "conditioning_embedding_out_channels": list(entry["conditioning_embedding_out_channels"])}
+
+
 def edge_map(images: np.ndarray, threshold: float = EDGE_THRESHOLD) -> np.ndarray:
     """Boolean edges of (N, H, W) images in [0, 1]: Sobel gradient magnitude (edge-replicated
     borders), divided by 4 so a unit step scores 1, at or above `threshold`."""
