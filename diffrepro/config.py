@@ -75,6 +75,8 @@ def model_config(config: dict, name: str, _seen: tuple = ()) -> dict:
     entry = config["models"][name]
     if "hub" in entry:
         return {"hub": entry["hub"]}
+    if "controlnet" in entry:
+        return _controlnet_config(config, name, entry["controlnet"], _seen)
     if "distil" not in entry:
         return entry["config"]
     if name in _seen:
@@ -150,6 +152,10 @@ def check_config(config: dict) -> None:
     _check_scoring(config)
     for name in config["models"]:
         model_config(config, name)  # a student's teacher exists and has the right shape
+    for method, entry in config["methods"].items():  # after the models: their own errors come first
+        net = entry["models"].get("controlnet")
+        if net is not None and "controlnet" in config["models"].get(net, {}):
+            _check_controlnet_roles(entry, config, f"methods.{method}")
     _check_text_to_image(config)
     _ldm_model_problems(config)
     if "training" in config:
@@ -370,6 +376,40 @@ def _check_sampling_table(config: dict, table: str, entry: dict) -> None:
 FAMILY_ARCH = {"denoiser": "dit", "pipeline": "sd_unet", "ldm": "ldm_unet"}
 
 
+def _controlnet_config(config: dict, name: str, controlnet: dict, seen: tuple) -> dict:
+    """A ControlNet model's build config: its U-Net's config and the control embedding."""
+    from .t2i.controlnet import controlnet_config  # numpy only: the workflow reads the config
+
+    unet = controlnet["unet"]
+    if (unet not in config["models"] or config["models"][unet]["arch"] != "sd_unet" or "hub" in config["models"][unet]
+            or config["models"][unet].get("config", {}).get("addition_embed_type") is not None):
+        raise ConfigError(f"config key models.{name}.controlnet.unet: {unet!r} must be an SD-1.x-shaped sd_unet model "
+                          f"of this config that the workflow trains (the ControlNet copies its encoder)")
+    return controlnet_config(controlnet, model_config(config, unet, (*seen, name)))
+
+
+# A method role that takes a ControlNet rather than a U-Net (tstitch_controlnet_sd).
+ROLE_ARCH = {"controlnet": "sd_controlnet"}
+
+
+def _check_controlnet_roles(entry: dict, config: dict, where: str) -> None:
+    """The small U-Net must take the ControlNet's residuals: the large one's down-block skeleton."""
+    from .t2i.controlnet import check_residual_compatible
+
+    models = entry["models"]
+    net = models["controlnet"]
+    built_from = model_config(config, net)["unet"]  # refuses a ControlNet of an unsuitable U-Net first
+    if config["models"][net]["controlnet"]["unet"] != models.get("large"):
+        raise ConfigError(f"config key {where}.models.controlnet: {net!r} is a ControlNet of "
+                          f"{config['models'][net]['controlnet']['unet']!r}, not of the large U-Net "
+                          f"{models.get('large')!r}; T-Stitch runs the large model's ControlNet")
+    try:
+        check_residual_compatible(built_from, model_config(config, models["small"]),
+                                  f"small U-Net {models['small']!r}")
+    except ValueError as err:
+        raise ConfigError(f"config key {where}.models.small: {err}") from None
+
+
 def _check_family(spec: MethodSpec, entry: dict, config: dict, where: str) -> None:
     if spec.family == "pipeline" and "t2i" not in config:
         raise ConfigError(f"config key t2i: method {spec.name!r} runs a text-to-image pipeline and "
@@ -390,8 +430,8 @@ def _check_family(spec: MethodSpec, entry: dict, config: dict, where: str) -> No
                               f"in compute.precision); set compute.precision: fp32 and compute.compile: false")
     if spec.family == "ldm":
         _check_ldm(config, where)
-    arch = FAMILY_ARCH[spec.family]
     for role, model in entry["models"].items():
+        arch = ROLE_ARCH.get(role, FAMILY_ARCH[spec.family]) if spec.family == "pipeline" else FAMILY_ARCH[spec.family]
         if config["models"][model]["arch"] != arch:
             raise ConfigError(f"config key {where}.models.{role}: method {spec.name!r} needs a model "
                               f"with arch {arch!r}; {model!r} is {config['models'][model]['arch']!r}")

@@ -408,6 +408,8 @@ def score_setting(*, shards: Sequence[str], reference_path: str, scoring: dict, 
         result["parallel"] = parallel
     if "trace__residual" in extras:
         result["convergence"] = convergence_summary(extras["trace__residual"])
+    if "per_image__edge_iou" in extras:  # T-Stitch with ControlNet: control fidelity per image
+        result["control"] = {"edge_iou": _stats(extras["per_image__edge_iou"])}
     if reference_run is not None:
         ref_spec = get_method(reference_run["method"])
         result["reference"] = {**reference_run, "setting": ref_spec.setting_id(

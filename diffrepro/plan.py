@@ -62,6 +62,7 @@ class Plan:
         self.hub_models = [n for n, m in models.items() if "hub" in m]
         # hub pipelines around a U-Net the workflow distils from another hub model (rule distil_hub_student)
         self.distil_hub_models = [n for n, m in models.items() if "distil_hub" in m]
+        self.controlnet_models = [n for n, m in models.items() if "controlnet" in m]
         scoring = config["scoring"]
         self.scoring_backend = scoring["backend"]
         # MS-COCO for the text-to-image paper configs: the captions (prompts) and the real
@@ -134,6 +135,10 @@ class Plan:
         """The downloaded first-stage checkpoint rule fetch_vae converts (none: a diffusers VAE)."""
         source = self.config.get("decoder", {}).get("source")
         return [f"{DOWNLOADS}/{source['file']}"] if source else []
+
+    def controlnet_unet_config(self, w) -> str:
+        """The config of the U-Net a ControlNet model is made from (rule train_controlnet)."""
+        return as_param(model_config(self.config, self.config["models"][w.model]["controlnet"]["unet"]))
 
     def remote_files_pattern(self) -> str:
         return names_pattern([re.escape(f) for f in self.remote_files])

@@ -27,7 +27,7 @@ def full_check(config):
 def test_shipped_configs_are_valid():
     for name in ("default.yaml", "smoke.yaml", "paper/tstitch_dit.yaml", "paper/tstitch_sd.yaml",
                  "paper/tstitch_sdxl.yaml", "paper/tstitch_lcm.yaml", "paper/bksdm.yaml",
-                 "paper/distill_sdxl.yaml", "paper/parataa_sd.yaml"):
+                 "paper/distill_sdxl.yaml", "paper/parataa_sd.yaml", "paper/tstitch_controlnet_sdxl.yaml"):
         full_check(yaml.safe_load((ROOT / "config" / name).read_text()))
 
 

@@ -99,6 +99,9 @@ class Context:
 
     def pipeline_for(self, roles):
         """The pipeline around the large (or only) U-Net, and the U-Nets by role."""
+        if "controlnet" in roles:  # the small U-Net with the large one's skeleton takes the residuals
+            return self.t2i["controlnet_pipeline"], {"small": self.t2i["small_light"], "large": self.t2i["large"],
+                                                     "controlnet": self.t2i["controlnet"]}
         if "large" in roles:
             return self.t2i["pipeline"], {role: self.t2i[role] for role in roles}
         return self.t2i["pipeline"], {"model": self.t2i["large"]}
@@ -134,6 +137,7 @@ def pipeline_call(pipeline, indices, steps: int):
                             generator=generators, output_type="latent", return_dict=False, **kwargs)[0]
     # what methods running their own loop read (engines.pipeline.run_batch sets the same)
     call.prompts, call.latents, call.labels, call.class_prompts = prompts, noise, labels, False
+    call.indices = list(indices)
     call.guidance_scale, call.steps, call.decode = 7.5, steps, lambda latents: latents
     return call
 
@@ -276,6 +280,28 @@ def off_tstitch_sd(ctx: Context):
     assert_differ(small.samples, large.samples)
 
 
+def off_tstitch_controlnet_sd(ctx: Context):
+    from diffrepro.engines.pipeline import controlnet_pipeline
+    from diffrepro.t2i.controlnet import digit_control
+
+    pipeline, net = ctx.t2i["controlnet_pipeline"], ctx.t2i["controlnet"]
+    ref = reference_of("tstitch_controlnet_sd", {"ratio": 0.5})
+    assert ref == {"method": "tstitch_controlnet_sd", "params": {"ratio": 0.0}}
+    noise, labels, _ = initial_noise_and_labels(SEED, INDICES, LATENT_SHAPE, NUM_CLASSES)
+    image, _ = digit_control(INDICES, labels.tolist(), pipeline.vae_scale_factor)
+    plain = {"image": image, "controlnet_conditioning_scale": 0.5}
+    large = ctx.run(ref["method"], ref["params"])
+    assert torch.equal(large.samples, pipeline_call(pipeline, INDICES, T2I_STEPS)(**plain))
+    assert dict(large.model_steps) == {"large": T2I_STEPS, "controlnet": T2I_STEPS}
+    small = ctx.run("tstitch_controlnet_sd", {"ratio": 1.0})
+    small_pipeline = controlnet_pipeline(type(ctx.t2i["pipeline"])(**{**ctx.t2i["pipeline"].components,
+                                                                      "unet": ctx.t2i["small_light"]}), net)
+    assert torch.equal(small.samples, pipeline_call(small_pipeline, INDICES, T2I_STEPS)(**plain))
+    assert dict(small.model_steps) == {"small": T2I_STEPS, "controlnet": T2I_STEPS}
+    assert_differ(small.samples, large.samples)
+    assert pipeline.unet is ctx.t2i["large"]
+
+
 def off_tstitch_ldm(ctx: Context):
     from diffrepro.diffusion.ldm_ddim import LDMDDIMSampler
     from diffrepro.diffusion.random_context_guidance import draw_context_seeds
@@ -385,6 +411,11 @@ CONTRACTS: dict[str, Contract] = {
         ids={"r0": {"ratio": 0.0}, "r0.4": {"ratio": 0.4}, "8-r0.25": {"ratio": 0.25, "steps": 8}},
         invalid=[{"ratio": -0.5}, {"ratio": 1.5}, {"ratio": 0.5, "steps": 0}, {"ratio": 0.5, "steps": 2.5}],
         off=off_tstitch_sd, batch={"ratio": 0.5}, baseline={"ratio": 0.0}, batch_atol=1e-4),
+    "tstitch_controlnet_sd": Contract(
+        ids={"r0-s0.5": {"ratio": 0.0}, "r0.4-s1": {"ratio": 0.4, "scale": 1.0},
+             "8-r0.25-s0.5": {"ratio": 0.25, "steps": 8}},
+        invalid=[{"ratio": -0.5}, {"ratio": 1.5}, {"ratio": 0.5, "scale": -1.0}, {"ratio": 0.5, "steps": 0}],
+        off=off_tstitch_controlnet_sd, batch={"ratio": 0.5}, baseline={"ratio": 0.0}, batch_atol=1e-4),
     "tstitch_ldm": Contract(
         ids={"r0": {"ratio": 0.0}, "r0.3": {"ratio": 0.3}, "r1": {"ratio": 1.0}},
         invalid=[{"ratio": -0.1}, {"ratio": 1.01}],
@@ -499,7 +530,13 @@ def ctx(tiny_models):
                                     num_head_channels=8, context_dim=channels, n_classes=NUM_CLASSES,
                                     norm_num_groups=4))
         ldms[role] = RandomContextGuidedDenoiser(model.eval().requires_grad_(False), 3.0)
-    return Context(dits, {"pipeline": pipeline, "small": small, "large": large}, ldms)
+    from diffrepro.engines.pipeline import controlnet_pipeline
+    from test_tstitch_controlnet_sd import light_sd_unet, trained_like_controlnet
+
+    small_light, controlnet = light_sd_unet(3), trained_like_controlnet(large, 4, conditioning_channels=1)
+    return Context(dits, {"pipeline": pipeline, "small": small, "large": large, "small_light": small_light,
+                          "controlnet": controlnet, "controlnet_pipeline": controlnet_pipeline(pipeline, controlnet)},
+                   ldms)
 
 
 # --------------------------------------------------------------------------------------

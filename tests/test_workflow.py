@@ -207,6 +207,17 @@ def test_the_lcm_paper_config_plans_one_table_per_step_count(workdir):
     assert planned["table"] == 3 and planned["time_table"] == 3, planned
 
 
+def test_the_controlnet_paper_config_plans_a_table_per_controlnet(workdir):
+    """T-Stitch's SDXL canny / depth / pose scripts: one ControlNet each, fetched as a hub model
+    beside SDXL-base and SSD-1B, one table each."""
+    targets = [f"reproduce_tstitch_controlnet_{kind}_table" for kind in ("canny", "depth", "pose")]
+    result = snakemake(workdir, "-n", *targets, "--configfile", "config/paper/tstitch_controlnet_sdxl.yaml")
+    planned = job_counts(result.stdout)
+    assert planned["table"] == 3 and planned["fetch_hub_model"] == 5, planned  # 2 U-Nets + 3 ControlNets
+    for repository in ("controlnet_canny_sdxl", "controlnet_depth_sdxl", "controlnet_pose_sdxl"):
+        assert f"{repository}.hub.json" in result.stdout
+
+
 @pytest.mark.slow
 def test_killed_run_resumes(smoke_run, tmp_path):
     """Kill a run with SIGTERM once sampling has started, resume it, kill the resumed run

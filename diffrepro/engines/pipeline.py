@@ -84,8 +84,34 @@ def embedded_pipeline(unet, t2i: dict):
     return pipe
 
 
+CONTROLNET_ROLE = "controlnet"
+
+
+def build_controlnet(config: dict):
+    """diffusers' ControlNetModel of an embedded-suite model entry of arch sd_controlnet: the
+    copy of its U-Net's encoder (`unet`: that U-Net's config) with a conditioning embedding of
+    `conditioning_channels` channels, random weights (the checkpoint has the trained ones)."""
+    from diffusers import ControlNetModel
+
+    extra = {k: v for k, v in config.items() if k != "unet"}
+    return ControlNetModel.from_unet(build_unet(config["unet"]), load_weights_from_unet=False, **extra)
+
+
+def controlnet_pipeline(pipeline, controlnet):
+    """The same components in diffusers' ControlNet pipeline (SD or SDXL): T-Stitch's SDXL
+    ControlNet scripts run StableDiffusionXLControlNetPipeline around SDXL-base."""
+    from diffusers import (StableDiffusionControlNetPipeline, StableDiffusionXLControlNetPipeline,
+                           StableDiffusionXLPipeline)
+
+    cls = StableDiffusionXLControlNetPipeline if isinstance(pipeline, StableDiffusionXLPipeline) \
+        else StableDiffusionControlNetPipeline
+    out = cls.from_pipe(pipeline, controlnet=controlnet)
+    out.set_progress_bar_config(disable=True)
+    return out
+
+
 def load_unet(path: str, config: dict, device) -> torch.nn.Module:
-    unet = build_unet(config)
+    unet = build_controlnet(config) if "unet" in config else build_unet(config)
     unet.load_state_dict(load_checkpoint(path), strict=True)
     return unet.to(device).eval().requires_grad_(False)
 
@@ -100,6 +126,8 @@ def load_pipeline_models(checkpoints: dict[str, str], model_configs: dict[str, d
     unets = {role: load_unet(path, model_configs[role], device) for role, path in checkpoints.items()}
     pipeline = embedded_pipeline(unets[pipeline_role(unets)], t2i).to(device)
     check_text_encoder(embedded_encoder(pipeline), checkpoints)
+    if CONTROLNET_ROLE in unets:
+        pipeline = controlnet_pipeline(pipeline, unets[CONTROLNET_ROLE])
     return pipeline, unets
 
 
@@ -123,6 +151,10 @@ def load_hub_pipeline_models(records: dict[str, str], t2i: dict, device, precisi
         if role == pipeline_role(records):
             pipeline = load_from_record(record, as_pipeline=True, torch_dtype=dtype).to(device)
             unets[role] = pipeline.unet
+        elif role == CONTROLNET_ROLE:
+            from ..t2i.hub import controlnet_from_record
+
+            unets[role] = controlnet_from_record(record, torch_dtype=dtype).to(device)
         else:
             unets[role] = load_from_record(record, as_pipeline=False, torch_dtype=dtype).to(device)
     pipeline.scheduler = make_scheduler(t2i["scheduler"], pipeline.scheduler)
@@ -130,6 +162,8 @@ def load_hub_pipeline_models(records: dict[str, str], t2i: dict, device, precisi
     # decode one image at a time: batches of 1024 px images would otherwise need tens of GB in
     # the fp32-upcast SDXL VAE, and each image's pixels no longer depend on its batch
     pipeline.vae.enable_slicing()
+    if CONTROLNET_ROLE in unets:
+        pipeline = controlnet_pipeline(pipeline, unets[CONTROLNET_ROLE])
     return pipeline, unets
 
 
@@ -245,7 +279,7 @@ def run_batch(spec, setting, pipeline, unets, t2i: dict, seed: int, indices: Seq
     # guidance and steps as `call` uses, and the pipeline's decoding.
     # x_T rounded to the U-Net dtype as the pipeline call receives it (fp16 hub pipelines)
     call.prompts, call.latents, call.labels = texts, noise.to(pipeline.unet.dtype).float(), labels
-    call.class_prompts = prompts is None
+    call.class_prompts, call.indices = prompts is None, list(indices)
     call.guidance_scale, call.steps, call.decode = t2i["guidance_scale"], steps_of(setting, t2i), decode
     return spec.run(pipeline, unets, call, setting), labels, final.get("images")
 
@@ -309,6 +343,12 @@ class PipelineEngine:
         inputs = unet_step_inputs(unet, batch=batch_size, shape=self.shape,
                                   tokens=(self.pipeline.tokenizer or self.pipeline.tokenizer_2).model_max_length, guided=guided, seed=seed,
                                   device=self.device, dtype=unet.dtype)
+        if role == CONTROLNET_ROLE:  # its conditioning image, at pixel size (vae_scale_factor x the latents)
+            rows, factor = inputs["sample"].shape[0], self.pipeline.vae_scale_factor
+            generator = torch.Generator().manual_seed(seed + 1)
+            inputs["controlnet_cond"] = torch.rand(
+                (rows, unet.config.conditioning_channels, self.shape[1] * factor, self.shape[2] * factor),
+                generator=generator).to(self.device, unet.dtype)
         return lambda: unet(**inputs)
 
     def flop_modules(self) -> dict[str, torch.nn.Module]:

@@ -235,6 +235,19 @@ def _unet_from(entry: dict, torch_dtype):
                                                 use_safetensors=True, local_files_only=True, **kwargs)
 
 
+def controlnet_from_record(record: dict, torch_dtype=None):
+    """The ControlNetModel of a fetch_hub_model record (a repository that is the model itself,
+    e.g. diffusers/controlnet-canny-sdxl-1.0: hub.subfolder null)."""
+    from diffusers import ControlNetModel
+
+    entry = record.get("unet") or {**record["base"], "subfolder": record.get("unet_subfolder")}
+    kwargs = {"dtype": torch_dtype} if torch_dtype is not None else {}
+    if entry.get("variant"):
+        kwargs["variant"] = entry["variant"]
+    return ControlNetModel.from_pretrained(entry["directory"], subfolder=entry.get("subfolder"), use_safetensors=True,
+                                           local_files_only=True, **kwargs).eval().requires_grad_(False)
+
+
 def fuse_lora(unet, lora: dict, loader_class: str) -> None:
     """Fuse a LoRA into the U-Net's weights in place. The pipeline class's loader reads the file
     (it converts the kohya / PEFT key layouts LoRAs are published in); the U-Net then runs as a

@@ -8,9 +8,10 @@ tstitch_sd_utils.py; its SD-1.5 LCM pipeline compares i / len(timesteps), see RU
 the step index and len(timesteps) the scheduler's own count (PNDM with skip_prk_steps has
 N + 1 timesteps). The step index comes from the pipeline's
 `callback_on_step_end`, so the rule does not depend on timestep values (PNDM repeats one).
-In diffusers' ControlNet pipelines the ControlNet runs once per step and its residuals
-(down_block_additional_residuals, mid_block_additional_residual) reach whichever U-Net runs,
-as in T-Stitch's TStitchSDXLControlNet (tests/test_tstitch_controlnet.py).
+
+In diffusers' ControlNet pipelines (SD and SDXL) the ControlNet's down / mid residuals are keyword
+arguments of the U-Net call; the wrapper hands them to whichever U-Net runs, as T-Stitch's
+TStitchSDXLControlNet does (diffrepro.t2i.controlnet says when a small U-Net can take them).
 """
 
 from __future__ import annotations
@@ -100,6 +101,12 @@ def stitched(pipeline, small_unet: torch.nn.Module, ratio: float):
     large = pipeline.unet
     if isinstance(large, StitchedUNet):
         raise ValueError("the pipeline is already stitched")
+    controlnet = getattr(pipeline, "controlnet", None)
+    if controlnet is not None:
+        from .controlnet import check_residual_compatible
+
+        for net in getattr(controlnet, "nets", [controlnet]):  # MultiControlNetModel: each net
+            check_residual_compatible(net.config, small_unet.config)
     wrapper = StitchedUNet(small_unet, large, ratio, pipeline.scheduler, rule=stitch_rule(pipeline))
     # Plain attribute swap: DiffusionPipeline.__setattr__ would re-register the module and
     # rewrite the pipeline's config entry for "unet".

@@ -52,6 +52,33 @@ rule distil_student:
         "../scripts/distil_student.py"
 
 
+# T-Stitch with ControlNet: a ControlNet of a trained class-prompt U-Net (ControlNetModel.from_unet,
+# zero convolutions, only the ControlNet trained, as diffusers' train_controlnet.py) on (digit, its
+# edge map) pairs; seeded and resumable like training.
+rule train_controlnet:
+    input:
+        unet=lambda w: PLAN.checkpoint_path(config["models"][w.model]["controlnet"]["unet"]),
+    output:
+        checkpoint=f"{CHECKPOINTS}/{{model}}.safetensors",
+        checksum=f"{CHECKPOINTS}/{{model}}.safetensors.sha256",
+        summary=f"{CHECKPOINTS}/{{model}}.train.json",
+    wildcard_constraints:
+        model=names_pattern(PLAN.controlnet_models),
+    params:
+        unet_config=PLAN.controlnet_unet_config,
+        controlnet=lambda w: as_param(config["models"][w.model]["controlnet"]),
+        t2i=lambda w: as_param(PLAN.t2i_training_inputs(config["models"][w.model]["controlnet"]["unet"])),
+    threads: config["threads"]
+    resources:
+        **PLAN.job_resources("train_controlnet"),
+    conda:
+        "../../environment.yml"
+    log:
+        f"{LOGS}/train_controlnet/{{model}}.log",
+    script:
+        "../scripts/train_controlnet.py"
+
+
 # Resumable (a .part file survives a killed job), retried, verified against the committed
 # lock file; with downloads off it fails at once naming the URL and where to put the file.
 rule download:
