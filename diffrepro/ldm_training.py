@@ -21,7 +21,8 @@ from .diffusion.ldm_ddim import ldm_linear_betas
 from .finite import LossGuard
 from .models.ldm_unet import build_ldm_unet
 from .models.ldm_unet_config import LDMUNetConfig
-from .training import TrainConfig, load_resume, resume_path, run_fingerprint, save_resume
+from .training import (TrainConfig, load_resume, resume_path, run_fingerprint, save_resume, update_ema,
+                       warmup_ema_decay, warmup_lr)
 
 
 def train_ldm_unet(model_config: LDMUNetConfig, train: TrainConfig, schedule: dict, images: torch.Tensor,
@@ -51,15 +52,11 @@ def train_ldm_unet(model_config: LDMUNetConfig, train: TrainConfig, schedule: di
         loss = F.mse_loss(model(x_t, t, y), noise)
         guard.check(loss, it + 1)
 
-        for group in optimizer.param_groups:
-            group["lr"] = train.lr * min(1.0, (it + 1) / max(train.warmup, 1))
+        warmup_lr(optimizer, train.lr, train.warmup, it)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        decay = min(train.ema_decay, (1 + it) / (10 + it))  # EMA warm-up, as train_dit
-        with torch.no_grad():
-            for p_ema, p in zip(ema.parameters(), model.parameters()):
-                p_ema.lerp_(p, 1.0 - decay)
+        update_ema(ema, model, warmup_ema_decay(train.ema_decay, it))
 
         done = it + 1
         if done % train.log_every == 0 or done == train.iterations:

@@ -71,6 +71,23 @@ def _train(model_config, train, t2i, ldm, images, labels, checkpoint, log) -> di
     return train_dit(DiTConfig(**model_config), TrainConfig(**train), images, labels, checkpoint, log=log)
 
 
+def warmup_lr(optimizer, lr: float, warmup: int, it: int) -> None:
+    """Every trainer's learning rate: linear warm-up over the first `warmup` iterations (`it` 0-based)."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr * min(1.0, (it + 1) / max(warmup, 1))
+
+
+def warmup_ema_decay(decay: float, it: int) -> float:
+    """EMA warm-up: short runs would otherwise keep much of the (zero-output) init."""
+    return min(decay, (1 + it) / (10 + it))
+
+
+@torch.no_grad()
+def update_ema(ema, model, decay: float) -> None:
+    for p_ema, p in zip(ema.parameters(), model.parameters()):
+        p_ema.lerp_(p, 1.0 - decay)
+
+
 def resume_path(output: str | Path) -> Path:
     return Path(f"{output}.resume.pt")
 
@@ -125,16 +142,11 @@ def train_dit(model_config: DiTConfig, train: TrainConfig, images: torch.Tensor,
         loss, parts = loss_fn(model(x_t, t, y), x0, x_t, t, noise, mse_weights[t])
         guard.check(loss, it + 1)
 
-        for group in optimizer.param_groups:
-            group["lr"] = train.lr * min(1.0, (it + 1) / max(train.warmup, 1))
+        warmup_lr(optimizer, train.lr, train.warmup, it)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        # EMA warm-up: short runs would otherwise keep much of the (zero-output) init.
-        decay = min(train.ema_decay, (1 + it) / (10 + it))
-        with torch.no_grad():
-            for p_ema, p in zip(ema.parameters(), model.parameters()):
-                p_ema.lerp_(p, 1.0 - decay)
+        update_ema(ema, model, warmup_ema_decay(train.ema_decay, it))
 
         done = it + 1
         if done % train.log_every == 0 or done == train.iterations:

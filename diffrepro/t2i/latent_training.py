@@ -33,7 +33,7 @@ import torch
 
 from ..checkpoints import save_checkpoint
 from ..finite import LossGuard, refuse_nonfinite_weights
-from ..training import load_resume, resume_path, save_resume
+from ..training import load_resume, resume_path, save_resume, update_ema, warmup_lr
 from .class_images import ClassImages, batch_indices, iterate_batches, to_model_input
 from .components import encode_prompts
 from .data_parallel import World
@@ -166,17 +166,13 @@ class LatentStep:
             total = self.world.sum(total, latents.device)
             self.guard.check(torch.tensor(total), it + 1)
             self.world.sum_gradients(self.unet.parameters())
-        for group in self.optimizer.param_groups:
-            group["lr"] = self.recipe["lr"] * min(1.0, (it + 1) / max(self.recipe["warmup"], 1))
+        warmup_lr(self.optimizer, self.recipe["lr"], self.recipe["warmup"], it)
         self.scaler.unscale_(self.optimizer)
         if self.recipe["max_grad_norm"] is not None:
             torch.nn.utils.clip_grad_norm_(self.unet.parameters(), self.recipe["max_grad_norm"])
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        decay = ema_decay_at(it + 1, self.recipe["ema_decay"])
-        with torch.no_grad():
-            for p_ema, p in zip(self.ema.parameters(), self.unet.parameters()):
-                p_ema.lerp_(p, 1.0 - decay)
+        update_ema(self.ema, self.unet, ema_decay_at(it + 1, self.recipe["ema_decay"]))
         return total
 
 
