@@ -102,11 +102,12 @@ def is_sdxl_shaped(unet_config) -> bool:
 
 @torch.no_grad()
 def encode_prompts_sdxl(tokenizer, text_encoder, prompts) -> tuple[torch.Tensor, torch.Tensor]:
-    """(penultimate hidden states, pooled projection) as StableDiffusionXLPipeline.encode_prompt."""
+    """(penultimate hidden states, pooled projection) as StableDiffusionXLPipeline.encode_prompt;
+    the pooled projection is None for an encoder without one (SDXL's first, CLIPTextModel)."""
     ids = tokenizer(list(prompts), padding="max_length", max_length=tokenizer.model_max_length,
                     truncation=True, return_tensors="pt").input_ids
     out = text_encoder(ids.to(text_encoder.device), output_hidden_states=True)
-    return out.hidden_states[-2], out.text_embeds
+    return out.hidden_states[-2], getattr(out, "text_embeds", None)
 
 
 def embedded_time_ids(unet_config) -> torch.Tensor:

@@ -114,15 +114,11 @@ def prepare_image(path: Path, size: int, generator: torch.Generator, random_flip
 def encode_captions(pipeline, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
     """(prompt_embeds, pooled) of StableDiffusionXL.encode_prompt: both encoders' penultimate
     hidden states side by side, the second encoder's pooled projection."""
-    states, pooled = [], None
-    for tokenizer, encoder in ((pipeline.tokenizer, pipeline.text_encoder),
-                               (pipeline.tokenizer_2, pipeline.text_encoder_2)):
-        ids = tokenizer(texts, max_length=tokenizer.model_max_length, padding="max_length", truncation=True,
-                        return_tensors="pt").input_ids.to(encoder.device)
-        out = encoder(ids, output_hidden_states=True)
-        states.append(out.hidden_states[-2])
-        pooled = out[0]
-    return torch.cat(states, dim=-1), pooled
+    from .components import encode_prompts_sdxl
+
+    first, _ = encode_prompts_sdxl(pipeline.tokenizer, pipeline.text_encoder, texts)
+    second, pooled = encode_prompts_sdxl(pipeline.tokenizer_2, pipeline.text_encoder_2, texts)
+    return torch.cat([first, second], dim=-1), pooled
 
 
 def iterations_for(epochs: int, images: int, batch_size: int) -> int:
