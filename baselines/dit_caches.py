@@ -17,11 +17,10 @@ class PABDiTSetting:
     timestep_high: int = 800
 
     def __post_init__(self):
+        from baselines.pab_sd import check_timestep_range
+
         check_int("pab_dit", "skip", self.skip, 1)
-        if not (isinstance(self.timestep_low, int) and isinstance(self.timestep_high, int)
-                and -1 <= self.timestep_low < self.timestep_high <= 1001):
-            raise ValueError(f"pab_dit needs integers -1 <= timestep_low < timestep_high <= 1001, got "
-                             f"{self.timestep_low!r}, {self.timestep_high!r}")
+        check_timestep_range(self, "pab_dit")
 
     def id(self) -> str:
         return f"s{self.skip}" + ("" if (self.timestep_low, self.timestep_high) == (100, 800)
@@ -35,11 +34,9 @@ class TaylorSeerDiTSetting:
     warmup_steps: int = 3
 
     def __post_init__(self):
-        for name, low in (("cache_interval", 1), ("max_order", 0), ("warmup_steps", 0)):
-            check_int("taylorseer_dit", name, getattr(self, name), low)
-        if self.warmup_steps < 1 and self.cache_interval > 1:
-            raise ValueError("taylorseer_dit warmup_steps must be >= 1 when cache_interval > 1: "
-                             "a forecast needs one full step first")
+        from baselines.taylorseer_sd import check_taylorseer
+
+        check_taylorseer(self, "taylorseer_dit")
 
     def id(self) -> str:
         return f"i{self.cache_interval}-o{self.max_order}-w{self.warmup_steps}"

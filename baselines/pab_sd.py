@@ -21,10 +21,7 @@ class PABSetting(PlainPipelineReference):
     def __post_init__(self):
         for name in ("spatial_skip", "cross_skip"):
             check_int("pab_sd", name, getattr(self, name), 1)
-        if not (isinstance(self.timestep_low, int) and isinstance(self.timestep_high, int)
-                and -1 <= self.timestep_low < self.timestep_high <= 1001):
-            raise ValueError(f"pab_sd needs integers -1 <= timestep_low < timestep_high <= 1001, got "
-                             f"{self.timestep_low!r}, {self.timestep_high!r}")
+        check_timestep_range(self, "pab_sd")
         check_int("pab_sd", "steps", self.steps, 1, optional=True)
 
     def id(self) -> str:
@@ -32,6 +29,14 @@ class PABSetting(PlainPipelineReference):
         if (self.timestep_low, self.timestep_high) != (100, 800):
             name += f"-t{self.timestep_low}-{self.timestep_high}"
         return f"{self.steps}-{name}" if self.steps else name
+
+
+def check_timestep_range(setting, method: str) -> None:
+    """PAB's broadcast range (also pab_dit's)."""
+    if not (isinstance(setting.timestep_low, int) and isinstance(setting.timestep_high, int)
+            and -1 <= setting.timestep_low < setting.timestep_high <= 1001):
+        raise ValueError(f"{method} needs integers -1 <= timestep_low < timestep_high <= 1001, got "
+                         f"{setting.timestep_low!r}, {setting.timestep_high!r}")
 
 
 @register_method("pab_sd", setting=PABSetting, roles=("model",), family="pipeline")

@@ -17,16 +17,21 @@ class TaylorSeerSetting(PlainPipelineReference):
     steps: int | None = None  # None: t2i.steps
 
     def __post_init__(self):
-        for name, low in (("cache_interval", 1), ("max_order", 0), ("warmup_steps", 0)):
-            check_int("taylorseer_sd", name, getattr(self, name), low)
-        if self.warmup_steps < 1 and self.cache_interval > 1:
-            raise ValueError("taylorseer_sd warmup_steps must be >= 1 when cache_interval > 1: "
-                             "a forecast needs one full step first")
+        check_taylorseer(self, "taylorseer_sd")
         check_int("taylorseer_sd", "steps", self.steps, 1, optional=True)
 
     def id(self) -> str:
         name = f"i{self.cache_interval}-o{self.max_order}-w{self.warmup_steps}"
         return f"{self.steps}-{name}" if self.steps else name
+
+
+def check_taylorseer(setting, method: str) -> None:
+    """TaylorSeer's knobs (also taylorseer_dit's)."""
+    for name, low in (("cache_interval", 1), ("max_order", 0), ("warmup_steps", 0)):
+        check_int(method, name, getattr(setting, name), low)
+    if setting.warmup_steps < 1 and setting.cache_interval > 1:
+        raise ValueError(f"{method} warmup_steps must be >= 1 when cache_interval > 1: "
+                         "a forecast needs one full step first")
 
 
 @register_method("taylorseer_sd", setting=TaylorSeerSetting, roles=("model",), family="pipeline")
