@@ -157,6 +157,7 @@ def check_config(config: dict) -> None:
         if net is not None and "controlnet" in config["models"].get(net, {}):
             _check_controlnet_roles(entry, config, f"methods.{method}")
     _check_text_to_image(config)
+    _check_control_images(config)
     _ldm_model_problems(config)
     if "training" in config:
         _check_training(config["training"])
@@ -458,6 +459,30 @@ def _ldm_model_problems(config: dict) -> None:
                 LDMUNetConfig(**entry["config"])
             except (TypeError, ValueError) as err:
                 raise ConfigError(f"config key models.{name}.config: {err}") from None
+
+
+def _check_control_images(config: dict) -> None:
+    """A hub ControlNet steers captions: it needs control_images, and they need each caption's
+    COCO image (t2i.prompts with file names, scoring.reference_images.archive)."""
+    for name, entry in config["models"].items():
+        where = f"models.{name}.control_images"
+        if "control_images" in entry:
+            if entry["arch"] != "sd_controlnet" or "hub" not in entry:
+                raise ConfigError(f"config key {where}: control images are for a hub ControlNet (arch sd_controlnet "
+                                  f"with hub); {name!r} is not one (the embedded ControlNets use the digits' edge maps)")
+            if "prompts" not in config.get("t2i", {}):
+                raise ConfigError(f"config key {where}: made from each caption's COCO image, so t2i.prompts is "
+                                  f"needed (see config/paper/tstitch_controlnet_sdxl.yaml)")
+            if not (config["scoring"].get("reference_images") or {}).get("archive"):
+                raise ConfigError(f"config key {where}: the captions' images come from "
+                                  f"scoring.reference_images.archive (MS-COCO's val2014.zip); add it")
+    for method, entry in config["methods"].items():
+        net = entry["models"].get("controlnet")
+        found = config["models"].get(net, {})
+        if "hub" in found and "control_images" not in found:
+            raise ConfigError(f"config key models.{net}.control_images: method {method!r} steers captions with "
+                              f"hub ControlNet {net!r}, which has no control images; add control_images: "
+                              f"{{detector: canny | dpt_depth | openpose}}")
 
 
 def _check_text_to_image(config: dict) -> None:

@@ -118,13 +118,14 @@ def sample_shard(*, method: str, setting_values: dict, checkpoints: dict[str, st
                  model_configs: dict[str, dict], sampling: dict, seed: int, batch_size: int, output: str,
                  indices: Sequence[int] | None = None, num_samples: int | None = None, shard: int = 0,
                  num_shards: int = 1, log=print, device: str | None = None, vae_info: str | None = None,
-                 prompts_path: str | None = None) -> None:
+                 prompts_path: str | None = None, control_path: str | None = None) -> None:
     """One shard of a setting's samples, for a method of any family: these image `indices`
     (or shard `shard` of `num_shards` over `num_samples` images). `vae_info`: a latent
-    denoiser suite's VAE record; `prompts_path`: a text-to-image suite's prompt list."""
+    denoiser suite's VAE record; `prompts_path`: a text-to-image suite's prompt list;
+    `control_path`: its ControlNet's control images."""
     device = job_device(sampling, device)
     engine = load_engine(method, checkpoints=checkpoints, model_configs=model_configs, sampling=sampling,
-                         device=device, vae_info=vae_info, prompts_path=prompts_path)
+                         device=device, vae_info=vae_info, prompts_path=prompts_path, control_path=control_path)
     if indices is None:
         indices = shard_range(num_samples, shard, num_shards)
     log(f"device {device}, precision {sampling.get('precision', 'fp32')}, "

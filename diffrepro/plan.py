@@ -18,6 +18,7 @@ from .methods import get_method
 from .report.kinds import kind_of
 from .report.paper import paper_short_name, paper_timing_batch
 from .unet_training_config import is_latent_study
+from .validation import schema_defaults
 
 DOWNLOADS = "resources/downloads"
 RESULTS = "results"
@@ -63,6 +64,8 @@ class Plan:
         # hub pipelines around a U-Net the workflow distils from another hub model (rule distil_hub_student)
         self.distil_hub_models = [n for n, m in models.items() if "distil_hub" in m]
         self.controlnet_models = [n for n, m in models.items() if "controlnet" in m]
+        # paper-scale ControlNets steered by each caption's own COCO image (rule control_images)
+        self.control_image_models = [n for n, m in models.items() if "control_images" in m]
         scoring = config["scoring"]
         self.scoring_backend = scoring["backend"]
         # MS-COCO for the text-to-image paper configs: the captions (prompts) and the real
@@ -184,12 +187,24 @@ class Plan:
         inputs = self.method_checkpoints(w)
         if self.family(w.method) == "pipeline" and self.prompts is not None:
             inputs["prompts"] = self.prompts
+        control = self.control_images_of(w.method)
+        if control is not None:
+            inputs["control_images"] = control
         if self.family(w.method) == "pipeline":
             # engines.pipeline.check_text_encoder reads each trained U-Net's summary beside it
             models = self.config["methods"][w.method]["models"].values()
             inputs["train_summaries"] = [f"{self.checkpoints}/{m}.train.json" for m in dict.fromkeys(models)
                                          if "hub" not in self.config["models"][m]]
         return inputs
+
+    def control_images_of(self, method: str) -> str | None:
+        """The control images of the method's ControlNet (role controlnet), where it has them."""
+        net = self.config["methods"][method]["models"].get("controlnet")
+        return f"{self.results}/control/{net}.zip" if net in self.control_image_models else None
+
+    def control_images_spec(self, w) -> str:
+        return as_param({**schema_defaults("models", "*", "control_images"),
+                         **self.config["models"][w.model]["control_images"]})
 
     def sample_inputs(self, w) -> dict[str, str]:
         """The method's checkpoints (and prompts) and, for a latent-space suite, the VAE record."""
@@ -215,7 +230,8 @@ class Plan:
         method's samples depend on the t2i section instead, an LDM method's on the ldm section."""
         compute = {k: v for k, v in compute_settings(self.config).items() if k != "device"}
         if self.family(w.method) == "pipeline":
-            return as_param({**self.config["t2i"], **compute})
+            # a method entry's t2i overrides (its negative prompt), where it has them
+            return as_param({**self.config["t2i"], **self.config["methods"][w.method].get("t2i", {}), **compute})
         if self.family(w.method) == "ldm":
             return as_param({**self.config["ldm"], **compute})
         s = self.config["sampling"]
@@ -310,7 +326,9 @@ class Plan:
             methods[method] = {"checkpoints": self.method_checkpoints(m),
                                "model_configs": json.loads(self.model_configs(m)),
                                "sampling": json.loads(self.sampling_params(m)),
-                               "timing": method_timing(self.config, method)}
+                               "timing": method_timing(self.config, method),
+                               **({"control_images": self.control_images_of(method)}
+                                  if self.control_images_of(method) else {})}
         return as_param(methods)
 
     def timing_inputs(self, w) -> dict:

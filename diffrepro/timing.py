@@ -97,10 +97,11 @@ def time_table_settings(*, settings: Sequence[dict], methods: dict[str, dict], s
     def engine_for(method: str) -> str:
         entry = methods[method]
         key = json.dumps([get_method(method).family, entry["checkpoints"], entry["model_configs"],
-                          entry["sampling"]], sort_keys=True)
+                          entry["sampling"], entry.get("control_images")], sort_keys=True)
         if key not in engines:  # methods over the same models share them (e.g. T-Stitch's r = 0, BK-SDM's teacher)
             engines[key] = load_engine(method, checkpoints=entry["checkpoints"], model_configs=entry["model_configs"],
-                                       sampling=entry["sampling"], device=device, prompts_path=prompts_path)
+                                       sampling=entry["sampling"], device=device, prompts_path=prompts_path,
+                                       control_path=entry.get("control_images"))
         engine_of[method] = key
         return key
 

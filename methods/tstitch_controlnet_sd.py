@@ -2,7 +2,9 @@
 diffusers' ControlNet pipeline the large model's ControlNet runs at every step and its residuals
 go to whichever U-Net runs, the small one for the first steps (diffrepro.t2i.stitch,
 diffrepro.t2i.controlnet). The embedded suite steers each image with the edge map of a digit of
-its prompt's class and scores control fidelity as the edge IoU of that map and the image."""
+its prompt's class and scores control fidelity as the edge IoU of that map and the image; at paper
+scale each caption is steered by its own COCO image's control image (rule control_images,
+diffrepro.t2i.control_images)."""
 
 from __future__ import annotations
 
@@ -42,13 +44,18 @@ def tstitch_controlnet_sd(pipeline, unets, call, setting: TStitchControlNetSetti
     if getattr(pipeline, "controlnet", None) is None:
         raise ValueError(f"tstitch_controlnet_sd needs a ControlNet pipeline; got {type(pipeline).__name__} "
                          f"(give the method entry a `controlnet` role)")
-    labels = [int(y) for y in call.labels]
-    if not all(0 <= y <= 9 for y in labels):
-        raise NotImplementedError("tstitch_controlnet_sd: its control maps are the edges of digits of each image's "
-                                  "class (class prompts); caption prompts (t2i.prompts) have no control images here")
-    image, edges = digit_control(call.indices, labels, pipeline.vae_scale_factor)
-    controlnet = pipeline.controlnet
-    image = image.to(controlnet.device, controlnet.dtype)
+    controlnet, edges = pipeline.controlnet, None
+    if getattr(call, "class_prompts", True):
+        # the embedded suite: the edge map of a real digit of each prompt's class
+        image, edges = digit_control(call.indices, [int(y) for y in call.labels], pipeline.vae_scale_factor)
+        image = image.to(controlnet.device, controlnet.dtype)
+    elif getattr(call, "control_images", None) is not None:
+        # paper scale: each caption's control image, resized to the generated size with PIL's
+        # default filter as the T-Stitch SDXL scripts' image.resize((1024, 1024))
+        image = [picture.resize(call.size) for picture in call.control_images]
+    else:
+        raise ValueError("tstitch_controlnet_sd: caption prompts need control images; give the ControlNet model "
+                         "control_images (rule control_images makes them from each caption's COCO image)")
     counted = Counter()
     hook = controlnet.register_forward_pre_hook(lambda *_: counted.update(["controlnet"]))
     try:
@@ -57,7 +64,7 @@ def tstitch_controlnet_sd(pipeline, unets, call, setting: TStitchControlNetSetti
     finally:
         hook.remove()
     per_image = {}
-    if samples.shape[1] == 1 and tuple(samples.shape[2:]) == edges.shape[1:]:
+    if edges is not None and samples.shape[1] == 1 and tuple(samples.shape[2:]) == edges.shape[1:]:
         # the embedded suite's pixels: edge agreement of the control map and the generated digit
         pixels = ((samples[:, 0].detach().float().cpu().clamp(-1, 1) + 1) / 2).numpy()
         per_image["edge_iou"] = edge_iou(edges, edge_map(pixels))

@@ -406,3 +406,30 @@ def test_distill_sdxl_options_are_checked(config):
     config["models"]["dsdxl_teacher"]["config"]["projection_class_embeddings_input_dim"] = 40
     with pytest.raises(ConfigError, match=r"projection_class_embeddings_input_dim: 40 must be 6 x addition_time_embed_dim"):
         full_check(config)
+
+
+@pytest.fixture
+def paper_controlnet():
+    return yaml.safe_load((ROOT / "config/paper/tstitch_controlnet_sdxl.yaml").read_text())
+
+
+@pytest.mark.parametrize("mutate, expected", [
+    (lambda c: c["models"]["controlnet_depth_sdxl"].pop("control_images"),
+     r"models.controlnet_depth_sdxl.control_images: method 'tstitch_controlnet_depth' steers captions with hub "
+     r"ControlNet 'controlnet_depth_sdxl', which has no control images"),
+    (lambda c: c["models"]["sdxl"].update(control_images={"detector": "canny"}),
+     r"models.sdxl.control_images: control images are for a hub ControlNet"),
+    (lambda c: (c["scoring"].pop("reference_images"),
+                c["scoring"].update(reference_batch={"file": "ref.npz", "url": "https://x/ref.npz"})),
+     r"models.controlnet_canny_sdxl.control_images: the captions' images come from scoring.reference_images.archive"),
+    (lambda c: c["models"]["controlnet_pose_sdxl"]["control_images"].pop("model"),
+     r"models.controlnet_pose_sdxl.control_images needs model"),
+    (lambda c: c["models"]["controlnet_pose_sdxl"]["control_images"]["model"].pop("file"),
+     r"control_images.model needs id, file"),
+    (lambda c: c["models"]["controlnet_canny_sdxl"]["control_images"].update(detector="hed"),
+     r"control_images.detector = 'hed'"),
+])
+def test_paper_controlnet_control_image_errors(paper_controlnet, mutate, expected):
+    mutate(paper_controlnet)
+    with pytest.raises(Exception, match=expected):  # ConfigError, or the schema's ValidationError
+        full_check(paper_controlnet)

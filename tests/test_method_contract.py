@@ -136,7 +136,7 @@ def pipeline_call(pipeline, indices, steps: int):
             return pipeline(prompts, num_inference_steps=steps, guidance_scale=7.5, latents=noise.clone(),
                             generator=generators, output_type="latent", return_dict=False, **kwargs)[0]
     # what methods running their own loop read (engines.pipeline.run_batch sets the same)
-    call.prompts, call.latents, call.labels, call.class_prompts = prompts, noise, labels, False
+    call.prompts, call.latents, call.labels, call.class_prompts = prompts, noise, labels, True  # digit prompts
     call.indices = list(indices)
     call.guidance_scale, call.steps, call.decode = 7.5, steps, lambda latents: latents
     return call

@@ -122,6 +122,35 @@ def test_a_pipeline_with_a_unet_from_another_repository(tmp_path, empty_cache):
         assert torch.equal(a, b)
 
 
+def test_a_pipeline_with_a_vae_from_another_repository(tmp_path, empty_cache):
+    """The T-Stitch SDXL scripts' madebyollin/sdxl-vae-fp16-fix in SDXL-base's pipeline: the
+    pipeline's own VAE is neither fetched nor pinned, the other one is, and it decodes."""
+    import shutil
+
+    from t2i_tiny import tiny_vae
+
+    base = sdxl_pipeline(sdxl_unet(0, layers=1))
+    base.save_pretrained(tmp_path / "sdxl", safe_serialization=True)
+    shutil.rmtree(tmp_path / "sdxl" / "vae")  # not needed: a partial copy without it is complete here
+    torch.manual_seed(7)
+    fixed = tiny_vae()
+    for p in fixed.parameters():
+        p.data.add_(0.01 * torch.randn_like(p))
+    fixed.save_pretrained(tmp_path / "fix", safe_serialization=True)  # a bare VAE repository
+    spec = {"id": "someone/sdxl", "pipeline": "StableDiffusionXLPipeline", "path": str(tmp_path / "sdxl"),
+            "vae": {"id": "someone/vae-fix", "path": str(tmp_path / "fix")}}
+    record = fetch_hub_model(spec, config_key="models.sdxl.hub", as_pipeline=True)
+    assert not any(name.startswith("vae/") for name in record["base"]["files"])
+    assert list(record["vae"]["files"]) == ["diffusion_pytorch_model.safetensors"]
+    pipeline = load_from_record(record)
+    assert all(torch.equal(a, b) for a, b in zip(fixed.state_dict().values(), pipeline.vae.state_dict().values()))
+    verify_record(record, "sdxl.hub.json")
+    weights = tmp_path / "fix" / "diffusion_pytorch_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-1] + b" ")
+    with pytest.raises(HubModelChanged, match=r"someone/vae-fix"):
+        verify_record(record, "sdxl.hub.json")
+
+
 def test_a_fused_lora_equals_the_active_adapter(tmp_path, empty_cache):
     """The LCM-LoRA path: a LoRA saved as diffusers saves one, fused into a U-Net by its pipeline
     class's loader, gives the adapter's outputs with no adapter layers left."""

@@ -214,8 +214,11 @@ def test_the_controlnet_paper_config_plans_a_table_per_controlnet(workdir):
     result = snakemake(workdir, "-n", *targets, "--configfile", "config/paper/tstitch_controlnet_sdxl.yaml")
     planned = job_counts(result.stdout)
     assert planned["table"] == 3 and planned["fetch_hub_model"] == 5, planned  # 2 U-Nets + 3 ControlNets
+    # each ControlNet's control images, made once from the captions' COCO images for its 6 ratios
+    assert planned["control_images"] == 3, planned
     for repository in ("controlnet_canny_sdxl", "controlnet_depth_sdxl", "controlnet_pose_sdxl"):
         assert f"{repository}.hub.json" in result.stdout
+        assert f"control/{repository}.zip" in result.stdout
 
 
 @pytest.mark.slow

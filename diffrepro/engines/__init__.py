@@ -55,12 +55,16 @@ def engine_class(family: str):
 
 
 def load_engine(method: str, *, checkpoints: dict[str, str], model_configs: dict[str, dict],
-                sampling: dict, device, vae_info: str | None = None, prompts_path: str | None = None):
+                sampling: dict, device, vae_info: str | None = None, prompts_path: str | None = None,
+                control_path: str | None = None):
     """The engine of `method`'s family with the method's models loaded on `device`.
     `vae_info`: a latent denoiser suite's VAE record; `prompts_path`: a text-to-image suite's
-    prompt list (each engine ignores what does not apply to it)."""
+    prompt list; `control_path`: its ControlNet's control images (rule control_images). Each
+    engine ignores what does not apply to it."""
     from ..methods import get_method
 
-    return engine_class(get_method(method).family).load(
+    family = get_method(method).family
+    extra = {"control_path": control_path} if family == "pipeline" else {}
+    return engine_class(family).load(
         checkpoints=checkpoints, model_configs=model_configs, sampling=sampling, device=device,
-        vae_info=vae_info, prompts_path=prompts_path)
+        vae_info=vae_info, prompts_path=prompts_path, **extra)

@@ -233,7 +233,7 @@ def steps_of(setting, t2i: dict) -> int:
 
 
 def run_batch(spec, setting, pipeline, unets, t2i: dict, seed: int, indices: Sequence[int],
-              shape, device, prompts: list[str] | None = None):
+              shape, device, prompts: list[str] | None = None, control_images: list | None = None):
     """One batch on the fixed per-image noise: (method output, labels, decoded images or None).
 
     The embedded suite draws a class prompt per image (label = digit) and its pipeline has no
@@ -247,6 +247,8 @@ def run_batch(spec, setting, pipeline, unets, t2i: dict, seed: int, indices: Seq
         texts = [prompts[i] for i in indices]
     decoded = getattr(pipeline, "vae", None) is not None
     final: dict = {}
+    negative = t2i.get("negative_prompt")
+    negatives = None if negative is None else [negative] * len(texts)
 
     def call(callback_on_step_end=None, **kwargs):
         def on_step_end(pipe, step_index, timestep, callback_kwargs):
@@ -259,7 +261,8 @@ def run_batch(spec, setting, pipeline, unets, t2i: dict, seed: int, indices: Seq
         out = pipeline(texts, num_inference_steps=steps_of(setting, t2i), guidance_scale=t2i["guidance_scale"],
                        latents=noise.to(device, pipeline.unet.dtype), generator=generators,
                        output_type="np" if decoded else "latent", return_dict=False,
-                       callback_on_step_end=on_step_end, **size, **kwargs)[0]
+                       callback_on_step_end=on_step_end, **size,
+                       **({"negative_prompt": negatives} if negatives is not None else {}), **kwargs)[0]
         if decoded:
             final["images"] = out
             return final["latents"]
@@ -279,7 +282,10 @@ def run_batch(spec, setting, pipeline, unets, t2i: dict, seed: int, indices: Seq
     # guidance and steps as `call` uses, and the pipeline's decoding.
     # x_T rounded to the U-Net dtype as the pipeline call receives it (fp16 hub pipelines)
     call.prompts, call.latents, call.labels = texts, noise.to(pipeline.unet.dtype).float(), labels
-    call.class_prompts, call.indices = prompts is None, list(indices)
+    call.class_prompts, call.indices, call.negative_prompts = prompts is None, list(indices), negatives
+    # paper scale: each prompt's control image (rule control_images), for ControlNet methods
+    call.control_images = control_images
+    call.size = (shape[2] * pipeline.vae_scale_factor, shape[1] * pipeline.vae_scale_factor)  # (width, height) px
     call.guidance_scale, call.steps, call.decode = t2i["guidance_scale"], steps_of(setting, t2i), decode
     return spec.run(pipeline, unets, call, setting), labels, final.get("images")
 
@@ -288,18 +294,24 @@ class PipelineEngine:
     family = "pipeline"
 
     def __init__(self, pipeline, unets: dict[str, torch.nn.Module], model_configs: dict[str, dict], t2i: dict,
-                 device, prompts: list[str] | None = None):
+                 device, prompts: list[str] | None = None, control_images=None):
         self.pipeline, self.roles, self.t2i, self.prompts = pipeline, unets, t2i, prompts
+        self.control_images = control_images
         self.device = torch.device(device)
         self.shape = sample_shape(model_configs, pipeline, t2i)
 
     @classmethod
-    def load(cls, *, checkpoints, model_configs, sampling, device, vae_info=None, prompts_path=None):
-        """`sampling`: the config's t2i section with the compute options."""
+    def load(cls, *, checkpoints, model_configs, sampling, device, vae_info=None, prompts_path=None,
+             control_path=None):
+        """`sampling`: the config's t2i section with the compute options; `control_path`: the
+        control images of rule control_images (a paper-scale ControlNet method)."""
+        from ..t2i.control_images import ControlImages
+
         device, sampling = torch.device(device), {**schema_defaults("compute"), **sampling}
         pipeline, unets = load_pipeline_models(checkpoints, model_configs, sampling, device,
                                                sampling["precision"])
-        return cls(pipeline, unets, model_configs, sampling, device, read_prompts(prompts_path))
+        control = None if control_path is None else ControlImages(control_path)
+        return cls(pipeline, unets, model_configs, sampling, device, read_prompts(prompts_path), control)
 
     def meta(self) -> dict:
         """The embedded suite's text encoder is rebuilt from a seed in every job: its hash."""
@@ -314,7 +326,7 @@ class PipelineEngine:
         """Images at the scoring size; samples: the embedded suite's pixels (float32), a hub
         pipeline's final latents (float16)."""
         out, y, decoded = run_batch(spec, setting, self.pipeline, self.roles, self.t2i, seed, indices,
-                                    self.shape, self.device, self.prompts)
+                                    self.shape, self.device, self.prompts, self.control_for(indices))
         x = out.samples.float().cpu()
         if decoded is None:
             samples, images = x.numpy(), to_uint8_nhwc(x)
@@ -332,8 +344,13 @@ class PipelineEngine:
         """A whole pipeline call (text encoding, every step, guidance, decoding: the paper's
         per-image time at batch size 1); its per-image noise is drawn inside it."""
         indices = list(indices)
+        control = self.control_for(indices)  # read before: the scripts time the pipeline call alone
         return lambda: run_batch(spec, setting, self.pipeline, self.roles, self.t2i, seed, indices,
-                                 self.shape, self.device, self.prompts)[0]
+                                 self.shape, self.device, self.prompts, control)[0]
+
+    def control_for(self, indices: Sequence[int]) -> list | None:
+        """The prompts' control images (verified PIL images), where the method has them."""
+        return None if self.control_images is None else self.control_images(list(indices))
 
     def forward_pass(self, role: str, batch_size: int, seed: int):
         """One U-Net pass as the pipeline runs it: with CFG the unconditional and conditional

@@ -13,7 +13,7 @@ import io
 import json
 import zipfile
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -127,6 +127,23 @@ def iter_reference_images(archive_path: str | Path, file_names: list[str] | None
                 batch = []
         if batch:
             yield np.stack(batch)
+
+
+def iter_archive_members(archive_path: str | Path, file_names: Sequence[str]) -> Iterator:
+    """The named images of the archive (matched by base name, as iter_reference_images), in the
+    given order, as PIL RGB images at their own size; all must be there."""
+    from PIL import Image
+
+    with zipfile.ZipFile(archive_path) as archive:
+        members = {Path(name).name: name for name in archive.namelist()
+                   if name.lower().endswith((".jpg", ".jpeg", ".png"))}
+        missing = [n for n in file_names if n not in members]
+        if missing:
+            raise ValueError(f"{archive_path} lacks {len(missing)} of the prompts' images (e.g. {missing[0]}): "
+                             f"is it MS-COCO's val2014.zip?")
+        for name in file_names:
+            with Image.open(io.BytesIO(archive.read(members[name]))) as image:
+                yield image.convert("RGB")
 
 
 def reference_batch(archive_path: str | Path, extractor, *, size: int, mode: str, keep: int,

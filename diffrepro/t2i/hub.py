@@ -23,6 +23,7 @@ from ..io import sha256_file
 from ..validation import schema_defaults
 
 RECORD_FORMAT = 1
+RECORD_PARTS = ("base", "unet", "vae", "lora")  # the weights a record pins
 
 
 class HubModelUnavailable(RuntimeError):
@@ -174,19 +175,23 @@ def fetch_hub_model(spec: dict, *, config_key: str, as_pipeline: bool, allow_dow
 
     spec: {id, pipeline (a diffusers pipeline class), subfolder (default unet), variant?, path?,
     revision?, unet?: {id, subfolder?, variant?, path?} (a U-Net from another repository in place
-    of the pipeline's own, e.g. LCM-SDXL), lora?: {id, weight_name?, scale?, path?} (fused into
+    of the pipeline's own, e.g. LCM-SDXL), vae?: the same for the VAE (the fp16-fix SDXL VAE), lora?: {id, weight_name?, scale?, path?} (fused into
     the U-Net, e.g. the LCM-LoRA)}. as_pipeline: the whole pipeline (this model is the one a
     method's pipeline is built around), else only its U-Net."""
     spec = {**schema_defaults("models", "*", "hub"), **spec}
     record: dict = {"format": RECORD_FORMAT, "pipeline": spec["pipeline"],
                     "as_pipeline": as_pipeline, "unet_subfolder": spec["subfolder"]}
-    unet_override = spec.get("unet")
+    unet_override, vae_override = spec.get("unet"), spec.get("vae")
     if unet_override is not None:
         unet_override = {**schema_defaults("models", "*", "hub", "unet"), **unet_override}
     if as_pipeline:
-        # a U-Net from another repository replaces the pipeline's own: do not fetch that one
-        skip = SKIPPED_COMPONENTS + (("unet",) if unet_override is not None else ())
+        # a U-Net or VAE from another repository replaces the pipeline's own: do not fetch that one
+        skip = SKIPPED_COMPONENTS + (("unet",) if unet_override is not None else ()) \
+            + (("vae",) if vae_override is not None else ())
         record["base"] = _resolved(spec, config_key, allow_downloads, None, whole_pipeline=True, skip=skip)
+        if vae_override is not None:
+            vae_override = {**schema_defaults("models", "*", "hub", "vae"), **vae_override}
+            record["vae"] = _resolved(vae_override, f"{config_key}.vae", allow_downloads, vae_override["subfolder"])
     elif unet_override is None:
         record["base"] = _resolved(spec, config_key, allow_downloads, spec["subfolder"])
     if unet_override is not None:
@@ -204,7 +209,7 @@ def fetch_hub_model(spec: dict, *, config_key: str, as_pipeline: bool, allow_dow
         record["lora"] = {"id": lora["id"], "directory": str(directory), "weight_name": weight_name,
                           "scale": float(lora["scale"]),
                           "files": {weight_name: sha256_file(directory / weight_name)}}
-    for part in ("base", "unet", "lora"):
+    for part in RECORD_PARTS:
         if part in record:
             log(f"{record[part]['id']}: {len(record[part]['files'])} weight file(s) at {record[part]['directory']}")
     return record
@@ -212,7 +217,7 @@ def fetch_hub_model(spec: dict, *, config_key: str, as_pipeline: bool, allow_dow
 
 def verify_record(record: dict, where: str) -> None:
     """Every weight file of the record still has the hash it had when it was fetched."""
-    for part in ("base", "unet", "lora"):
+    for part in RECORD_PARTS:
         entry = record.get(part)
         if entry is None:
             continue
@@ -233,6 +238,17 @@ def _unet_from(entry: dict, torch_dtype):
         kwargs["variant"] = entry["variant"]
     return UNet2DConditionModel.from_pretrained(entry["directory"], subfolder=entry["subfolder"],
                                                 use_safetensors=True, local_files_only=True, **kwargs)
+
+
+def _vae_from(entry: dict, torch_dtype):
+    """The AutoencoderKL of a record's `vae` part (e.g. madebyollin/sdxl-vae-fp16-fix)."""
+    from diffusers import AutoencoderKL
+
+    kwargs = {"dtype": torch_dtype} if torch_dtype is not None else {}
+    if entry.get("variant"):
+        kwargs["variant"] = entry["variant"]
+    return AutoencoderKL.from_pretrained(entry["directory"], subfolder=entry.get("subfolder"), use_safetensors=True,
+                                         local_files_only=True, **kwargs)
 
 
 def controlnet_from_record(record: dict, torch_dtype=None):
@@ -282,6 +298,8 @@ def load_from_record(record: dict, *, as_pipeline: bool | None = None, torch_dty
             kwargs["variant"] = base["variant"]
         if "unet" in record:
             kwargs["unet"] = unet
+        if "vae" in record:
+            kwargs["vae"] = _vae_from(record["vae"], torch_dtype)
         cls = getattr(diffusers, record["pipeline"])
         if "safety_checker" in inspect.signature(cls.__init__).parameters:
             kwargs.update(safety_checker=None, feature_extractor=None, requires_safety_checker=False)

@@ -112,17 +112,20 @@ class PromptDenoiser:
         return out.float().cpu()
 
 
-def prompt_denoiser(pipeline, prompts: Sequence[str], guidance_scale: float, scheduler=None) -> PromptDenoiser:
+def prompt_denoiser(pipeline, prompts: Sequence[str], guidance_scale: float, scheduler=None,
+                    negative_prompt: str | None = None) -> PromptDenoiser:
     """The pipeline's U-Net and guidance on these prompts (row k: prompt k), embeddings from the
-    pipeline's own encode_prompt with an empty negative prompt, guided when the pipeline would
-    guide (scale > 1). SD-1.x pipelines only (SDXL's added conditioning is not passed)."""
+    pipeline's own encode_prompt with the negative prompt (None: empty, the pipeline's default),
+    guided when the pipeline would guide (scale > 1). SD-1.x pipelines only (SDXL's added
+    conditioning is not passed)."""
     from diffusers import StableDiffusionPipeline
 
     if not isinstance(pipeline, StableDiffusionPipeline):
         raise ValueError(f"parallel DDIM runs in SD-1.x pipelines (StableDiffusionPipeline); got "
                          f"{type(pipeline).__name__}")
     guided = guidance_scale > 1 and pipeline.unet.config.get("time_cond_proj_dim") is None
-    cond, uncond = pipeline.encode_prompt(list(prompts), pipeline.unet.device, 1, guided)
+    negative = None if negative_prompt is None else [negative_prompt] * len(prompts)
+    cond, uncond = pipeline.encode_prompt(list(prompts), pipeline.unet.device, 1, guided, negative_prompt=negative)
     return PromptDenoiser(pipeline.unet, cond, uncond if guided else None, guidance_scale, scheduler)
 
 
@@ -142,7 +145,9 @@ def solve_in_pipeline(pipeline, call, make_solver, sources: Sequence[str] | None
     n = len(prompts)
     ddim = ddim_scheduler(pipeline.scheduler)
     trajectory = trajectory_of(ddim, call.steps)
-    denoiser = prompt_denoiser(pipeline, prompts + list(sources or []), call.guidance_scale, ddim)
+    negatives = getattr(call, "negative_prompts", None)
+    denoiser = prompt_denoiser(pipeline, prompts + list(sources or []), call.guidance_scale, ddim,
+                               negatives[0] if negatives else None)
     noise = torch.zeros(trajectory.steps, *x_T.shape[1:], dtype=torch.float64)  # eta = 0: unused
     initial, given_s = [None] * n, 0.0
     if sources:

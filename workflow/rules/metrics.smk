@@ -96,6 +96,29 @@ rule coco_prompts:
         "../scripts/coco_prompts.py"
 
 
+# T-Stitch with ControlNet at paper scale: each caption's control image, made once from its own
+# COCO image by the ControlNet's preprocessor (Canny, DPT depth, OpenPose) for every setting.
+rule control_images:
+    input:
+        prompts=lambda w: PLAN.prompts,
+        archive=lambda w: f"{DOWNLOADS}/{PLAN.reference_images['archive']['file']}",
+    output:
+        f"{RESULTS}/control/{{model}}.zip",
+    wildcard_constraints:
+        model=names_pattern(PLAN.control_image_models),
+    params:
+        spec=PLAN.control_images_spec,
+    threads: config["threads"]
+    resources:
+        **PLAN.job_resources("control_images"),
+    conda:
+        "../../environment.yml"
+    log:
+        f"{LOGS}/control_images/{{model}}.log",
+    script:
+        "../scripts/control_images.py"
+
+
 rule t2i_reference:
     input:
         unpack(PLAN.t2i_reference_inputs),

@@ -17,4 +17,5 @@ with job(snakemake) as log:
                  shard=int(snakemake.wildcards.shard), num_shards=snakemake.params.num_shards,
                  batch_size=batch_size, device=compute_settings(snakemake.config)["device"],
                  vae_info=snakemake.input.get("vae_info"), prompts_path=snakemake.input.get("prompts"),
+                 control_path=snakemake.input.get("control_images"),
                  output=snakemake.output[0], log=log)
