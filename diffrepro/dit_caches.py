@@ -26,6 +26,11 @@ from .diffusion.guidance import GuidedDenoiser
 
 _converted: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
+# What the GPU check times of each DiT cache baseline (diffrepro.gpu_check): its off first (the
+# configured baseline, no hook), then the knob values of the embedded dit_baselines table.
+GPU_CHECK_SETTINGS = {"pab_dit": [{"skip": 1}, {"skip": 2}, {"skip": 3}],
+                      "taylorseer_dit": [{"cache_interval": 1}, {"cache_interval": 2}, {"cache_interval": 3}]}
+
 
 def diffusers_denoiser(denoiser: GuidedDenoiser) -> GuidedDenoiser:
     """The same guidance around the DiT converted to DiTTransformer2DModel (converted once per

@@ -9,8 +9,10 @@ the timing-side claims can be checked on any GPU without downloads:
   their configs on the device), 512 px, batch 1 with guidance (2 rows), 77 tokens;
 - parataa: ParaTAA on DiT-XL/2 (one image, DDIM-25, window 25): its time against parallel
   iterations x the time of one window batch, and against sequential DDIM with the same steps;
-- cache: every registered method whose name starts with `cache` against sequential DDIM on
-  DiT-XL/2 (skipped, with the reason, where none is registered).
+- cache: the DiT cache baselines (diffusers' PAB and TaylorSeer hooks through
+  DiTTransformer2DModel) at off and the embedded table's knobs, and any method named cache*,
+  against their own off and sequential DDIM on DiT-XL/2 (skipped, with the reason, where none
+  is registered).
 
 Every part is timed round-robin (warm-up first, device synchronised) within its share of the
 budget, and records FLOPs of the calls it made (engines.flops) where it runs a method.
@@ -29,6 +31,7 @@ from typing import Callable
 import torch
 
 from .diffusion.guidance import GuidedDenoiser
+from .dit_caches import GPU_CHECK_SETTINGS
 from .diffusion.samplers import make_sampler
 from .diffusion.sampling import initial_noise_and_labels
 from .engines.clock import sync, timed
@@ -275,27 +278,67 @@ def cache_methods() -> list[str]:
     return sorted(name for name in load_plugins() if name.startswith("cache"))
 
 
+def cache_arms() -> list[tuple[str, dict]]:
+    """What the cache part times: (method, setting values). The DiT cache baselines (pab_dit,
+    taylorseer_dit: diffusers' hooks through DiTTransformer2DModel) at their "off" and the
+    embedded table's knob values, and any method named cache* at its default setting."""
+    registry = load_plugins()
+    arms = [(name, values) for name, grid in GPU_CHECK_SETTINGS.items() if name in registry for values in grid]
+    return arms + [(name, {}) for name in cache_methods()]
+
+
 def part_cache(sizes: Sizes, device, dtype: str, budget: Budget) -> dict:
-    names = cache_methods()
-    if not names:
-        return {"skipped": "no cache method is registered (no method whose name starts with 'cache')"}
-    rows = []
-    for name in names:
-        spec = get_method(name)
+    arms = cache_arms()
+    if not arms:
+        return {"skipped": "no cache method is registered (no DiT cache baseline, no method named cache*)"}
+    model = GuidedDenoiser(random_dit(sizes.dit_large, device, 1), sizes.cfg_scale, 3, autocast=AUTOCAST[dtype])
+    sampler = make_sampler("ddim", sizes.cache_steps)
+    noise, labels, generators = _dit_inputs(sizes, sizes.dit_large, sizes.images, device)
+    sequential = get_method("sequential")
+    units, outputs, rows, labels_of = {}, {}, [], {}
+
+    def unit(name, spec, setting, roles):
+        def run():
+            outputs[name] = spec.run(roles, sampler, noise, labels, generators, setting)
+        return run
+
+    units["sequential"] = unit("sequential", sequential, sequential.make_setting({"steps": sizes.cache_steps}),
+                               {"model": model})
+    for method, values in arms:
+        spec = get_method(method)
         try:
-            spec.make_setting({})
+            setting = spec.make_setting(values)
         except Exception as error:  # noqa: BLE001 - the setting needs values the check cannot guess
-            rows.append({"method": name, "skipped": f"its setting has no defaults: {error}"})
+            rows.append({"method": method, "skipped": f"its setting has no defaults: {error}"})
             continue
-        got = _sequential_and(name, {}, sizes, device, dtype, budget, "cache", batch=sizes.images)
-        times = got["times"]
-        rows.append({"method": name, "steps": got["steps"], "median_s": _median(times[name]),
-                     "sequential_s": _median(times["sequential"]),
-                     "speedup": _median([s / c for s, c in zip(times["sequential"], times[name])]),
-                     "flops_speedup": got["flops"]["sequential"] / got["flops"][name],
-                     "samples_finite": all(bool(torch.isfinite(o.samples).all()) for o in got["outputs"].values()),
-                     "model_steps": got["outputs"][name].steps_by_role({r: None for r in spec.roles})})
-    return {"model": sizes.labels["large"], "images": sizes.images, "rows": rows}
+        label = f"{method} {setting.id()}" if hasattr(setting, "id") else method
+        labels_of[label] = (method, values, spec)
+        units[label] = unit(label, spec, setting, {role: model for role in spec.roles})
+    with torch.no_grad():
+        times = round_robin(units, device, budget, budget.deadline("cache"), sizes.max_rounds)
+        flops = {name: count_call(units[name], {"model": model.model}).total / sizes.images for name in units}
+
+    offs = {}  # a DiT cache baseline's first arm is its off (GPU_CHECK_SETTINGS)
+    for label, (method, values, spec) in labels_of.items():
+        if method in GPU_CHECK_SETTINGS and values == GPU_CHECK_SETTINGS[method][0]:
+            offs[method] = label
+    for label, (method, values, spec) in labels_of.items():
+        off = offs.get(method)
+        row = {"method": method, "setting": values, "label": label, "steps": sizes.cache_steps,
+               "median_s": _median(times[label]), "sequential_s": _median(times["sequential"]),
+               "speedup": _median([s / c for s, c in zip(times["sequential"], times[label])]),
+               "flops_speedup": flops["sequential"] / flops[label],
+               "samples_finite": bool(torch.isfinite(outputs[label].samples).all()),
+               "model_steps": outputs[label].steps_by_role({r: None for r in spec.roles})}
+        if off is not None:
+            row.update(off_s=_median(times[off]),
+                       speedup_vs_off=_median([o / c for o, c in zip(times[off], times[label])]),
+                       flops_speedup_vs_off=flops[off] / flops[label])
+        rows.append(row)
+    return {"model": sizes.labels["large"], "images": sizes.images, "rounds": len(times["sequential"]), "rows": rows,
+            "note": "the DiT cache baselines run our DiT converted to diffusers' DiTTransformer2DModel; "
+                    "their speed-up is against their own off (the converted DiT, no hook), as in the "
+                    "embedded table, and against sequential DDIM on our DiT"}
 
 
 def machine(device: torch.device, dtype: str) -> dict:

@@ -90,9 +90,19 @@ def test_the_tiny_check_writes_every_part(checked):
     assert para["iterations_x_window_s"] == pytest.approx(para["iterations"] * para["window_batch_s"])
     assert para["gflops_per_image"]["parataa"] > para["gflops_per_image"]["sequential"] > 0
     # the registered cache method: the network on every other step, FLOPs in proportion
-    (row,) = parts["cache"]["rows"]
+    rows = {r["label"]: r for r in parts["cache"]["rows"]}
+    row = rows["cache_every_other"]
     assert row["method"] == "cache_every_other" and row["model_steps"]["model"] == (row["steps"] + 1) // 2
     assert row["flops_speedup"] == pytest.approx(row["steps"] / row["model_steps"]["model"])
+    # the DiT cache baselines at off and the embedded table's knobs, each against its own off
+    assert [r["label"] for r in parts["cache"]["rows"] if r["method"] != "cache_every_other"] == \
+        ["pab_dit s1", "pab_dit s2", "pab_dit s3", "taylorseer_dit i1-o1-w3", "taylorseer_dit i2-o1-w3",
+         "taylorseer_dit i3-o1-w3"]
+    for off in ("pab_dit s1", "taylorseer_dit i1-o1-w3"):
+        assert rows[off]["flops_speedup_vs_off"] == 1 and rows[off]["speedup_vs_off"] == 1
+    # (5 tiny steps, 3 of them warm-up: intervals 2 and 3 skip the same step here)
+    assert 1 < rows["taylorseer_dit i2-o1-w3"]["flops_speedup_vs_off"] <= rows["taylorseer_dit i3-o1-w3"]["flops_speedup_vs_off"]
+    assert rows["pab_dit s3"]["flops_speedup_vs_off"] > 1 and "speedup_vs_off" not in row
     md = (out / "gpu_check.md").read_text()
     for title in ("T-Stitch against its ideal time", "BK-SDM U-Net step latency", "ParaTAA", "Cache baselines"):
         assert title in md
@@ -103,7 +113,7 @@ def test_no_cache_method_and_no_budget_are_said_so(monkeypatch):
     assert all(part["status"] == "skipped" and part["reason"].startswith("budget")
                for part in result["parts"].values())
     assert "cache_every_other" not in gpu_check.cache_methods()  # the fixture's registration was undone
-    monkeypatch.setattr(gpu_check, "cache_methods", lambda: [])
+    monkeypatch.setattr(gpu_check, "cache_arms", lambda: [])
     result = gpu_check.run_check(device="cpu", dtype="fp32", budget_s=60, tiny=True, parts=("cache",),
                                  log=lambda *a: None)
     assert result["parts"]["cache"]["status"] == "skipped"

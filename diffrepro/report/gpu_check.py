@@ -72,14 +72,21 @@ def _parataa(part: Mapping[str, Any]) -> list[str]:
 
 
 def _cache(part: Mapping[str, Any]) -> list[str]:
-    rows = [[r["method"], *(["", "", "", "", "", f"skipped: {r['skipped']}"] if "skipped" in r else
-                             [str(r["steps"]), fmt(r["median_s"], ".3f"), fmt(r["sequential_s"], ".3f"),
-                              fmt(r["speedup"], ".2f") + "×", _yes(r["samples_finite"]),
-                              fmt(r["flops_speedup"], ".2f") + "×"])]
-            for r in part["rows"]]
-    return [f"Cache baselines on {part['model']}, {part['images']} images, against sequential DDIM with the same "
-            f"steps.", ""] + _table(["method", "steps", "time (s)", "sequential (s)", "speed-up",
-                                      "samples finite", "FLOPs speed-up / note"], rows) + [""]
+    def row(r):
+        if "skipped" in r:
+            return [r["method"], *[""] * 7, f"skipped: {r['skipped']}"]
+        vs_off = (fmt(r["speedup_vs_off"], ".2f") + "×", fmt(r["flops_speedup_vs_off"], ".2f") + "×") \
+            if "speedup_vs_off" in r else ("", "")
+        return [r.get("label", r["method"]), str(r["steps"]), fmt(r["median_s"], ".3f"), vs_off[0], vs_off[1],
+                fmt(r["sequential_s"], ".3f"), fmt(r["speedup"], ".2f") + "×", fmt(r["flops_speedup"], ".2f") + "×",
+                _yes(r["samples_finite"])]
+
+    note = f" {part['note'][0].upper()}{part['note'][1:]}." if part.get("note") else ""
+    return [f"Cache baselines on {part['model']}, {part['images']} images, DDIM with the same steps, "
+            f"{part.get('rounds', '?')} timed rounds.{note}", ""] + \
+        _table(["run", "steps", "time (s)", "speed-up vs its off", "FLOPs speed-up vs its off", "sequential (s)",
+                "speed-up vs sequential", "FLOPs speed-up vs sequential", "samples finite / note"],
+               [row(r) for r in part["rows"]]) + [""]
 
 
 RENDER = {"tstitch": ("T-Stitch against its ideal time", _tstitch), "bksdm": ("BK-SDM U-Net step latency", _bksdm),
