@@ -100,6 +100,10 @@ class Plan:
         self.reproducibility = config["reproducibility"]
 
     # -- jobs ------------------------------------------------------------------------------
+    def scoring_param(self) -> str:
+        """The scoring section as jobs' params, less its threads (scores do not depend on them)."""
+        return as_param({k: v for k, v in self.config["scoring"].items() if k != "threads"})
+
     def job_resources(self, rule: str) -> dict:
         """The config's `resources.default` (its defaults are the schema's), then the rule's entry.
         profiles/slurm submits them as sbatch options; a local run only counts `gpu`

@@ -13,7 +13,7 @@ rule table:
     params:
         entry=lambda w: as_param(PLAN.tables[w.table]),
         setting_note=lambda w: setting_note(config, w.table),
-        scoring=as_param(config["scoring"]),
+        scoring=PLAN.scoring_param(),
         context=PLAN.table_context,
     localrule: True
     conda:

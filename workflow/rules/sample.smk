@@ -11,7 +11,7 @@ rule sample:
         seed=config["seed"],
         num_samples=lambda w: PLAN.num_samples(w.method),
         num_shards=lambda w: PLAN.num_shards(w.method),
-    threads: config["threads"]
+    threads: config["sampling"].get("threads", config["threads"])
     resources:
         **PLAN.job_resources("sample"),
     conda:

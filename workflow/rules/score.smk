@@ -6,10 +6,10 @@ rule score:
         scores=f"{RESULTS}/scores/{{method}}/{{setting}}.json",
         features=f"{RESULTS}/scores/{{method}}/{{setting}}.features.npz",
     params:
-        scoring=as_param(config["scoring"]),
+        scoring=PLAN.scoring_param(),
         reference_run=lambda w: as_param(PLAN.references[w.method][w.setting]),
         clip=PLAN.score_clip,
-    threads: config["threads"]
+    threads: config["scoring"].get("threads", config["threads"])
     resources:
         **PLAN.job_resources("score"),
     conda:

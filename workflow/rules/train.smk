@@ -35,7 +35,7 @@ rule score_training:
         snapshots=as_param(PLAN.training.get("snapshots")),
         evaluation=as_param(PLAN.training.get("evaluation")),
         validation=as_param(PLAN.training.get("validation")),
-        scoring=as_param(config["scoring"]),
+        scoring=PLAN.scoring_param(),
     threads: PLAN.training_threads()
     resources:
         **PLAN.job_resources("score_training"),

@@ -38,7 +38,7 @@ rule score_unet_training:
         t2i=lambda w: as_param(PLAN.unet_training_t2i()),
         evaluation=lambda w: as_param(PLAN.unet_training["evaluation"]),
         validation=lambda w: as_param(PLAN.unet_training["validation"]),
-        scoring=as_param(config["scoring"]),
+        scoring=PLAN.scoring_param(),
     threads: PLAN.unet_training_threads()
     resources:
         **PLAN.job_resources("score_unet_training"),
