@@ -30,7 +30,14 @@ def compute_seconds() -> float:
 
 
 def process_age_s() -> float | None:
-    """Seconds since this process was created (None where psutil cannot tell)."""
+    """Seconds since this job's process was created (None where psutil cannot tell); in the
+    fork server (diffrepro.forkserver), since the job process that waits for this one was."""
+    import os
+
+    from .forkserver import CREATED_ENV
+
+    if os.environ.get(CREATED_ENV):
+        return max(0.0, time.time() - float(os.environ[CREATED_ENV]))
     try:
         import psutil
 

@@ -1,5 +1,9 @@
 """Rule `convert_checkpoint`: see workflow/rules/models.smk."""
 
+from diffrepro.forkserver import delegate
+
+delegate(snakemake, __file__)  # a local run: in the fork server, torch already imported (diffrepro.forkserver)
+
 import json
 
 from diffrepro.snakejob import job

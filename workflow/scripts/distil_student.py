@@ -1,5 +1,9 @@
 """Rule `distil_student`: see workflow/rules. The work is done in the diffrepro library."""
 
+from diffrepro.forkserver import delegate
+
+delegate(snakemake, __file__)  # a local run: in the fork server, torch already imported (diffrepro.forkserver)
+
 import json
 
 from diffrepro.io import write_json

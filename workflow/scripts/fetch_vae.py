@@ -1,5 +1,9 @@
 """Rule `fetch_vae`: see workflow/rules/models.smk."""
 
+from diffrepro.forkserver import delegate
+
+delegate(snakemake, __file__)  # a local run: in the fork server, torch already imported (diffrepro.forkserver)
+
 import json
 
 from diffrepro.decoder import fetch_vae_job

@@ -1,5 +1,9 @@
 """Rule `reference_stats`: see workflow/rules. The work is done in the diffrepro library."""
 
+from diffrepro.forkserver import delegate
+
+delegate(snakemake, __file__)  # a local run: in the fork server, torch already imported (diffrepro.forkserver)
+
 from diffrepro.jobs import reference_stats_job
 from diffrepro.snakejob import job
 

@@ -1,5 +1,9 @@
 """Rule `score_training`: see workflow/rules/train.smk. The work is done in the diffrepro library."""
 
+from diffrepro.forkserver import delegate
+
+delegate(snakemake, __file__)  # a local run: in the fork server, torch already imported (diffrepro.forkserver)
+
 import json
 
 from diffrepro.provenance import job_config

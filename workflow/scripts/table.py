@@ -1,5 +1,9 @@
 """Rule `table`: see workflow/rules/report.smk. The table's kind does the work (diffrepro.report.kinds)."""
 
+from diffrepro.forkserver import delegate
+
+delegate(snakemake, __file__)  # a local run: in the fork server, torch already imported (diffrepro.forkserver)
+
 import json
 
 from diffrepro.report.tables import TableJob, as_dict, build_table
