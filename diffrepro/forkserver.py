@@ -12,6 +12,7 @@ script's exit status goes back to the waiting job process, which exits with it.
 
 - Where no server answers (a cluster job, a dry run, `local_forkserver: false`, a server not
   up yet) the script simply runs in its own process, as before: the server is never needed.
+- Timing jobs are not sent to it: a measurement runs in its own fresh process, as before.
 - The server runs no torch operation, so the child's thread pools start fresh and the job's
   own torch.set_num_threads applies. Every job seeds what it draws; its outputs are the bits a
   fresh process gives (tests/test_forkserver.py, and the tstitch table was compared whole).
@@ -37,7 +38,9 @@ from pathlib import Path
 SOCKET_ENV = "DIFFREPRO_FORKSERVER"
 FORKED_ENV = "DIFFREPRO_FORKED"
 CREATED_ENV = "DIFFREPRO_JOB_CREATED"
-PRELOAD = ("torch",)
+# third-party modules every torch job imports (never diffrepro's own: a job imports those fresh)
+PRELOAD = ("torch", "numpy", "scipy.special", "scipy.linalg", "jsonschema", "snakemake.script", "diffusers",
+           "safetensors.torch")
 _HEADER = struct.Struct("!Q")
 _STATUS = struct.Struct("!i")
 
@@ -78,12 +81,9 @@ def delegate(snakemake, script: str) -> None:
 
 
 def _created() -> float | None:
-    try:
-        import psutil
+    from .job_phases import process_started_s
 
-        return psutil.Process().create_time()
-    except Exception:  # noqa: BLE001 - an unusual platform: the start is then not measured
-        return None
+    return process_started_s()
 
 
 def _recv_exactly(connection: socket.socket, size: int) -> bytes | None:

@@ -28,7 +28,8 @@ JOB = textwrap.dedent('''
 
 SCRIPT = textwrap.dedent('''
     import json, os, sys, time
-    record = {"pid": os.getpid(), "cwd": os.getcwd(), "env": os.environ.get("JOB_VALUE"),
+    from diffrepro.job_phases import process_age_s
+    record = {"pid": os.getpid(), "age": process_age_s(), "cwd": os.getcwd(), "env": os.environ.get("JOB_VALUE"),
               "torch_loaded_before": "torch" in sys.modules, "forked": os.environ.get("DIFFREPRO_FORKED")}
     with open(snakemake.output[0], "w") as f:
         json.dump(record, f)
@@ -76,11 +77,21 @@ def test_a_job_runs_in_a_forked_child_with_its_own_cwd_env_streams_and_status(tm
     assert done.returncode == 0, done.stderr
     assert record["forked"] == "1" and record["torch_loaded_before"]  # forked from the server
     assert record["cwd"] == str(tmp_path / "work") and record["env"] == "from the job"
+    # the job's age counts from the waiting job process's creation, not the fork
+    assert 0.01 < record["age"] < 5
     assert done.stdout == "to stdout\n" and "to stderr" in done.stderr
     done, _ = run_job(tmp_path, 3)
     assert done.returncode == 3
     done, _ = run_job(tmp_path, 98)
     assert done.returncode == 1 and "RuntimeError: the job failed" in done.stderr
+
+
+def test_a_process_age_is_measured_to_the_clock_tick():
+    """A fresh interpreter is well under a second old when it asks (psutil's create_time,
+    built on a boot time in whole seconds, was off by up to a second)."""
+    done = subprocess.run([sys.executable, "-c", "from diffrepro.job_phases import process_age_s; "
+                           "print(process_age_s())"], capture_output=True, text=True, check=True)
+    assert 0 < float(done.stdout) < 0.5
 
 
 def test_without_a_server_the_job_runs_in_its_own_process(tmp_path):

@@ -1,9 +1,5 @@
 """Rule `time_table`: see workflow/rules. The work is done in the diffrepro library."""
 
-from diffrepro.forkserver import delegate
-
-delegate(snakemake, __file__)  # a local run: in the fork server, torch already imported (diffrepro.forkserver)
-
 import json
 
 from diffrepro.config import compute_settings

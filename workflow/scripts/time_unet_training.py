@@ -1,9 +1,5 @@
 """Rule `time_unet_training`: see workflow/rules/unet_train.smk. The work is done in the diffrepro library."""
 
-from diffrepro.forkserver import delegate
-
-delegate(snakemake, __file__)  # a local run: in the fork server, torch already imported (diffrepro.forkserver)
-
 import json
 
 from diffrepro.plan import TIMING_LOCK
