@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import time
 from pathlib import Path
@@ -13,6 +14,7 @@ def job(snakemake, torch_threads: int | None = None, uses_torch: bool = True, ex
     """Redirect output to the rule's log and configure torch; yields a `log` function.
     `uses_torch=False` skips torch entirely (importing it takes seconds). `exclusive`: a lock
     file (diffrepro.runlock) held for the whole job; held elsewhere, the job stops at once."""
+    from .forkserver import FORKED_ENV
     from .job_phases import phases_line, process_age_s
 
     log_path = Path(snakemake.log[0])
@@ -28,6 +30,8 @@ def job(snakemake, torch_threads: int | None = None, uses_torch: bool = True, ex
             configure_runtime(torch_threads or snakemake.threads,
                               snakemake.config["allow_downloads"])
         started, ready = process_age_s(), time.perf_counter()
+        if os.environ.get(FORKED_ENV):
+            print("started from the fork server (diffrepro.forkserver): torch was imported there", flush=True)
 
         def log(message: str) -> None:
             print(message, flush=True)

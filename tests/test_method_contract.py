@@ -220,6 +220,26 @@ def off_dit_cache(name: str, on: dict):
     return check
 
 
+def off_tstitch_taylorseer_dit(ctx: Context):
+    """Cache off: T-Stitch with the large DiT converted to DiTTransformer2DModel (no hook); at
+    r = 0 that is taylorseer_dit's off, its reference, exactly."""
+    from diffrepro.dit_caches import diffusers_denoiser
+
+    assert reference_of("tstitch_taylorseer_dit", {"ratio": 0.5, "cache_interval": 3}) == \
+        {"method": "tstitch_taylorseer_dit", "params": {"ratio": 0.0, "cache_interval": 1}}
+    noise, labels, generators = initial_noise_and_labels(SEED, INDICES, DIT_SHAPE, NUM_CLASSES)
+    models = {"small": ctx.dits["small"], "large": diffusers_denoiser(ctx.dits["large"])}
+    spec = get_method("tstitch")
+    stitched = spec.run(models, make_sampler(DEFAULT_SAMPLER, STEPS), noise, labels, generators,
+                        spec.make_setting({"ratio": 0.5}))
+    composed = ctx.run("tstitch_taylorseer_dit", {"ratio": 0.5, "cache_interval": 1})
+    assert torch.equal(composed.samples, stitched.samples) and dict(composed.model_steps) == dict(stitched.model_steps)
+    assert torch.equal(ctx.run("tstitch_taylorseer_dit", {"ratio": 0.0}).samples,
+                       ctx.run("taylorseer_dit", {"cache_interval": 1}).samples)
+    on = ctx.run("tstitch_taylorseer_dit", {"ratio": 0.3, "cache_interval": 2, "warmup_steps": 1})
+    assert_differ(on.samples, ctx.run("tstitch_taylorseer_dit", {"ratio": 0.3}).samples)
+
+
 def sequential_ddim_pipeline(ctx: Context, steps: int) -> torch.Tensor:
     """The pipeline's own loop with DDIMScheduler from its config (clip_sample off), written out
     here: what sequential_sd must be."""
@@ -463,6 +483,11 @@ CONTRACTS: dict[str, Contract] = {
         invalid=[{"cache_interval": 0}, {"max_order": -1}, {"cache_interval": 2, "warmup_steps": 0}],
         off=off_dit_cache("taylorseer_dit", {"cache_interval": 3}), baseline={"cache_interval": 1},
         batch={"cache_interval": 3, "warmup_steps": 2}),
+    "tstitch_taylorseer_dit": Contract(
+        ids={"r0.4-i1-o1-w3": {"ratio": 0.4}, "r0.4-i2-o1-w3": {"ratio": 0.4, "cache_interval": 2}},
+        invalid=[{"ratio": 1.5}, {"ratio": 0.4, "cache_interval": 0}, {"ratio": 0.4, "max_order": -1}],
+        off=off_tstitch_taylorseer_dit, baseline={"ratio": 0.0, "cache_interval": 1},
+        batch={"ratio": 0.3, "cache_interval": 2, "warmup_steps": 1}),
     "tstitch_deepcache_sd": Contract(
         ids={"r0-i1-b0": {"ratio": 0.0}, "r0.4-i2-b0": {"ratio": 0.4, "cache_interval": 2}},
         invalid=[{"ratio": 1.5}, {"ratio": 0.4, "cache_interval": 0}, {"ratio": 0.4, "cache_branch_id": 12}],
