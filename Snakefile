@@ -62,8 +62,6 @@ include: "workflow/rules/unet_train.smk"
 
 # On a cluster, every partition the jobs ask for must exist before anything is submitted. A
 # local run starts the fork server: jobs then start without importing torch again (diffrepro.forkserver).
-FORKSERVER = []
-
 onstart:
     if workflow.executor_plugin is not None and workflow.executor_plugin.name == "slurm":
         from diffrepro.cluster import check_slurm_partitions
@@ -72,22 +70,19 @@ onstart:
     if workflow.local_exec and config["local_forkserver"]:
         from diffrepro import forkserver
 
-        FORKSERVER.append(forkserver.start(workflow.workdir_init, log=f"{LOGS}/forkserver.log"))
-
-
-def stop_forkserver():
-    from diffrepro import forkserver
-
-    while FORKSERVER:
-        forkserver.stop(FORKSERVER.pop())
+        forkserver.start(workflow.workdir_init, log=f"{LOGS}/forkserver.log")
 
 
 onsuccess:
-    stop_forkserver()
+    from diffrepro import forkserver
+
+    forkserver.stop_all()
 
 
 onerror:
-    stop_forkserver()
+    from diffrepro import forkserver
+
+    forkserver.stop_all()
 
 
 # reproduce_all, then one target per table (reproduce_<table>_table) and the table kinds' group

@@ -207,6 +207,9 @@ def _exit_when_closed(connection: socket.socket) -> None:
 
 
 # -- the Snakefile's side ------------------------------------------------------------------
+_STARTED: list = []  # the servers this process started (stop_all ends them)
+
+
 def start(workdir: str | os.PathLike, log: str | os.PathLike | None = None):
     """Start the server for this Snakemake process; jobs find it through SOCKET_ENV."""
     import subprocess
@@ -218,7 +221,13 @@ def start(workdir: str | os.PathLike, log: str | os.PathLike | None = None):
     process = subprocess.Popen([sys.executable, "-m", "diffrepro.forkserver", str(path), str(os.getpid())],
                                stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True)
     os.environ[SOCKET_ENV] = str(path)
+    _STARTED.append(process)
     return process
+
+
+def stop_all() -> None:
+    while _STARTED:
+        stop(_STARTED.pop())
 
 
 def stop(process) -> None:
