@@ -21,8 +21,7 @@ from .diffusion.ldm_ddim import ldm_linear_betas
 from .finite import LossGuard
 from .models.ldm_unet import build_ldm_unet
 from .models.ldm_unet_config import LDMUNetConfig
-from .training import (TrainConfig, load_resume, resume_path, run_fingerprint, save_resume, update_ema,
-                       warmup_ema_decay, warmup_lr)
+from .training import TrainConfig, load_resume, optimizer_step, resume_path, run_fingerprint, save_resume
 
 
 def train_ldm_unet(model_config: LDMUNetConfig, train: TrainConfig, schedule: dict, images: torch.Tensor,
@@ -51,12 +50,7 @@ def train_ldm_unet(model_config: LDMUNetConfig, train: TrainConfig, schedule: di
         x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
         loss = F.mse_loss(model(x_t, t, y), noise)
         guard.check(loss, it + 1)
-
-        warmup_lr(optimizer, train.lr, train.warmup, it)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        update_ema(ema, model, warmup_ema_decay(train.ema_decay, it))
+        optimizer_step(optimizer, model, ema, loss, train, it)
 
         done = it + 1
         if done % train.log_every == 0 or done == train.iterations:

@@ -88,6 +88,18 @@ def update_ema(ema, model, decay: float) -> None:
         p_ema.lerp_(p, 1.0 - decay)
 
 
+def optimizer_step(optimizer, model, ema, loss, train: TrainConfig, it: int, max_grad_norm: float | None = None) -> None:
+    """One update of every warm-up trainer (DiT, LDM, class-prompt U-Net, ControlNet): the
+    warm-up learning rate, the gradient (clipped where asked), the step, the warmed-up EMA."""
+    warmup_lr(optimizer, train.lr, train.warmup, it)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if max_grad_norm is not None:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
+    optimizer.step()
+    update_ema(ema, model, warmup_ema_decay(train.ema_decay, it))
+
+
 def resume_path(output: str | Path) -> Path:
     return Path(f"{output}.resume.pt")
 
@@ -141,12 +153,7 @@ def train_dit(model_config: DiTConfig, train: TrainConfig, images: torch.Tensor,
         x_t = loss_fn.q_sample(x0, t, noise)
         loss, parts = loss_fn(model(x_t, t, y), x0, x_t, t, noise, mse_weights[t])
         guard.check(loss, it + 1)
-
-        warmup_lr(optimizer, train.lr, train.warmup, it)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        update_ema(ema, model, warmup_ema_decay(train.ema_decay, it))
+        optimizer_step(optimizer, model, ema, loss, train, it)
 
         done = it + 1
         if done % train.log_every == 0 or done == train.iterations:

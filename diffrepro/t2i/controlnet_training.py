@@ -17,7 +17,7 @@ import torch
 
 from ..checkpoints import recorded_sha256, save_checkpoint
 from ..finite import LossGuard
-from ..training import TrainConfig, load_resume, resume_path, save_resume, update_ema, warmup_ema_decay, warmup_lr
+from ..training import TrainConfig, load_resume, optimizer_step, resume_path, save_resume
 from .components import digit_prompt, encode_prompts, is_sdxl_shaped
 from .controlnet import controlnet_config, edge_map
 
@@ -73,11 +73,7 @@ def train_controlnet(config: dict, unet, train: TrainConfig, t2i: dict, images: 
                           mid_block_additional_residual=mid).sample
         loss = torch.nn.functional.mse_loss(prediction, noise)
         guard.check(loss, it + 1)
-        warmup_lr(optimizer, train.lr, train.warmup, it)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        update_ema(ema, model, warmup_ema_decay(train.ema_decay, it))
+        optimizer_step(optimizer, model, ema, loss, train, it)
         done = it + 1
         if done % train.log_every == 0 or done == train.iterations:
             history.append({"iteration": done, "loss": loss.item()})

@@ -24,7 +24,7 @@ import torch
 
 from ..checkpoints import save_checkpoint
 from ..finite import LossGuard, refuse_nonfinite_weights
-from ..training import TrainConfig, load_resume, resume_path, save_resume, update_ema, warmup_ema_decay, warmup_lr
+from ..training import TrainConfig, load_resume, optimizer_step, resume_path, save_resume
 from .components import build_unet, digit_prompt, embedded_time_ids, encode_prompts, encode_prompts_sdxl, is_sdxl_shaped
 from ..engines.pipeline import NUM_PROMPT_CLASSES, embedded_text_encoder, make_scheduler, state_dict_sha256
 
@@ -216,13 +216,7 @@ class _Run:
             terms = self.kd(x_t, t, self.contexts[y], noise, **extra)
             loss, parts = terms["total"], {k: v.item() for k, v in terms.items() if k != "total"}
         self.guard.check(loss, it + 1)
-        warmup_lr(self.optimizer, train.lr, train.warmup, it)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if self.max_grad_norm is not None:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.max_grad_norm)
-        self.optimizer.step()
-        update_ema(self.ema, self.model, warmup_ema_decay(train.ema_decay, it))
+        optimizer_step(self.optimizer, self.model, self.ema, loss, train, it, self.max_grad_norm)
         return loss.item(), parts
 
 
