@@ -226,17 +226,15 @@ def part_bksdm(sizes: Sizes, device, dtype: str, budget: Budget) -> dict:
             "rounds": len(times["sd-v1.4"]), "rows": rows}
 
 
-def _sequential_and(method: str, setting_values: dict, sizes: Sizes, device, dtype: str, budget: Budget,
+def _sequential_and(arms: dict[str, tuple], steps: int, sizes: Sizes, device, dtype: str, budget: Budget,
                     part: str, batch: int) -> dict:
-    """`method` timed against sequential DDIM with its steps on DiT-XL/2, round-robin: times,
-    the last outputs, FLOPs per image of one run of each, the model, steps, inputs."""
+    """Each arm (label -> (method spec, setting)) timed against sequential DDIM with `steps` on
+    DiT-XL/2, round-robin: times, the last outputs, FLOPs per image of one run of each, the
+    model and inputs."""
     model = GuidedDenoiser(random_dit(sizes.dit_large, device, 1), sizes.cfg_scale, 3, autocast=AUTOCAST[dtype])
-    spec, sequential = get_method(method), get_method("sequential")
-    setting = spec.make_setting(setting_values)
-    steps = getattr(setting, "steps", None) or setting_values.get("steps") or sizes.cache_steps
+    sequential = get_method("sequential")
     sampler = make_sampler("ddim", steps)
     noise, labels, generators = _dit_inputs(sizes, sizes.dit_large, batch, device)
-    roles = {role: model for role in spec.roles}
     outputs = {}
 
     def unit(name, run_spec, run_setting, run_roles):
@@ -244,19 +242,21 @@ def _sequential_and(method: str, setting_values: dict, sizes: Sizes, device, dty
             outputs[name] = run_spec.run(run_roles, sampler, noise, labels, generators, run_setting)
         return run
 
-    units = {method: unit(method, spec, setting, roles),
-             "sequential": unit("sequential", sequential, sequential.make_setting({"steps": steps}), {"model": model})}
+    units = {label: unit(label, spec, setting, {role: model for role in spec.roles})
+             for label, (spec, setting) in arms.items()}
+    units["sequential"] = unit("sequential", sequential, sequential.make_setting({"steps": steps}), {"model": model})
     with torch.no_grad():
         times = round_robin(units, device, budget, budget.deadline(part), sizes.max_rounds)
         flops = {name: count_call(units[name], {"model": model.model}).total / batch for name in units}
-    return {"times": times, "outputs": outputs, "flops": flops, "model": model, "steps": steps,
-            "noise": noise, "labels": labels}
+    return {"times": times, "outputs": outputs, "flops": flops, "model": model, "noise": noise, "labels": labels}
 
 
 def part_parataa(sizes: Sizes, device, dtype: str, budget: Budget) -> dict:
     n = sizes.parataa_steps
     values = {"steps": n, "window": n, "order": n, "memory": 2}
-    got = _sequential_and("parataa", values, sizes, device, dtype, budget, "parataa", batch=1)
+    spec = get_method("parataa")
+    got = _sequential_and({"parataa": (spec, spec.make_setting(values))}, n, sizes, device, dtype, budget,
+                          "parataa", batch=1)
     times, model = got["times"], got["model"]
     x, y = got["noise"].repeat(n, 1, 1, 1), got["labels"].repeat(n)
     with torch.no_grad():
@@ -291,19 +291,7 @@ def part_cache(sizes: Sizes, device, dtype: str, budget: Budget) -> dict:
     arms = cache_arms()
     if not arms:
         return {"skipped": "no cache method is registered (no DiT cache baseline, no method named cache*)"}
-    model = GuidedDenoiser(random_dit(sizes.dit_large, device, 1), sizes.cfg_scale, 3, autocast=AUTOCAST[dtype])
-    sampler = make_sampler("ddim", sizes.cache_steps)
-    noise, labels, generators = _dit_inputs(sizes, sizes.dit_large, sizes.images, device)
-    sequential = get_method("sequential")
-    units, outputs, rows, labels_of = {}, {}, [], {}
-
-    def unit(name, spec, setting, roles):
-        def run():
-            outputs[name] = spec.run(roles, sampler, noise, labels, generators, setting)
-        return run
-
-    units["sequential"] = unit("sequential", sequential, sequential.make_setting({"steps": sizes.cache_steps}),
-                               {"model": model})
+    rows, timed_arms, labels_of = [], {}, {}
     for method, values in arms:
         spec = get_method(method)
         try:
@@ -312,11 +300,9 @@ def part_cache(sizes: Sizes, device, dtype: str, budget: Budget) -> dict:
             rows.append({"method": method, "skipped": f"its setting has no defaults: {error}"})
             continue
         label = f"{method} {setting.id()}" if hasattr(setting, "id") else method
-        labels_of[label] = (method, values, spec)
-        units[label] = unit(label, spec, setting, {role: model for role in spec.roles})
-    with torch.no_grad():
-        times = round_robin(units, device, budget, budget.deadline("cache"), sizes.max_rounds)
-        flops = {name: count_call(units[name], {"model": model.model}).total / sizes.images for name in units}
+        labels_of[label], timed_arms[label] = (method, values, spec), (spec, setting)
+    got = _sequential_and(timed_arms, sizes.cache_steps, sizes, device, dtype, budget, "cache", batch=sizes.images)
+    times, flops, outputs = got["times"], got["flops"], got["outputs"]
 
     offs = {}  # a DiT cache baseline's first arm is its off (GPU_CHECK_SETTINGS)
     for label, (method, values, spec) in labels_of.items():
