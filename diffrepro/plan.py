@@ -326,13 +326,12 @@ class Plan:
         """Per method: its checkpoints (by role), model configs, sampling section and timing section."""
         methods = {}
         for method in self.timing_methods(w.table):
-            m = SimpleNamespace(method=method)
+            m, control = SimpleNamespace(method=method), self.control_images_of(method)
             methods[method] = {"checkpoints": self.method_checkpoints(m),
                                "model_configs": json.loads(self.model_configs(m)),
                                "sampling": json.loads(self.sampling_params(m)),
                                "timing": method_timing(self.config, method),
-                               **({"control_images": self.control_images_of(method)}
-                                  if self.control_images_of(method) else {})}
+                               **({"control_images": control} if control else {})}
         return as_param(methods)
 
     def timing_inputs(self, w) -> dict:

@@ -230,38 +230,32 @@ def verify_record(record: dict, where: str) -> None:
                     f"in {where}. Delete {where} and rerun snakemake to fetch and pin it again.")
 
 
-def _unet_from(entry: dict, torch_dtype):
-    from diffusers import UNet2DConditionModel
+def _model_from(class_name: str, entry: dict, torch_dtype):
+    """A diffusers model class's weights from a record part: its directory, subfolder and
+    variant, safetensors only, offline (the record pinned the files)."""
+    import diffusers
 
     kwargs = {"dtype": torch_dtype} if torch_dtype is not None else {}
     if entry.get("variant"):
         kwargs["variant"] = entry["variant"]
-    return UNet2DConditionModel.from_pretrained(entry["directory"], subfolder=entry["subfolder"],
-                                                use_safetensors=True, local_files_only=True, **kwargs)
+    return getattr(diffusers, class_name).from_pretrained(entry["directory"], subfolder=entry.get("subfolder"),
+                                                          use_safetensors=True, local_files_only=True, **kwargs)
+
+
+def _unet_from(entry: dict, torch_dtype):
+    return _model_from("UNet2DConditionModel", entry, torch_dtype)
 
 
 def _vae_from(entry: dict, torch_dtype):
     """The AutoencoderKL of a record's `vae` part (e.g. madebyollin/sdxl-vae-fp16-fix)."""
-    from diffusers import AutoencoderKL
-
-    kwargs = {"dtype": torch_dtype} if torch_dtype is not None else {}
-    if entry.get("variant"):
-        kwargs["variant"] = entry["variant"]
-    return AutoencoderKL.from_pretrained(entry["directory"], subfolder=entry.get("subfolder"), use_safetensors=True,
-                                         local_files_only=True, **kwargs)
+    return _model_from("AutoencoderKL", entry, torch_dtype)
 
 
 def controlnet_from_record(record: dict, torch_dtype=None):
     """The ControlNetModel of a fetch_hub_model record (a repository that is the model itself,
     e.g. diffusers/controlnet-canny-sdxl-1.0: hub.subfolder null)."""
-    from diffusers import ControlNetModel
-
     entry = record.get("unet") or {**record["base"], "subfolder": record.get("unet_subfolder")}
-    kwargs = {"dtype": torch_dtype} if torch_dtype is not None else {}
-    if entry.get("variant"):
-        kwargs["variant"] = entry["variant"]
-    return ControlNetModel.from_pretrained(entry["directory"], subfolder=entry.get("subfolder"), use_safetensors=True,
-                                           local_files_only=True, **kwargs).eval().requires_grad_(False)
+    return _model_from("ControlNetModel", entry, torch_dtype).eval().requires_grad_(False)
 
 
 def fuse_lora(unet, lora: dict, loader_class: str) -> None:

@@ -5,6 +5,7 @@ beside it, the mean edge IoU of each image's control map and the generated image
 from __future__ import annotations
 
 from . import register_table_kind
+from .pareto import figure  # the same Pareto plot as the pareto kind's
 
 EDGE_IOU = "edge IoU with the control map (mean)"
 
@@ -35,12 +36,6 @@ def build(job) -> None:
         "T-Stitch publishes images for ControlNet, no numbers: nothing to compare with.", "",
         frame.to_markdown(index=False, disable_numparse=True), ""]))
     write_text(job.outputs["claims"], pareto.claims_markdown(table, title=title, setting_note=job.setting_note))
-
-
-def figure(job) -> None:
-    from .. import pareto
-
-    pareto.pareto_plot(job.table(), job.png, job.svg, labels=job.labels(), title=job.title)
 
 
 register_table_kind(
