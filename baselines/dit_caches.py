@@ -1,10 +1,11 @@
-"""diffusers' cache hooks on the DiT (diffrepro.dit_caches): Pyramid Attention Broadcast and
-TaylorSeer on T-Stitch's axes. Each method's default knob value is "off", the configured
+"""diffusers' cache hooks on the DiT (diffrepro.dit_caches): Pyramid Attention Broadcast,
+TaylorSeer and MagCache on T-Stitch's axes. Each method's default knob value is "off", the configured
 baseline its speed-ups are measured against: the same diffusers DiT with no hook (our DiT up to
 float rounding; T-Stitch's r = 0 runs our DiT itself)."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from diffrepro.methods import MethodOutput, check_int, register_method
@@ -42,13 +43,30 @@ class TaylorSeerDiTSetting:
         return f"i{self.cache_interval}-o{self.max_order}-w{self.warmup_steps}"
 
 
-def _sample(models, sampler, noise, labels, generators, kind: str, knobs: dict) -> MethodOutput:
+@dataclass(frozen=True)
+class MagCacheDiTSetting:
+    threshold: float = 0.0        # accumulated ratio error allowed between full steps; 0: every step full (off)
+    max_skip_steps: int = 3       # K, steps skipped in a row at most (diffusers' default)
+    retention_ratio: float = 0.2  # the first fraction of the steps is never skipped (diffusers' default)
+
+    def __post_init__(self):
+        if isinstance(self.threshold, bool) or not (math.isfinite(self.threshold) and self.threshold >= 0):
+            raise ValueError(f"magcache_dit threshold must be a finite number >= 0, got {self.threshold!r}")
+        check_int("magcache_dit", "max_skip_steps", self.max_skip_steps, 1)
+        if isinstance(self.retention_ratio, bool) or not 0.0 <= self.retention_ratio <= 1.0:
+            raise ValueError(f"magcache_dit retention_ratio must be in [0, 1], got {self.retention_ratio!r}")
+
+    def id(self) -> str:
+        return f"e{self.threshold:g}-k{self.max_skip_steps}-r{self.retention_ratio:g}"
+
+
+def _sample(models, sampler, noise, labels, generators, kind: str, knobs: dict, given_s: float = 0.0) -> MethodOutput:
     from diffrepro.diffusion.sampling import sample_loop
     from diffrepro.dit_caches import cached
 
     with cached(models["model"], kind, knobs) as guided:
         samples, steps = sample_loop(sampler, lambda i, t: ("model", guided), noise, labels, generators)
-    return MethodOutput(samples, steps)
+    return MethodOutput(samples, steps, given_s=given_s)
 
 
 @register_method("pab_dit", setting=PABDiTSetting, roles=("model",))
@@ -66,3 +84,18 @@ def taylorseer_dit(models, sampler, noise, labels, generators, setting: TaylorSe
     return _sample(models, sampler, noise, labels, generators, "off" if off else "taylorseer",
                    {"cache_interval": setting.cache_interval, "max_order": setting.max_order,
                     "warmup_steps": setting.warmup_steps})
+
+
+@register_method("magcache_dit", setting=MagCacheDiTSetting, roles=("model",))
+def magcache_dit(models, sampler, noise, labels, generators, setting: MagCacheDiTSetting) -> MethodOutput:
+    """MagCache (diffusers' hook) on the DiT through DiTTransformer2DModel, with the DiT's own
+    calibrated magnitude ratios."""
+    from diffrepro.diffusion.guidance import GuidedDenoiser
+    from diffrepro.dit_caches import magcache_ratios
+
+    if setting.threshold == 0 or not isinstance(models["model"], GuidedDenoiser):  # off, or timing's stand-in
+        return _sample(models, sampler, noise, labels, generators, "off", {})
+    ratios, calibration_s = magcache_ratios(models["model"], sampler, tuple(noise.shape[1:]))
+    return _sample(models, sampler, noise, labels, generators, "magcache",
+                   {"threshold": setting.threshold, "max_skip_steps": setting.max_skip_steps,
+                    "retention_ratio": setting.retention_ratio, "mag_ratios": ratios}, given_s=calibration_s)

@@ -97,12 +97,14 @@ def test_the_tiny_check_writes_every_part(checked):
     # the DiT cache baselines at off and the embedded table's knobs, each against its own off
     assert [r["label"] for r in parts["cache"]["rows"] if r["method"] != "cache_every_other"] == \
         ["pab_dit s1", "pab_dit s2", "pab_dit s3", "taylorseer_dit i1-o1-w3", "taylorseer_dit i2-o1-w3",
-         "taylorseer_dit i3-o1-w3"]
-    for off in ("pab_dit s1", "taylorseer_dit i1-o1-w3"):
+         "taylorseer_dit i3-o1-w3", "magcache_dit e0-k3-r0.2", "magcache_dit e0.02-k3-r0.2", "magcache_dit e0.06-k3-r0.2"]
+    for off in ("pab_dit s1", "taylorseer_dit i1-o1-w3", "magcache_dit e0-k3-r0.2"):
         assert rows[off]["flops_speedup_vs_off"] == 1 and rows[off]["speedup_vs_off"] == 1
     # (5 tiny steps, 3 of them warm-up: intervals 2 and 3 skip the same step here)
     assert 1 < rows["taylorseer_dit i2-o1-w3"]["flops_speedup_vs_off"] <= rows["taylorseer_dit i3-o1-w3"]["flops_speedup_vs_off"]
     assert rows["pab_dit s3"]["flops_speedup_vs_off"] > 1 and "speedup_vs_off" not in row
+    # MagCache's FLOPs leave its calibration out (counted after the timed rounds): a skip can only lower them
+    assert 1 <= rows["magcache_dit e0.02-k3-r0.2"]["flops_speedup_vs_off"] <= rows["magcache_dit e0.06-k3-r0.2"]["flops_speedup_vs_off"]
     md = (out / "gpu_check.md").read_text()
     for title in ("T-Stitch against its ideal time", "BK-SDM U-Net step latency", "ParaTAA", "Cache baselines"):
         assert title in md

@@ -483,6 +483,12 @@ CONTRACTS: dict[str, Contract] = {
         invalid=[{"cache_interval": 0}, {"max_order": -1}, {"cache_interval": 2, "warmup_steps": 0}],
         off=off_dit_cache("taylorseer_dit", {"cache_interval": 3}), baseline={"cache_interval": 1},
         batch={"cache_interval": 3, "warmup_steps": 2}),
+    "magcache_dit": Contract(
+        ids={"e0-k3-r0.2": {}, "e0.06-k2-r0.25": {"threshold": 0.06, "max_skip_steps": 2, "retention_ratio": 0.25}},
+        invalid=[{"threshold": -0.1}, {"threshold": float("nan")}, {"threshold": True}, {"max_skip_steps": 0},
+                 {"retention_ratio": 1.5}],
+        off=off_dit_cache("magcache_dit", {"threshold": 0.5}), baseline={"threshold": 0.0},
+        batch={"threshold": 0.5}),
     "tstitch_taylorseer_dit": Contract(
         ids={"r0.4-i1-o1-w3": {"ratio": 0.4}, "r0.4-i2-o1-w3": {"ratio": 0.4, "cache_interval": 2}},
         invalid=[{"ratio": 1.5}, {"ratio": 0.4, "cache_interval": 0}, {"ratio": 0.4, "max_order": -1}],
