@@ -102,7 +102,7 @@ def magcache_ratios(denoiser: GuidedDenoiser, sampler, sample_shape: tuple[int, 
     tokens of the residual r_t = last block's output - first block's input, per step. Its hook
     prints the list and clears it at the last step; it is told one step more, so that the list
     stays in its state to be read."""
-    from diffusers.hooks import MagCacheConfig, apply_mag_cache
+    from diffusers.hooks import MagCacheConfig
     from diffusers.hooks.mag_cache import _MAG_CACHE_BLOCK_HOOK
 
     from .diffusion.sampling import sample_loop
@@ -124,7 +124,7 @@ def magcache_ratios(denoiser: GuidedDenoiser, sampler, sample_shape: tuple[int, 
     generators = [torch.Generator(device).manual_seed(seed - 1 - i) for i in range(images)]
     steps = len(sampler.timesteps)
     with _attached_magcache(transformer, MagCacheConfig(calibrate=True, num_inference_steps=steps + 1)):
-        with cache_context(transformer, "cond_uncond"):
+        with cache_context(transformer, "cond_uncond"), torch.no_grad():
             sample_loop(sampler, lambda i, t: ("model", guided), noise, labels, generators)
             tail = transformer.transformer_blocks[-1]._diffusers_hook.get_hook(_MAG_CACHE_BLOCK_HOOK)
             ratios = [float(r) for r in tail.state_manager.get_state().calibration_ratios]

@@ -230,9 +230,10 @@ def verify_record(record: dict, where: str) -> None:
                     f"in {where}. Delete {where} and rerun snakemake to fetch and pin it again.")
 
 
-def _model_from(class_name: str, entry: dict, torch_dtype):
-    """A diffusers model class's weights from a record part: its directory, subfolder and
-    variant, safetensors only, offline (the record pinned the files)."""
+def diffusers_model_from(class_name: str, entry: dict, torch_dtype):
+    """A diffusers model class's weights from a record part, or any entry naming a local
+    directory (and optionally its subfolder and variant): safetensors only, offline (the record
+    or the caller pinned the files)."""
     import diffusers
 
     kwargs = {"dtype": torch_dtype} if torch_dtype is not None else {}
@@ -243,19 +244,19 @@ def _model_from(class_name: str, entry: dict, torch_dtype):
 
 
 def _unet_from(entry: dict, torch_dtype):
-    return _model_from("UNet2DConditionModel", entry, torch_dtype)
+    return diffusers_model_from("UNet2DConditionModel", entry, torch_dtype)
 
 
 def _vae_from(entry: dict, torch_dtype):
     """The AutoencoderKL of a record's `vae` part (e.g. madebyollin/sdxl-vae-fp16-fix)."""
-    return _model_from("AutoencoderKL", entry, torch_dtype)
+    return diffusers_model_from("AutoencoderKL", entry, torch_dtype)
 
 
 def controlnet_from_record(record: dict, torch_dtype=None):
     """The ControlNetModel of a fetch_hub_model record (a repository that is the model itself,
     e.g. diffusers/controlnet-canny-sdxl-1.0: hub.subfolder null)."""
     entry = record.get("unet") or {**record["base"], "subfolder": record.get("unet_subfolder")}
-    return _model_from("ControlNetModel", entry, torch_dtype).eval().requires_grad_(False)
+    return diffusers_model_from("ControlNetModel", entry, torch_dtype).eval().requires_grad_(False)
 
 
 def fuse_lora(unet, lora: dict, loader_class: str) -> None:

@@ -216,10 +216,8 @@ def train_sdxl_student(pipeline, vae, images: list[CaptionedImage], *, variant: 
 
 def load_vae(spec: dict, *, config_key: str, allow_downloads: bool, device, dtype) -> tuple[object, dict]:
     """The separate VAE of the recipe (a diffusers AutoencoderKL repository), and its weights' sha256."""
-    from diffusers import AutoencoderKL
-
     from ..io import sha256_file
-    from .hub import resolve_model
+    from .hub import diffusers_model_from, resolve_model
 
     variant = spec.get("variant")
     weights = f"diffusion_pytorch_model{'.' + variant if variant else ''}.safetensors"
@@ -227,7 +225,7 @@ def load_vae(spec: dict, *, config_key: str, allow_downloads: bool, device, dtyp
                               allow_downloads=allow_downloads, allow_patterns=["config.json", weights])
     if not (directory / weights).is_file():
         raise CaptionedImagesMissing(f"config key {config_key}: {directory} has no {weights} (safetensors weights)")
-    vae = AutoencoderKL.from_pretrained(directory, use_safetensors=True, local_files_only=True, variant=variant)
+    vae = diffusers_model_from("AutoencoderKL", {"directory": str(directory), "variant": variant}, None)
     return vae.to(device, dtype), {"id": spec["id"], "directory": str(directory), "files": {weights: sha256_file(directory / weights)}}
 
 
