@@ -30,7 +30,7 @@ def picard(models, sampler, noise, labels, generators, setting: PicardSetting) -
     """ParaDiGMS: parallel Picard iteration over a sliding window of DDIM steps."""
     from diffrepro.diffusion.parallel import PicardSolver, solve_in_lockstep, summarize  # torch
 
-    trajectory = setting.trajectory(sampler)
+    trajectory = setting.trajectory(sampler, noise.device)  # solved where the model runs
     solvers = [PicardSolver(trajectory, noise[k], trajectory.draw_noise(noise.shape[1:], generators[k]),
                             window=setting.window, tolerance=setting.tolerance,
                             max_iterations=setting.iteration_cap)

@@ -78,7 +78,7 @@ def parataa(models, sampler, noise, labels, generators, setting: ParaTAASetting)
                                               solve_in_lockstep, summarize)
 
     denoiser = models["model"]
-    trajectory = setting.trajectory(sampler)
+    trajectory = setting.trajectory(sampler, noise.device)  # solved where the model runs
     noises = torch.stack([trajectory.draw_noise(noise.shape[1:], g) for g in generators])
     initial, given_s = [None] * len(noise), 0.0
     if setting.warm_start or setting.variation_steps:

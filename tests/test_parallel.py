@@ -1,5 +1,7 @@
 """ParaTAA and Picard (ParaDiGMS): exactness at zero tolerance, iteration bounds, seeding."""
 
+import contextlib
+
 import pytest
 import torch
 
@@ -128,3 +130,36 @@ def test_warm_start_reports_the_given_trajectory_time_so_timing_excludes_it(deno
     base = {"steps": STEPS, "window": STEPS, "order": STEPS, "memory": 2}
     assert run("parataa", denoiser, base).given_s == 0.0
     assert run("parataa", denoiser, {**base, "warm_start": True}).given_s > 0.0
+
+
+@pytest.mark.parametrize("method, values", [
+    ("parataa", dict(steps=STEPS, window=5, order=3, memory=3, warm_start=True)),
+    ("parataa", dict(steps=STEPS, window=5, order=3, memory=3, taa_history="release", window_init="release")),
+    ("picard", dict(steps=STEPS, window=5, tolerance=0.05)),
+])
+def test_the_solvers_keep_their_state_on_the_inputs_device(denoiser, method, values):
+    """Solved on a GPU when the model runs there (a solver on the CPU fed a CUDA model half
+    tensors under the CPU's autocast). With the default device set to `meta`, any tensor a
+    solver makes without naming the inputs' device lands on meta and cannot meet them."""
+    spec = get_method(method)
+    setting = spec.make_setting(values)
+    sampler = DDIMSampler(STEPS, eta=1.0)  # stochastic: the per-step noise is drawn too
+
+    class ModelOnItsDevice:  # the network itself may make tensors where it likes
+        null_label = denoiser.null_label
+
+        def __call__(self, *args):
+            with torch.device("cpu"):
+                return denoiser(*args)
+
+    def solve():
+        noise, y, generators = initial_noise_and_labels(0, range(3), (1, 8, 8), 10)
+        with torch.device("meta") if placed else contextlib.nullcontext():
+            return spec.run({"model": ModelOnItsDevice()}, sampler, noise, y, generators, setting)
+
+    placed = False
+    plain = solve()
+    placed = True
+    on_meta_default = solve()
+    assert on_meta_default.samples.device.type == "cpu"
+    assert torch.equal(on_meta_default.samples, plain.samples)

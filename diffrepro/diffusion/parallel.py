@@ -21,14 +21,15 @@ window start; which history rows TAA uses), its rule is an option (`ENTRY_RULES`
 Each solver works on ONE trajectory (its window, convergence and stopping are per image,
 so results do not depend on the batch); `solve_in_lockstep` runs many at once, stacking
 their windows into one network call per parallel iteration. States are float64, as in the
-ParaTAA code, so the solver's own arithmetic adds no error that float32 would.
+ParaTAA code, so the solver's own arithmetic adds no error that float32 would. They live on
+the device of x_T, as the release keeps them on the GPU: a solver there adds no transfers.
 """
 
 from __future__ import annotations
 
 import math
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Protocol, Sequence
 
 import numpy as np
@@ -53,27 +54,35 @@ class Trajectory:
     posterior_std: torch.Tensor  # (N,) DDPM noise scale of each step: relative tolerances use it
 
     @classmethod
-    def from_sampler(cls, sampler: DDIMSampler) -> "Trajectory":
+    def from_sampler(cls, sampler: DDIMSampler, device=None) -> "Trajectory":
+        """device: where the states will live (default: the CPU)."""
         if not isinstance(sampler, DDIMSampler):
             raise ValueError(f"parallel sampling solves the DDIM trajectory; got sampler "
                              f"{getattr(sampler, 'name', sampler)!r} (set sampling.sampler: ddim)")
+        device = torch.device("cpu") if device is None else device
         coeffs = torch.tensor([sampler.affine_coefficients(i) for i in range(len(sampler.timesteps))],
-                              dtype=torch.float64)
-        return cls(torch.tensor(sampler.timesteps), coeffs[:, 0], coeffs[:, 1], coeffs[:, 2],
-                   torch.tensor(sampler.posterior_std, dtype=torch.float64))
+                              dtype=torch.float64, device=device)
+        return cls(torch.as_tensor(sampler.timesteps, device=device), coeffs[:, 0], coeffs[:, 1], coeffs[:, 2],
+                   torch.as_tensor(sampler.posterior_std, dtype=torch.float64, device=device))
 
     @property
     def steps(self) -> int:
         return len(self.timesteps)
 
+    def to(self, device) -> "Trajectory":
+        """The same coefficients on `device` (values unchanged: float64 copies)."""
+        return Trajectory(*(getattr(self, f.name).to(device) for f in fields(self)))
+
     def draw_noise(self, shape: Sequence[int], generator: torch.Generator | None) -> torch.Tensor:
         """z_i for every step, drawn in the order the sequential sampler draws them (one
         randn per step with c_i > 0), so both solve the same equations."""
-        z = torch.zeros(self.steps, *shape, dtype=torch.float64)
+        z = torch.zeros(self.steps, *shape, dtype=torch.float64, device=self.c.device)
         for i in torch.nonzero(self.c > 0).flatten().tolist():
             if generator is None:
                 raise ValueError("stochastic DDIM (eta > 0) needs one torch.Generator per image")
-            z[i] = torch.randn(tuple(shape), generator=generator, dtype=torch.float32).double()
+            # drawn where the generator lives (the sequential sampler's numbers), then moved
+            z[i] = torch.randn(tuple(shape), generator=generator, dtype=torch.float32,
+                               device=generator.device).to(z.device, torch.float64)
         return z
 
 
@@ -126,15 +135,16 @@ class _WindowedSolver:
         if not 0 <= solve_from < n or (solve_from > 0 and initial is None):
             raise ValueError(f"solve_from must be in 0..{n - 1} and needs an initial trajectory "
                              f"(the states it keeps); got {solve_from}")
-        self.traj = trajectory
+        device = x_T.device                   # every state and coefficient lives with x_T
+        self.traj = trajectory.to(device)
         self.W = min(window, n)
         self.max_iterations = max_iterations
         self.window_init = window_init
-        self.z = noise
-        self.X = torch.zeros(n + 1, *x_T.shape, dtype=torch.float64)
+        self.z = noise.to(device)
+        self.X = torch.zeros(n + 1, *x_T.shape, dtype=torch.float64, device=device)
         self.X[0] = x_T.double()
         if initial is not None:               # warm start: a whole trajectory given up front
-            self.X[1:] = initial[1:].double()
+            self.X[1:] = initial[1:].to(device, torch.float64)
         self.initialized = n if initial is not None else 0  # X[..initialized] hold guesses
         # X[0..final] are solved (exact up to the tolerance); solve_from > 0 keeps the given
         # trajectory's states up to there (the release's variation, parallel_sd_winit.py)
@@ -153,7 +163,7 @@ class _WindowedSolver:
             # New states start as a copy of the last one guessed (ParaDiGMS' rule, above).
             self.X[self.initialized + 1:end + 1] = self.X[self.initialized]
             self.initialized = end
-        self._steps = torch.arange(self.final, end)
+        self._steps = torch.arange(self.final, end, device=self.X.device)
         return self.X[self.final:end].float(), self.traj.timesteps[self._steps]
 
     def _enter_as_released(self) -> None:
@@ -247,14 +257,14 @@ class ParaTAASolver(_WindowedSolver):
         a = self.traj.a[self._steps]
         n = len(a)
         # prods[p, o] = a_p * ... * a_{o-1}: the factor carrying state p to output o (p <= o).
-        log_a = torch.cat([torch.zeros(1, dtype=torch.float64), torch.cumsum(torch.log(a), 0)])
+        log_a = torch.cat([a.new_zeros(1), torch.cumsum(torch.log(a), 0)])
         prods = torch.exp(log_a[None, :] - log_a[:, None])       # (n+1, n+1), valid for p <= o
-        outputs = torch.arange(1, n + 1)                         # local output index o
+        outputs = torch.arange(1, n + 1, device=a.device)        # local output index o
         starts = torch.clamp(outputs - self.order, min=0)        # local input index s_o
-        inputs = torch.arange(n)
+        inputs = torch.arange(n, device=a.device)
         # weight of drift q in output o: a_{q+1} ... a_{o-1}, for s_o <= q <= o - 1
         used = (inputs[None, :] >= starts[:, None]) & (inputs[None, :] < outputs[:, None])
-        weights = torch.where(used, prods[inputs + 1][:, outputs].T, torch.zeros(()))
+        weights = torch.where(used, prods[inputs + 1][:, outputs].T, a.new_zeros(()))
         base = prods[starts, outputs].view(-1, *([1] * (drift.dim() - 1))) * self.X[self._steps[0] + starts]
         return base + torch.einsum("oq,q...->o...", weights, drift)
 
@@ -278,7 +288,7 @@ class ParaTAASolver(_WindowedSolver):
         else:
             # Differences between consecutive iterations, newest first, on this window's steps;
             # `available[o]` counts the newest ones that exist for step o without a gap.
-            d_x, d_r, available = [], [], torch.zeros(n, dtype=torch.long)
+            d_x, d_r, available = [], [], torch.zeros(n, dtype=torch.long, device=residual.device)
             for (x_new, r_new), (x_old, r_old) in zip(aligned[:0:-1], aligned[-2::-1]):
                 dx, dr = x_new - x_old, r_new - r_old
                 valid = ~torch.isnan(dx.flatten(1)).any(1)
@@ -294,7 +304,7 @@ class ParaTAASolver(_WindowedSolver):
             rows = torch.nonzero(available[first_corrected:] == j).flatten() + first_corrected
             if len(rows) == 0:
                 continue
-            system = gram[rows, :j, :j] + self.ridge * torch.eye(j, dtype=torch.float64)
+            system = gram[rows, :j, :j] + self.ridge * torch.eye(j, dtype=torch.float64, device=gram.device)
             gamma = torch.linalg.solve(system, rhs[rows, :j])                   # (rows, j)
             steps = (d_x[:j, rows] + d_r[:j, rows]).flatten(2)                  # (j, rows, D)
             correction[rows] = torch.einsum("rj,jrd->rd", gamma, steps).view_as(correction[rows])
@@ -318,7 +328,7 @@ def _oldest_rows_zero_padded(aligned: list[tuple[torch.Tensor, torch.Tensor]]):
 
 def _on_window(lo: int, n: int, lo_k: int, values: torch.Tensor) -> torch.Tensor:
     """Stored values of outputs lo_k.. placed on outputs lo..lo+n-1 (NaN where absent)."""
-    out = torch.full((n, *values.shape[1:]), math.nan, dtype=values.dtype)
+    out = torch.full((n, *values.shape[1:]), math.nan, dtype=values.dtype, device=values.device)
     begin, end = max(lo, lo_k), min(lo + n, lo_k + len(values))
     if begin < end:
         out[begin - lo:end - lo] = values[begin - lo_k:end - lo_k]
@@ -345,7 +355,8 @@ class PicardSolver(_WindowedSolver):
         super().__init__(trajectory, x_T, noise, window, max_iterations, initial)
         self.tolerance = tolerance
         # Noise scale of each state 1..N: the DDPM std of the step that starts there.
-        self.scale = torch.cat([trajectory.posterior_std[1:], torch.zeros(1, dtype=torch.float64)])
+        std = self.traj.posterior_std
+        self.scale = torch.cat([std[1:], std.new_zeros(1)])
 
     def update(self, eps: torch.Tensor) -> None:
         traj, i = self.traj, self._steps

@@ -22,10 +22,11 @@ class SolvesSequentialDDIM:
     def reference(self) -> tuple[str, dict]:
         return "sequential", {"steps": self.steps}
 
-    def trajectory(self, sampler: DDIMSampler) -> Trajectory:
+    def trajectory(self, sampler: DDIMSampler, device=None) -> Trajectory:
+        """The sampler's DDIM trajectory, its coefficients on `device` (where the states live)."""
         from .parallel import Trajectory
 
-        trajectory = Trajectory.from_sampler(sampler)
+        trajectory = Trajectory.from_sampler(sampler, device)
         if trajectory.steps != self.steps:
             raise ValueError(f"the setting has {self.steps} steps, the sampler {trajectory.steps}")
         return trajectory
