@@ -129,3 +129,31 @@ def test_reproducibility_says_whether_a_gpu_run_was_recorded(checked, tmp_path):
     section = gpu_check_section(out / "gpu_check.json")
     assert section.startswith("- Machine: CPU") and "#### T-Stitch against its ideal time" in section
     assert f"{result['parts']['bksdm']['rows'][0]['step_ms']:.2f}" in section
+
+
+def test_a_part_re_run_alone_joins_the_record_and_keeps_its_own_run(checked, tmp_path):
+    out, first = checked
+    record = tmp_path / "record"
+    record.mkdir()
+    (record / "gpu_check.json").write_text((out / "gpu_check.json").read_text())
+    again = gpu_check.run_check(device="cpu", dtype="fp32", budget_s=60, tiny=True, parts=("parataa",),
+                                log=lambda *a: None)
+    rerun = tmp_path / "rerun.json"
+    rerun.write_text(json.dumps(again))
+    merged = _script().main(["--out", str(record), "--merge", str(rerun)])
+    assert json.loads((record / "gpu_check.json").read_text()) == json.loads(json.dumps(merged))
+    assert list(merged["parts"]) == list(gpu_check.PARTS)
+    assert merged["parts"]["parataa"] == json.loads(json.dumps(again["parts"]["parataa"]))
+    assert merged["parts"]["tstitch"] == json.loads(json.dumps(first["parts"]["tstitch"]))
+    assert [run["parts"] for run in merged["runs"]] == [["tstitch", "bksdm", "cache"], ["parataa"]]
+    assert [run["code"]["commit"] for run in merged["runs"]] == [first["code"]["commit"], again["code"]["commit"]]
+    md = (record / "gpu_check.md").read_text()
+    assert "tstitch, bksdm, cache: started" in md and "; parataa: started" in md
+    # re-running the same part again replaces it and drops the run it came from
+    assert [run["parts"] for run in gpu_check.merge_runs(merged, again)["runs"]] == \
+        [["tstitch", "bksdm", "cache"], ["parataa"]]
+    other = {**again, "machine": {**again["machine"], "dtype": "bf16"}}
+    with pytest.raises(ValueError, match="dtype 'fp32' vs 'bf16'"):
+        gpu_check.merge_runs(merged, other)
+    with pytest.raises(ValueError, match="tiny vs paper sizes"):
+        gpu_check.merge_runs(merged, {**again, "tiny": False})

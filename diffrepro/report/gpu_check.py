@@ -10,7 +10,7 @@ from typing import Any, Mapping
 from .format import fmt
 
 # where the reproducibility rule looks for the check's result (benchmarks/gpu_check.py --out)
-GPU_CHECK_JSON = "results/gpu_check/gpu_check.json"
+GPU_CHECK_JSON = "reports/gpu_check/gpu_check.json"  # tracked: a GPU run is a record, not rebuilt without one
 
 
 def _pct(value) -> str:
@@ -98,17 +98,25 @@ TINY = "Tiny models (the CI test of the same code), not the papers' sizes"
 PAPER = "Random weights at the papers' sizes"
 
 
+def _run(run: Mapping[str, Any], name_parts: bool) -> str:
+    code = run.get("code") or {}
+    at = f" at commit {code['commit'][:12]}{'+dirty' if code.get('dirty') else ''}" if code.get("commit") else ""
+    parts = f"{', '.join(run['parts'])}: " if name_parts else ""
+    return (f"{parts}started {run['started']}{at}, {fmt(run['seconds'], '.0f')} s of a "
+            f"{fmt(run['budget_s'], '.0f')} s budget")
+
+
 def gpu_check_markdown(data: Mapping[str, Any], top: int = 1) -> str:
     """The check's report; headings start at level `top`."""
     h = "#" * top
     m = data["machine"]
+    runs = data.get("runs") or [{k: data[k] for k in ("started", "seconds", "budget_s")} | {"code": data.get("code")}]
     where = (f"{m['gpu']} ({m.get('gpu_memory_gib')} GiB), CUDA {m.get('cuda')}, TF32 matmul "
              f"{m.get('tf32_matmul')}" if m.get("gpu") else f"CPU ({m.get('cpu')}), {m.get('threads')} threads")
     lines = [f"{h} GPU check", "",
              f"- Machine: {where}; torch {m['torch']}; dtype {m['dtype']} (DiTs: {m['dit_precision']}; "
              f"U-Nets: {m['unet_precision']}).",
-             f"- {TINY if data['tiny'] else PAPER}; "
-             f"started {data['started']}; {fmt(data['seconds'], '.0f')} s of a {fmt(data['budget_s'], '.0f')} s budget.",
+             f"- {TINY if data['tiny'] else PAPER}; " + "; ".join(_run(run, len(runs) > 1) for run in runs) + ".",
              "- Written by `benchmarks/gpu_check.py` into gpu_check.json; this text is generated from it.", ""]
     for name, (title, render) in RENDER.items():
         part = data["parts"].get(name)

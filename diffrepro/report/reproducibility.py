@@ -76,7 +76,7 @@ def sections(tables: Mapping[str, Mapping[str, Any]], kinds: Mapping[str, Any], 
 def render(template: str | Path, *, suite: str, config_file: str, sections_: list[Section],
            gpu_check: str | None = None) -> str:
     """gpu_check: the "GPU check" section's text (report.gpu_check.gpu_check_section; by
-    default from results/gpu_check/gpu_check.json under the working directory)."""
+    default from reports/gpu_check/gpu_check.json under the working directory)."""
     import jinja2
 
     from .gpu_check import gpu_check_section
