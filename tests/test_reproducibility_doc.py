@@ -3,10 +3,12 @@ build appears in it as generated, with the commit and config hash of its results
 without results is marked as not regenerated."""
 
 import json
+import shutil
 
 import pytest
 
 from diffrepro.integrity import write_hashed_json
+from diffrepro.report.gpu_check import GPU_CHECK_JSON, gpu_check_section
 from diffrepro.report.kinds import get_table_kind
 from diffrepro.report.reproducibility import nest, render, sections
 from workflow_run import ROOT, SMOKE, snakemake
@@ -40,8 +42,13 @@ def test_a_table_without_results_is_marked_not_regenerated(tmp_path):
 
 @pytest.mark.slow
 def test_the_rule_writes_the_document_from_the_smoke_results(smoke_run):
+    record = smoke_run / GPU_CHECK_JSON  # the tracked GPU check record, when the checkout has one
+    if (ROOT / GPU_CHECK_JSON).exists():
+        record.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(ROOT / GPU_CHECK_JSON, record)
     snakemake(smoke_run, "--cores", "1", "reproducibility", *SMOKE)
     text = (smoke_run / "reports/smoke/REPRODUCIBILITY.md").read_text()
+    assert gpu_check_section(record) in text
     config_hash = json.loads((smoke_run / "results/smoke/scores/tstitch/r0.json").read_text())[
         "provenance"]["config_sha256"][:12]
     assert f"config {config_hash}" in text and "config `config/smoke.yaml`" in text

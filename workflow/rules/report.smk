@@ -87,7 +87,8 @@ rule reproducibility:
         PLAN.reproducibility.get("output", f"{REPORTS}/REPRODUCIBILITY.md"),
     params:
         files=as_param(PLAN.reproducibility_files()),
-        gpu_check=GPU_CHECK_JSON,
+        # the recorded check, else the path the section says is missing
+        gpu_check=lambda w, input: input.gpu_check[0] if input.gpu_check else GPU_CHECK_JSON,
         config_file=", ".join(CONFIG_FILES),
     localrule: True
     conda:
