@@ -26,13 +26,11 @@ registry under ``ClipSpec.model`` through ``open_clip.add_model_config``.
 
 from __future__ import annotations
 
-import atexit
 import json
 import logging
 import math
 import os
 import re
-import shutil
 import tempfile
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -301,14 +299,15 @@ def _apply_state_dict(model: torch.nn.Module, state_dict: dict, path: str) -> No
                         f"not a transformers CLIPModel one): {exc}") from exc
 
 
-_config_dir: Path | None = None
 _registered: set[str] = set()
 
 
 def _register_config(name: str, config: Mapping[str, Any]) -> None:
-    """Make `name` a model in open_clip's config registry: write it as <name>.json into a
-    directory of ours and (re)scan that directory with open_clip.add_model_config."""
-    global _config_dir
+    """Make `name` a model in open_clip's config registry: open_clip.add_model_config reads
+    <name>.json from a temporary folder into the registry at once. The folder is removed
+    right after (a folder kept until exit leaked one per job process that ended without
+    running atexit); open_clip's later rescans skip a path that no longer exists and keep
+    the registry's entries."""
     import open_clip
 
     if open_clip.get_model_config(name) == config:
@@ -316,11 +315,10 @@ def _register_config(name: str, config: Mapping[str, Any]) -> None:
     if name in open_clip.list_models() and name not in _registered:
         raise ClipError(f"custom clip.model {name!r} would replace open_clip's existing config "
                         f"of that name; pick another name")
-    if _config_dir is None:
-        _config_dir = Path(tempfile.mkdtemp(prefix="diffrepro-open_clip-configs-"))
-        atexit.register(shutil.rmtree, _config_dir, True)
-    (_config_dir / f"{name}.json").write_text(json.dumps(config, sort_keys=True))
-    open_clip.add_model_config(_config_dir)  # appends the path and rescans every config path
+    with tempfile.TemporaryDirectory(prefix="diffrepro-open_clip-config-") as folder:
+        path = Path(folder) / f"{name}.json"
+        path.write_text(json.dumps(config, sort_keys=True))
+        open_clip.add_model_config(path)  # appends the path and rescans every config path
     _registered.add(name)
     if open_clip.get_model_config(name) != config:
         raise ClipError(f"open_clip did not register the custom config {name!r}")

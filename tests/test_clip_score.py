@@ -287,3 +287,17 @@ def test_score_jobs_load_the_pinned_clip(tmp_path, tiny_weights, images):
     (tmp_path / "changed.json").write_text(json.dumps(changed))
     with pytest.raises(cs.ClipChecksumMismatch):
         _clip_scores(images, np.arange(len(images)), config, str(tmp_path / "changed.json"), PROMPTS[:len(images)])
+
+
+def test_a_custom_config_stays_registered_and_leaves_no_folder(monkeypatch, tmp_path):
+    import tempfile
+
+    import open_clip
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where TemporaryDirectory makes its folder
+    other = {**TINY_CONFIG, "embed_dim": TINY_CONFIG["embed_dim"] * 2}
+    cs._register_config("tiny-test-a", TINY_CONFIG)
+    cs._register_config("tiny-test-b", other)  # a second registration rescans every config path
+    assert open_clip.get_model_config("tiny-test-a") == TINY_CONFIG
+    assert open_clip.get_model_config("tiny-test-b") == other
+    assert list(tmp_path.iterdir()) == []
