@@ -40,6 +40,7 @@ from .methods import get_method, load_plugins
 from .models.bksdm import SD14_UNET_CONFIG, VARIANTS, student_config
 from .models.dit import PAPER_SIZES, DiT, DiTConfig
 from .provenance import git_state
+from .report.gpu_check import runs_of
 
 AUTOCAST = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 RATIOS = tuple(round(0.1 * i, 1) for i in range(11))
@@ -385,12 +386,6 @@ def run_check(*, device: str, dtype: str, budget_s: float, tiny: bool = False, p
 SAME_MACHINE = ("gpu", "torch", "dtype", "cuda")
 
 
-def _run_of(result: dict) -> dict:
-    """One run's own facts (a record made by one run: its top-level fields)."""
-    return {"started": result["started"], "seconds": result["seconds"], "budget_s": result["budget_s"],
-            "parts": [name for name in PARTS if name in result["parts"]], **({"code": result["code"]} if "code" in result else {})}
-
-
 def merge_runs(earlier: dict, later: dict) -> dict:
     """`earlier` with the parts that `later` ran replaced by later's, for a part re-run alone
     (after a failure, say) without spending the whole budget again. Each part keeps the run it
@@ -401,9 +396,8 @@ def merge_runs(earlier: dict, later: dict) -> dict:
     if differ or earlier["tiny"] != later["tiny"]:
         what = ", ".join(f"{k} {mine.get(k)!r} vs {theirs.get(k)!r}" for k in differ) or "tiny vs paper sizes"
         raise ValueError(f"the runs differ ({what}): record them separately, or re-run every part")
-    runs = [dict(run, parts=[p for p in run["parts"] if p not in later["parts"]])
-            for run in earlier.get("runs", [_run_of(earlier)])]
+    runs = [dict(run, parts=[p for p in run["parts"] if p not in later["parts"]]) for run in runs_of(earlier)]
     merged = {**earlier, "parts": {**earlier["parts"], **later["parts"]},
-              "runs": [run for run in runs if run["parts"]] + [_run_of(later)]}
+              "runs": [run for run in runs if run["parts"]] + runs_of(later)}
     merged["parts"] = {name: merged["parts"][name] for name in PARTS if name in merged["parts"]}
     return merged

@@ -152,14 +152,12 @@ def test_the_solvers_keep_their_state_on_the_inputs_device(denoiser, method, val
             with torch.device("cpu"):
                 return denoiser(*args)
 
-    def solve():
+    def solve(default_device):
         noise, y, generators = initial_noise_and_labels(0, range(3), (1, 8, 8), 10)
-        with torch.device("meta") if placed else contextlib.nullcontext():
+        with default_device:
             return spec.run({"model": ModelOnItsDevice()}, sampler, noise, y, generators, setting)
 
-    placed = False
-    plain = solve()
-    placed = True
-    on_meta_default = solve()
+    plain = solve(contextlib.nullcontext())
+    on_meta_default = solve(torch.device("meta"))
     assert on_meta_default.samples.device.type == "cpu"
     assert torch.equal(on_meta_default.samples, plain.samples)

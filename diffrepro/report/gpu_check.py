@@ -98,6 +98,16 @@ TINY = "Tiny models (the CI test of the same code), not the papers' sizes"
 PAPER = "Random weights at the papers' sizes"
 
 
+def runs_of(data: Mapping[str, Any]) -> list[dict]:
+    """The runs a record's parts came from: its `runs` (a record merged from several runs,
+    benchmarks/gpu_check.py --merge), else the one run its top-level fields describe."""
+    if data.get("runs"):
+        return [dict(run) for run in data["runs"]]
+    return [{"started": data["started"], "seconds": data["seconds"], "budget_s": data["budget_s"],
+             "parts": [name for name in RENDER if name in data["parts"]],
+             **({"code": data["code"]} if "code" in data else {})}]
+
+
 def _run(run: Mapping[str, Any], name_parts: bool) -> str:
     code = run.get("code") or {}
     at = f" at commit {code['commit'][:12]}{'+dirty' if code.get('dirty') else ''}" if code.get("commit") else ""
@@ -110,7 +120,7 @@ def gpu_check_markdown(data: Mapping[str, Any], top: int = 1) -> str:
     """The check's report; headings start at level `top`."""
     h = "#" * top
     m = data["machine"]
-    runs = data.get("runs") or [{k: data[k] for k in ("started", "seconds", "budget_s")} | {"code": data.get("code")}]
+    runs = runs_of(data)
     where = (f"{m['gpu']} ({m.get('gpu_memory_gib')} GiB), CUDA {m.get('cuda')}, TF32 matmul "
              f"{m.get('tf32_matmul')}" if m.get("gpu") else f"CPU ({m.get('cpu')}), {m.get('threads')} threads")
     lines = [f"{h} GPU check", "",
