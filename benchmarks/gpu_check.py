@@ -43,7 +43,14 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     out = Path(args.out)
     if args.merge:
-        result = merge_runs(read_json(out / "gpu_check.json"), read_json(args.merge))
+        missing = [str(p) for p in (out / "gpu_check.json", args.merge) if not p.is_file()]
+        if missing:
+            parser.error(f"--merge: no record at {', '.join(missing)}; run the check into --out first "
+                         f"(or name the re-run's gpu_check.json)")
+        try:
+            result = merge_runs(read_json(out / "gpu_check.json"), read_json(args.merge))
+        except ValueError as error:
+            parser.error(f"--merge {args.merge} into {out / 'gpu_check.json'}: {error}")
         return _write(out, result)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         parser.error("--device cuda: no GPU is visible to torch here; use --device cpu --tiny for the CI run")

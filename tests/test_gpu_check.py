@@ -131,7 +131,7 @@ def test_reproducibility_says_whether_a_gpu_run_was_recorded(checked, tmp_path):
     assert f"{result['parts']['bksdm']['rows'][0]['step_ms']:.2f}" in section
 
 
-def test_a_part_re_run_alone_joins_the_record_and_keeps_its_own_run(checked, tmp_path):
+def test_a_part_re_run_alone_joins_the_record_and_keeps_its_own_run(checked, tmp_path, capsys):
     out, first = checked
     record = tmp_path / "record"
     record.mkdir()
@@ -157,3 +157,12 @@ def test_a_part_re_run_alone_joins_the_record_and_keeps_its_own_run(checked, tmp
         gpu_check.merge_runs(merged, other)
     with pytest.raises(ValueError, match="tiny vs paper sizes"):
         gpu_check.merge_runs(merged, {**again, "tiny": False})
+    # the script refuses before writing anything, naming the files and the reason
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    before = (record / "gpu_check.json").read_text()
+    for argv, message in [(["--out", str(record), "--merge", str(tmp_path / "other.json")], "dtype 'fp32' vs 'bf16'"),
+                          (["--out", str(tmp_path / "none"), "--merge", str(rerun)], "no record at")]:
+        with pytest.raises(SystemExit):
+            _script().main(argv)
+        assert message in capsys.readouterr().err
+    assert (record / "gpu_check.json").read_text() == before
