@@ -4,6 +4,7 @@ compute; the share of the cold run's CPU time spent in model compute, from each 
 `job phases` log line, diffrepro.job_phases).
 
     .venv/bin/python benchmarks/workflow_bench.py [--configfile config/default.yaml] [--keep | --all]
+    .venv/bin/python benchmarks/workflow_bench.py --table-costs   # from the logs of a finished run
 
 Run it alone on the machine (timings). It deletes the suite's results, checkpoints,
 reports and logs first (unless --keep, which skips the cold run), then prints the numbers
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -23,7 +25,7 @@ from pathlib import Path
 
 import yaml
 
-from diffrepro.snakejob import job_counts
+from diffrepro.snakejob import job_counts, planned_jobs
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGET = "reproduce_tstitch_table"
@@ -90,6 +92,42 @@ def job_phases_summary(logs: Path, wall_s: float, threads: int) -> dict:
                                        "settings": {k: round(v, 2) for k, v in sorted(per_setting.items())}}}
 
 
+def table_costs_from_logs(config: dict, configfile: str, cores: int) -> dict:
+    """Per table, the core-seconds of its jobs in the run whose logs are in logs/<suite>
+    (diffrepro.job_phases.table_costs): which tables a shorter run would have to shrink, and
+    what dropping one saves. A table's jobs come from a dry run of its target (--forceall)."""
+    from diffrepro.job_phases import read_phases, table_costs
+
+    logs = ROOT / f"logs/{config['suite']}"
+    seconds = {}
+    for path in sorted(logs.rglob("*.log")):
+        phases = read_phases(path.read_text(errors="replace"))
+        if phases is not None:
+            seconds[str(path.relative_to(ROOT))] = (phases["total_s"] if phases["total_s"] is not None
+                                                    else phases["compute_s"] + phases["rest_s"])
+    cores_of: dict[str, int] = {}
+    table_jobs = {}
+    for table in config["tables"]:
+        _, out = snakemake("-n", "--forceall", "--nolock", "--cores", str(cores), f"reproduce_{table}_table",
+                           "--configfile", configfile)
+        jobs = planned_jobs(out)
+        cores_of.update(jobs)
+        table_jobs[table] = set(jobs)
+    costs = table_costs(seconds, cores_of, table_jobs)
+    run_core_s = sum(s * cores_of.get(log, 1) for log, s in seconds.items())
+    return {"cores": cores, "run_core_s": round(run_core_s, 1), "ideal_wall_s": round(run_core_s / cores, 1),
+            "tables": dict(sorted(costs.items(), key=lambda kv: -kv[1]["all_core_s"]))}
+
+
+def print_table_costs(costs: dict) -> None:
+    print(f"the run's jobs: {costs['run_core_s']:.0f} core-s = {costs['ideal_wall_s'] / 60:.1f} min "
+          f"on {costs['cores']} cores, perfectly packed")
+    print(f"  {'table':<24} {'jobs':>5} {'alone (core-s)':>15} {'own':>8} {'shared':>8}")
+    for table, c in costs["tables"].items():
+        print(f"  {table:<24} {c['jobs']:>5} {c['all_core_s']:>15.0f} {c['own_core_s']:>8.0f} {c['shared_core_s']:>8.0f}"
+              + (f"  ({c['unmeasured']} jobs not in the logs)" if c["unmeasured"] else ""))
+
+
 def clean(suite: str) -> None:
     """A cold start: the suite's results, checkpoints, reports and logs deleted."""
     for path in (f"results/{suite}", f"resources/checkpoints/{suite}", f"reports/{suite}", f"logs/{suite}"):
@@ -100,6 +138,9 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--configfile", default="config/default.yaml")
     parser.add_argument("--keep", action="store_true", help="reuse existing results (no cold run)")
+    parser.add_argument("--table-costs", action="store_true",
+                        help="only the per-table costs of the run whose logs are in logs/<suite> (no run)")
+    parser.add_argument("--cores", type=int, default=os.cpu_count(), help="the cores the run had (default: all)")
     parser.add_argument("--all", action="store_true",
                         help="after the headline table's numbers, time a cold reproduce_all (every embedded table; "
                              "the suite's results are deleted again first)")
@@ -109,6 +150,14 @@ def main() -> None:
     numbers: dict = {"config": args.configfile}
     if args.all and args.keep:
         sys.exit("--all times a cold run; it cannot be combined with --keep")
+    if args.table_costs:
+        costs = table_costs_from_logs(config, args.configfile, args.cores)
+        print_table_costs(costs)
+        out_path = ROOT / f"reports/{suite}/table_costs.json"
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        out_path.write_text(json.dumps(costs, indent=2) + "\n")
+        print(f"wrote {out_path.relative_to(ROOT)}")
+        return
 
     numbers["imports_beyond_torch_s"] = import_overhead()
     print(f"a sampling job's imports beyond torch: {numbers['imports_beyond_torch_s']['median_s']:.2f} s "
@@ -177,6 +226,8 @@ def main() -> None:
         numbers["reproduce_all_phases"] = job_phases_summary(ROOT / f"logs/{suite}", cold_all, config["threads"])
         print(f"reproduce_all cold: {cold_all / 60:.1f} min ({sum(numbers['reproduce_all_jobs'].values())} jobs); "
               f"model compute {numbers['reproduce_all_phases']['compute_share_of_job_time']:.1%} of the jobs' time")
+        numbers["reproduce_all_table_costs"] = table_costs_from_logs(config, args.configfile, args.cores)
+        print_table_costs(numbers["reproduce_all_table_costs"])
 
     out_path = ROOT / f"reports/{suite}/workflow_benchmark.json"
     out_path.parent.mkdir(parents=True, exist_ok=True)

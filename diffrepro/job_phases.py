@@ -71,3 +71,26 @@ def read_phases(log_text: str) -> dict | None:
         if line.startswith(PREFIX):
             return json.loads(line[len(PREFIX):])
     return None
+
+
+def table_costs(job_seconds: dict[str, float], job_cores: dict[str, int],
+                table_jobs: dict[str, set[str]]) -> dict[str, dict]:
+    """What each table costs in a cold run, in core-seconds (a job's wall time x the cores it
+    reserves): `all` is every job of its DAG (the table built alone), `own` the jobs no other
+    table needs (what dropping the table saves), `shared` the rest. `job_seconds` is keyed by
+    log path (a run's `job phases` lines), `table_jobs` by table (the log paths of its DAG, from
+    a dry run, diffrepro.snakejob.planned_jobs); jobs without a measured time count 0 and are
+    counted in `unmeasured`."""
+    users: dict[str, int] = {}
+    for logs in table_jobs.values():
+        for log in logs:
+            users[log] = users.get(log, 0) + 1
+    costs = {}
+    for table, logs in table_jobs.items():
+        core_s = {log: job_seconds.get(log, 0.0) * job_cores.get(log, 1) for log in logs}
+        own = sum(s for log, s in core_s.items() if users[log] == 1)
+        total = sum(core_s.values())
+        costs[table] = {"jobs": len(logs), "all_core_s": round(total, 1), "own_core_s": round(own, 1),
+                        "shared_core_s": round(total - own, 1),
+                        "unmeasured": sum(1 for log in logs if log not in job_seconds)}
+    return costs

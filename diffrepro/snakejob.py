@@ -71,3 +71,19 @@ def job_counts(output: str) -> dict[str, int]:
         if match and match.group(1) != "total":
             counts[match.group(1)] = int(match.group(2))
     return counts
+
+
+def planned_jobs(output: str) -> dict[str, int]:
+    """The jobs a (dry) run lists, as {log path: cores it reserves}: each job block's `log:`
+    (the first, where a rule names several) and its `cpus_per_task` resource (1 where absent).
+    Jobs without a log (the reproduce_* targets) are left out."""
+    jobs = {}
+    for block in re.split(r"\n\s*\n", output):
+        if not re.search(r"^\s*(local)?rule \w+:", block, flags=re.MULTILINE):
+            continue
+        log = re.search(r"^\s*log: ([^,\n]+)", block, flags=re.MULTILINE)
+        if log is None:
+            continue
+        cores = re.search(r"cpus_per_task=(\d+)", block)
+        jobs[log.group(1).strip()] = int(cores.group(1)) if cores else 1
+    return jobs

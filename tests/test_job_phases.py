@@ -50,3 +50,54 @@ def test_the_workflow_benchmark_sums_the_phases_per_rule_and_setting(tmp_path):
     assert summary["per_setting_overhead_s"]["settings"] == {"r0": 12.0, "r0.5": 4.0}
     assert summary["per_setting_overhead_s"]["max"] == 12.0
     assert summary["compute_share_of_job_time"] == round(143 / (143 + 16 + 3), 4)  # compute / (compute + start + rest)
+
+
+# A dry run's job blocks as Snakemake 9 prints them (abridged): a 2-core job, a 1-core job with
+# two logs, and the target, which has no log.
+DRY_RUN = """Building DAG of jobs...
+
+[Fri Dec  4 14:51:23 2026]
+rule train_denoiser:
+    output: resources/checkpoints/digits/large.safetensors
+    log: logs/digits/train_denoiser/large.log
+    jobid: 3
+    threads: 2
+    resources: tmpdir=/tmp, runtime=60, gpu=0, cpus_per_task=2, mem_mb=4000
+
+[Fri Dec  4 14:51:23 2026]
+rule sample:
+    output: results/digits/samples/tstitch/r0/shard-0.npz
+    log: logs/digits/sample/tstitch/r0/shard-0.log, logs/digits/sample/tstitch/r0/shard-0.err
+    jobid: 2
+    resources: tmpdir=/tmp, runtime=60, gpu=0, cpus_per_task=1, mem_mb=4000
+
+[Fri Dec  4 14:51:23 2026]
+localrule reproduce_tstitch_table:
+    input: reports/digits/tstitch_table.csv
+    jobid: 0
+    resources: tmpdir=/tmp
+
+Job stats:
+job      count
+-----  -------
+total        3
+"""
+
+
+def test_a_dry_runs_jobs_are_read_as_log_and_cores():
+    from diffrepro.snakejob import planned_jobs
+
+    assert planned_jobs(DRY_RUN) == {"logs/digits/train_denoiser/large.log": 2,
+                                     "logs/digits/sample/tstitch/r0/shard-0.log": 1}
+
+
+def test_table_costs_split_each_tables_jobs_into_its_own_and_shared_ones():
+    seconds = {"train/large.log": 100.0, "train/small.log": 20.0, "sample/a.log": 30.0, "sample/b.log": 7.0}
+    cores = {"train/large.log": 2, "train/small.log": 2}
+    tables = {"a": {"train/large.log", "train/small.log", "sample/a.log"},
+              "b": {"train/large.log", "sample/b.log", "sample/never_ran.log"}}
+    costs = job_phases.table_costs(seconds, cores, tables)
+    assert costs["a"] == {"jobs": 3, "all_core_s": 270.0, "own_core_s": 70.0, "shared_core_s": 200.0,
+                          "unmeasured": 0}
+    assert costs["b"] == {"jobs": 3, "all_core_s": 207.0, "own_core_s": 7.0, "shared_core_s": 200.0,
+                          "unmeasured": 1}
