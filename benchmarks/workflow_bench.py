@@ -65,13 +65,12 @@ def import_overhead(runs: int = 7) -> dict:
 def job_phases_summary(logs: Path, wall_s: float, threads: int) -> dict:
     """Sum the `job phases` lines of a run's logs: per rule, and per setting of the table's
     method (its sampling shards and its score job)."""
-    from diffrepro.job_phases import read_phases
+    from diffrepro.job_phases import logged_phases
 
     per_rule: dict[str, dict[str, float]] = {}
     per_setting: dict[str, float] = {}
-    for path in sorted(logs.rglob("*.log")):
-        phases = read_phases(path.read_text(errors="replace"))
-        if phases is None or phases["total_s"] is None:
+    for path, phases in logged_phases(logs).items():
+        if phases["total_s"] is None:
             continue
         rule = path.relative_to(logs).parts[0]
         totals = per_rule.setdefault(rule, {"jobs": 0, "start_s": 0.0, "compute_s": 0.0, "rest_s": 0.0})
@@ -96,15 +95,11 @@ def table_costs_from_logs(config: dict, configfile: str, cores: int) -> dict:
     """Per table, the core-seconds of its jobs in the run whose logs are in logs/<suite>
     (diffrepro.job_phases.table_costs): which tables a shorter run would have to shrink, and
     what dropping one saves. A table's jobs come from a dry run of its target (--forceall)."""
-    from diffrepro.job_phases import read_phases, table_costs
+    from diffrepro.job_phases import logged_phases, table_costs
 
-    logs = ROOT / f"logs/{config['suite']}"
-    seconds = {}
-    for path in sorted(logs.rglob("*.log")):
-        phases = read_phases(path.read_text(errors="replace"))
-        if phases is not None:
-            seconds[str(path.relative_to(ROOT))] = (phases["total_s"] if phases["total_s"] is not None
-                                                    else phases["compute_s"] + phases["rest_s"])
+    seconds = {str(path.relative_to(ROOT)): (phases["total_s"] if phases["total_s"] is not None
+                                             else phases["compute_s"] + phases["rest_s"])
+               for path, phases in logged_phases(ROOT / f"logs/{config['suite']}").items()}
     cores_of: dict[str, int] = {}
     table_jobs = {}
     for table in config["tables"]:

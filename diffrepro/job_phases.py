@@ -9,6 +9,8 @@ from __future__ import annotations
 import contextlib
 import json
 import time
+from collections import Counter
+from pathlib import Path
 
 PREFIX = "job phases: "
 _compute_s = 0.0
@@ -73,6 +75,17 @@ def read_phases(log_text: str) -> dict | None:
     return None
 
 
+def logged_phases(logs: Path) -> dict[Path, dict]:
+    """The `job phases` of every job log under `logs` (a run's log folder), by path, in path
+    order; logs without the line (a job killed before it) are left out."""
+    found = {}
+    for path in sorted(logs.rglob("*.log")):
+        phases = read_phases(path.read_text(errors="replace"))
+        if phases is not None:
+            found[path] = phases
+    return found
+
+
 def table_costs(job_seconds: dict[str, float], job_cores: dict[str, int],
                 table_jobs: dict[str, set[str]]) -> dict[str, dict]:
     """What each table costs in a cold run, in core-seconds (a job's wall time x the cores it
@@ -81,10 +94,7 @@ def table_costs(job_seconds: dict[str, float], job_cores: dict[str, int],
     log path (a run's `job phases` lines), `table_jobs` by table (the log paths of its DAG, from
     a dry run, diffrepro.snakejob.planned_jobs); jobs without a measured time count 0 and are
     counted in `unmeasured`."""
-    users: dict[str, int] = {}
-    for logs in table_jobs.values():
-        for log in logs:
-            users[log] = users.get(log, 0) + 1
+    users = Counter(log for logs in table_jobs.values() for log in logs)
     costs = {}
     for table, logs in table_jobs.items():
         core_s = {log: job_seconds.get(log, 0.0) * job_cores.get(log, 1) for log in logs}
